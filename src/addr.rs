@@ -93,12 +93,13 @@ pub fn resolve(input: &str) -> Result<SocketAddr> {
     match parse(input)? {
         Endpoint::Ip(addr) => Ok(addr),
         Endpoint::Host(host, port) => {
-            let mut found = (host.as_str(), port)
-                .to_socket_addrs()
-                .map_err(|source| Error::Resolve {
-                    input: input.to_string(),
-                    source,
-                })?;
+            let mut found =
+                (host.as_str(), port)
+                    .to_socket_addrs()
+                    .map_err(|source| Error::Resolve {
+                        input: input.to_string(),
+                        source,
+                    })?;
             found.next().ok_or_else(|| Error::Resolve {
                 input: input.to_string(),
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses found"),
@@ -126,10 +127,19 @@ mod tests {
 
     #[test]
     fn accepts_every_form_in_the_spec() {
-        assert_eq!(ok("127.0.0.1:8080"), Endpoint::Ip("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(
+            ok("127.0.0.1:8080"),
+            Endpoint::Ip("127.0.0.1:8080".parse().unwrap())
+        );
         assert_eq!(ok("[::1]:9"), Endpoint::Ip("[::1]:9".parse().unwrap()));
-        assert_eq!(ok("localhost:8080"), Endpoint::Host("localhost".into(), 8080));
-        assert_eq!(ok(" example.org:65535 "), Endpoint::Host("example.org".into(), 65535));
+        assert_eq!(
+            ok("localhost:8080"),
+            Endpoint::Host("localhost".into(), 8080)
+        );
+        assert_eq!(
+            ok(" example.org:65535 "),
+            Endpoint::Host("example.org".into(), 65535)
+        );
     }
 
     #[test]

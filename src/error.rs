@@ -87,7 +87,9 @@ impl fmt::Display for Error {
             Error::BadAddr { input, why } => write!(f, "bad address '{input}': {why}"),
             Error::Resolve { input, source } => write!(f, "cannot resolve '{input}': {source}"),
             Error::Bind { addr, source } => write!(f, "cannot listen on {addr}: {}", plain(source)),
-            Error::Connect { addr, source } => write!(f, "cannot connect to {addr}: {}", plain(source)),
+            Error::Connect { addr, source } => {
+                write!(f, "cannot connect to {addr}: {}", plain(source))
+            }
             Error::Mismatch { offset, sent, got } => write!(
                 f,
                 "echo mismatch at byte offset {offset}: sent 0x{sent:02x}, got back 0x{got:02x}"
@@ -138,7 +140,10 @@ mod tests {
             addr: "127.0.0.1:9".parse().unwrap(),
             source: io::Error::from_raw_os_error(libc::ECONNREFUSED),
         };
-        assert_eq!(err.to_string(), "cannot connect to 127.0.0.1:9: connection refused");
+        assert_eq!(
+            err.to_string(),
+            "cannot connect to 127.0.0.1:9: connection refused"
+        );
         assert_eq!(err.exit_code(), 1);
     }
 

@@ -1,4 +1,27 @@
-//! sockloop: every socket program of the lecture on one thread.
+//! sockloop: every socket program of a distributed-systems lecture — UDP
+//! group chat, a UDP streamer, TCP echo, TCP 1-to-1 and group chat — and a
+//! load generator, all on **one thread**, through a hand-written reactor over
+//! a single `mio::Poll`.
+//!
+//! The parts, from the bottom up:
+//!
+//! * [`reactor`] — the event loop: poll, dispatch, finish. Owns the poll, the
+//!   connection table, the listeners, the UDP socket, stdin, signals and
+//!   deadlines. Start reading here.
+//! * [`conn`] — one TCP connection: socket, bounded output buffer, state.
+//! * [`addr`], [`chat_msg`] — address parsing and the chat message text; no I/O.
+//! * [`cmd`] — the commands; each is a [`reactor::Handler`].
+//! * [`error`] — the error a command can end with, and its exit code.
+//! * [`sys`] — the few raw system calls std and mio do not offer.
+//!
+//! See ARCHITECTURE.md for the map, the invariants and a byte's journey.
+
 pub mod addr;
 pub mod chat_msg;
+pub mod cli;
+pub mod cmd;
+pub mod conn;
 pub mod error;
+pub mod net;
+pub mod reactor;
+pub mod sys;

@@ -1,1 +1,77 @@
-fn main() {}
+//! The `sockloop` binary: parse the command line, set up logging, run the
+//! command, print at most one error line, exit with its code.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use sockloop::cli::{Cli, Command, EchoCommand};
+use sockloop::cmd;
+use sockloop::error::Result;
+
+fn main() -> ExitCode {
+    // Before anything opens a descriptor: is fd 0 really stdin?
+    sockloop::reactor::stdin::probe();
+    install_panic_hook();
+    let cli = Cli::parse();
+    init_logging(&cli);
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let _ = writeln!(std::io::stderr(), "sockloop: {err}");
+            ExitCode::from(err.exit_code() as u8)
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<()> {
+    let trace = cli.trace;
+    match &cli.command {
+        Command::Echo(EchoCommand::Server(args)) => cmd::echo_server::run(args, trace),
+        Command::Echo(EchoCommand::Client(args)) => cmd::echo_client::run(args, trace),
+        Command::Ips => cmd::ips::run(),
+        Command::Rand => cmd::rand::run(),
+    }
+}
+
+/// Log lines look like `info: ...` on stderr. Default level: info; `-q` warn,
+/// `-v` debug, `-vv` trace; `RUST_LOG` wins over all of them.
+fn init_logging(cli: &Cli) {
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format(|buf, record| {
+            writeln!(
+                buf,
+                "{}: {}",
+                record.level().as_str().to_ascii_lowercase(),
+                record.args()
+            )
+        })
+        .init();
+}
+
+/// A bug must not greet the user with a backtrace: one line, exit 1.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".to_string());
+        let place = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let _ = writeln!(
+            std::io::stderr(),
+            "sockloop: internal error: {what}{place} (please report this)"
+        );
+    }));
+}

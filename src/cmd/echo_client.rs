@@ -1,0 +1,199 @@
+//! `sockloop echo client`: stdin → server → stdout, both directions at once.
+//!
+//! The lecture's echo client deadlocks because it sends all its input before
+//! it reads: the server blocks writing the echo into the client's full
+//! receive buffer, the client blocks writing into the server's. Here stdin
+//! and the socket are sources of one poll, and bytes move each way as soon
+//! as they can, so the same input always finishes.
+//!
+//! Bounds: reading stdin pauses while the socket's output buffer is full, and
+//! (with `--verify`) while more than [`VERIFY_WINDOW`] bytes are still
+//! waiting for their echo, so `sockloop rand | sockloop echo client` runs for
+//! ever in constant memory.
+
+use std::collections::VecDeque;
+
+use clap::Args as ClapArgs;
+
+use crate::addr;
+use crate::conn::CloseReason;
+use crate::error::{Error, Result};
+use crate::net;
+use crate::reactor::{Config, ConnId, Ctx, Event, Handler, Reactor};
+use crate::sys;
+
+/// Bytes sent and not yet echoed that `--verify` keeps before it pauses stdin.
+pub const VERIFY_WINDOW: usize = 16 * 1024 * 1024;
+
+/// Output queued for the server before stdin is paused.
+const OUT_LIMIT: usize = 64 * 1024;
+
+/// Command-line options of `echo client`.
+#[derive(Debug, Clone, ClapArgs)]
+#[command(
+    about = "TCP echo client: stdin to the server, the echo to stdout, interleaved",
+    long_about = "TCP echo client: sends stdin to an echo server and prints what comes back, \
+        moving bytes both ways as they become ready, so it never deadlocks however much \
+        input there is.\n\n\
+        At the end of stdin it shuts down its sending side, prints every byte still coming \
+        back, and exits 0 once the server closes.",
+    after_help = "Examples:\n  echo hello | sockloop echo client localhost:8080\n  \
+        head -c 20000000 /dev/urandom | sockloop echo client 127.0.0.1:8080 --verify > /dev/null\n  \
+        sockloop rand | sockloop echo client [::1]:8080 | head"
+)]
+pub struct Args {
+    /// The server: HOST:PORT, [IPv6]:PORT or IPv4:PORT.
+    pub server: String,
+    /// Check every echoed byte against what was sent; exit 1 at the first difference.
+    #[arg(long)]
+    pub verify: bool,
+}
+
+/// The echo client's handler: one connection, plus stdin and stdout.
+struct EchoClient {
+    conn: ConnId,
+    verify: bool,
+    /// Bytes sent and not yet echoed (only with `--verify`).
+    pending: VecDeque<u8>,
+    /// Offset in the stream of the first byte of `pending`.
+    verified: u64,
+    stdin_done: bool,
+    outcome: Result<()>,
+}
+
+impl EchoClient {
+    fn finish(&mut self, cx: &mut Ctx<()>, outcome: Result<()>) {
+        if self.outcome.is_ok() {
+            self.outcome = outcome;
+        }
+        cx.stop();
+    }
+
+    /// Pauses stdin while the socket or the verify window is full.
+    fn regulate_stdin(&mut self, cx: &mut Ctx<()>) {
+        let queued = cx.conn(self.conn).map_or(0, |c| c.out_len());
+        if queued >= OUT_LIMIT || self.pending.len() >= VERIFY_WINDOW {
+            cx.pause_stdin();
+        } else {
+            cx.resume_stdin();
+        }
+    }
+
+    fn check_echo(&mut self, bytes: &[u8]) -> Result<()> {
+        for (i, &got) in bytes.iter().enumerate() {
+            let offset = self.verified + i as u64;
+            match self.pending.pop_front() {
+                Some(sent) if sent == got => {}
+                Some(sent) => return Err(Error::Mismatch { offset, sent, got }),
+                None => {
+                    return Err(Error::Failed(format!(
+                        "echo check: the server sent byte {offset}, which was never sent to it"
+                    )))
+                }
+            }
+        }
+        self.verified += bytes.len() as u64;
+        Ok(())
+    }
+}
+
+impl Handler for EchoClient {
+    type Conn = ();
+
+    fn handle(&mut self, cx: &mut Ctx<()>, event: Event<'_>) {
+        match event {
+            Event::Stdin(bytes) => {
+                if self.verify {
+                    self.pending.extend(bytes);
+                }
+                cx.send(self.conn, bytes);
+                self.regulate_stdin(cx);
+            }
+            Event::StdinEof => {
+                self.stdin_done = true;
+                cx.shutdown_write(self.conn);
+            }
+            Event::Drained(_) => self.regulate_stdin(cx),
+            Event::Data(_, bytes) => {
+                if self.verify {
+                    if let Err(e) = self.check_echo(bytes) {
+                        return self.finish(cx, Err(e));
+                    }
+                    self.regulate_stdin(cx);
+                }
+                if let Err(e) = sys::write_all_fd(1, bytes) {
+                    let outcome = if e.kind() == std::io::ErrorKind::BrokenPipe {
+                        Ok(()) // Whoever reads our output has had enough.
+                    } else {
+                        Err(Error::io("writing to stdout", e))
+                    };
+                    self.finish(cx, outcome);
+                }
+            }
+            Event::PeerClosed(conn) => {
+                let outcome = if !self.stdin_done {
+                    Err(Error::Failed(
+                        "the server closed the connection before the input ended".into(),
+                    ))
+                } else if self.verify && !self.pending.is_empty() {
+                    Err(Error::Failed(format!(
+                        "the server closed the connection with {} bytes not echoed (from offset {})",
+                        self.pending.len(),
+                        self.verified
+                    )))
+                } else {
+                    Ok(())
+                };
+                cx.close(conn, CloseReason::Done);
+                self.finish(cx, outcome);
+            }
+            Event::Closed(_, reason) => {
+                let outcome = match reason {
+                    CloseReason::Done => Ok(()),
+                    other => Err(Error::Failed(format!(
+                        "connection to the server lost: {other}"
+                    ))),
+                };
+                self.finish(cx, outcome);
+            }
+            Event::Signal(_) => self.finish(cx, Ok(())),
+            _ => {}
+        }
+    }
+}
+
+/// Runs the echo client until the server closes after the end of stdin.
+pub fn run(args: &Args, trace: bool) -> Result<()> {
+    let config = Config {
+        stdin: true,
+        trace,
+        out_limit: OUT_LIMIT,
+        // Reading the echo must never wait for our own output to drain: the
+        // echo is what makes room on the server side.
+        pause_reads_when_full: false,
+        ..Config::default()
+    };
+    let mut reactor = Reactor::new(config).map_err(|e| Error::io("starting the event loop", e))?;
+    let server = addr::resolve(&args.server)?;
+    let stream = net::connect_tcp(server)?;
+    log::debug!("connected to {server}");
+    let conn = reactor
+        .cx()
+        .adopt(stream, server, (), false)
+        .map_err(|e| Error::io("registering the connection", e))?;
+    let mut client = EchoClient {
+        conn,
+        verify: args.verify,
+        pending: VecDeque::new(),
+        verified: 0,
+        stdin_done: false,
+        outcome: Ok(()),
+    };
+    reactor
+        .run(&mut client)
+        .map_err(|e| Error::io("polling", e))?;
+    if client.verify && client.outcome.is_ok() {
+        log::info!("verified {} bytes", client.verified);
+    }
+    client.outcome
+}

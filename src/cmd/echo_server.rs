@@ -1,0 +1,159 @@
+//! `sockloop echo server`: TCP echo for many clients at once.
+//!
+//! Raw bytes, no framing, so `nc` is a client. Every byte read from a
+//! client is written straight back from the reactor's scratch buffer; only
+//! what the kernel does not take is kept, in that client's output buffer,
+//! and while that buffer is full the server reads nothing more from that
+//! client (backpressure). A client that never reads therefore costs at most
+//! the output limit, and never slows anyone else.
+
+use std::net::IpAddr;
+
+use clap::Args as ClapArgs;
+
+use crate::conn::CloseReason;
+use crate::error::{Error, Result};
+use crate::net;
+use crate::reactor::{Config, Ctx, Event, Handler, Reactor};
+use crate::sys;
+
+/// Command-line options of `echo server`.
+#[derive(Debug, Clone, ClapArgs)]
+#[command(
+    about = "TCP echo server: every byte a client sends comes straight back",
+    long_about = "TCP echo server: every byte a client sends comes straight back.\n\n\
+        Serves any number of clients on one thread. Each client has a bounded output \
+        buffer (--max-output); when a client does not read its echo, the server stops \
+        reading from that client until it does (backpressure), so memory stays bounded \
+        and other clients are not slowed.\n\n\
+        Prints '... listening on IP:PORT' on stderr when ready.",
+    after_help = "Examples:\n  sockloop echo server --port 8080\n  \
+        sockloop rand | sockloop echo client 127.0.0.1:8080 --verify | head\n  \
+        nc 127.0.0.1 8080\n\nSend SIGUSR1 to print the connection table."
+)]
+pub struct Args {
+    /// TCP port to listen on (0: the system picks one, printed at start).
+    #[arg(long, short, default_value_t = 0)]
+    pub port: u16,
+    /// Local address to listen on (0.0.0.0: every IPv4 interface; :: for IPv6).
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+    /// Most clients at once; extra ones are told the server is full and closed.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_conns: u32,
+    /// Bytes of echo a client may have waiting before the server stops reading from it.
+    #[arg(long, default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_output: u32,
+    /// Teaching only: no output limit, no backpressure. Watch memory grow under a
+    /// client that never reads (see the "what you just saw" note at exit).
+    #[arg(long)]
+    pub unbounded: bool,
+}
+
+/// The echo handler. It keeps no per-connection state at all.
+struct Echo {
+    served: u64,
+}
+
+impl Handler for Echo {
+    type Conn = ();
+
+    fn handle(&mut self, cx: &mut Ctx<()>, event: Event<'_>) {
+        match event {
+            Event::Accepted { conn, .. } => {
+                self.served += 1;
+                if let Some(c) = cx.conn(conn) {
+                    log::debug!("{conn} {}: connected", c.peer());
+                }
+            }
+            Event::Data(conn, bytes) => cx.send(conn, bytes),
+            Event::PeerClosed(conn) => cx.close_after_flush(conn),
+            Event::Closed(conn, reason) => {
+                if let Some(c) = cx.conn(conn) {
+                    match reason {
+                        CloseReason::Done => log::debug!("{conn} {}: {reason}", c.peer()),
+                        _ => log::info!("{conn} {}: {reason}", c.peer()),
+                    }
+                }
+            }
+            Event::Signal(signal) => {
+                log::info!(
+                    "{}: stopping ({} clients served, {} connected)",
+                    crate::reactor::signals::name(signal),
+                    self.served,
+                    cx.n_conns()
+                );
+                cx.stop();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Runs the echo server until SIGINT or SIGTERM.
+pub fn run(args: &Args, trace: bool) -> Result<()> {
+    let limit = raise_fd_limit();
+    let config = Config {
+        out_limit: if args.unbounded {
+            usize::MAX
+        } else {
+            args.max_output as usize
+        },
+        pause_reads_when_full: !args.unbounded,
+        max_conns: args.max_conns as usize,
+        trace,
+        ..Config::default()
+    };
+    let mut reactor = Reactor::new(config).map_err(|e| Error::io("starting the event loop", e))?;
+    let listener = net::listen_tcp(args.bind, args.port)?;
+    let index = reactor
+        .cx()
+        .add_listener(listener)
+        .map_err(|e| Error::io("registering the listener", e))?;
+    let addr = reactor
+        .cx()
+        .listener_addr(index)
+        .map_err(|e| Error::io("reading the listener address", e))?;
+    log::debug!(
+        "open-file limit {limit}: up to about {} clients",
+        limit.saturating_sub(16)
+    );
+    if args.unbounded {
+        log::warn!(
+            "--unbounded: no output limit; a client that never reads makes this process grow"
+        );
+    }
+    net::announce("echo server", addr);
+    let mut echo = Echo { served: 0 };
+    reactor
+        .run(&mut echo)
+        .map_err(|e| Error::io("polling", e))?;
+    if args.unbounded {
+        eprintln!("{}", UNBOUNDED_LESSON.replace("{rss}", &rss_text()));
+    }
+    Ok(())
+}
+
+const UNBOUNDED_LESSON: &str = "what you just saw: with --unbounded the server kept reading from \
+clients that did not read their echo, and queued every byte for them in its own memory \
+(resident size at exit: {rss}). Without --unbounded each client may have at most --max-output \
+bytes waiting; then the server stops reading from it, the client's kernel buffers fill, and \
+the client is slowed instead of the server growing.";
+
+fn rss_text() -> String {
+    match sys::rss_kib() {
+        Some(kib) => format!("{:.1} MiB", kib as f64 / 1024.0),
+        None => "unknown".to_string(),
+    }
+}
+
+/// Raises the open-file soft limit to the hard limit; returns the limit in force.
+pub fn raise_fd_limit() -> u64 {
+    match sys::raise_nofile_limit() {
+        Ok(limit) => limit,
+        Err(e) => {
+            log::warn!("cannot raise the open-file limit: {e}");
+            sys::nofile_limit().map(|(soft, _)| soft).unwrap_or(1024)
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! The commands. Each file holds one command's protocol logic as a
+//! [`Handler`](crate::reactor::Handler) plus the function that sets up its
+//! reactor; none of them touches readiness or `WouldBlock`.
+
+pub mod echo_client;
+pub mod echo_server;
+pub mod ips;
+pub mod rand;

@@ -1,0 +1,405 @@
+//! One TCP connection: its socket, its bounded output buffer and its state.
+//!
+//! A `Conn` never decides what bytes mean; the command does. It knows how to
+//! write what is queued, how much more it may queue, and where it is in its
+//! life (see [`State`]). The reactor (`reactor/mod.rs`) drives it; commands
+//! reach it only through [`Ctx`](crate::reactor::Ctx).
+//!
+//! **Invariant:** an idle connection owns no heap buffer. [`OutBuf`] starts
+//! empty and releases its allocation every time it drains.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{self, IoSlice, Write};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use mio::net::TcpStream;
+
+/// Where a connection is in its life.
+///
+/// ```text
+///   Connecting ──connected──▶ Open ──peer sent FIN──▶ ReadClosed
+///                              │                          │
+///                   close_after_flush               close_after_flush
+///                              ▼                          ▼
+///                           Flushing ───output empty───▶ (closed)
+///   any state ──error, protocol error, close()──▶ (closed, with a CloseReason)
+/// ```
+/// "Closed" is not a state a live `Conn` is in: a closed connection is
+/// reaped at the end of the turn (see `Ctx::close`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// An outgoing connection whose handshake has not finished.
+    Connecting,
+    /// Reading and writing.
+    Open,
+    /// The peer shut down its write side: nothing more to read; we may still write.
+    ReadClosed,
+    /// We are done: write what is queued, then close. No more reading.
+    Flushing,
+}
+
+impl State {
+    /// Lower-case name, as the trace and the connection table print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Connecting => "connecting",
+            State::Open => "open",
+            State::ReadClosed => "read-closed",
+            State::Flushing => "flushing",
+        }
+    }
+}
+
+/// Why a connection ended. Logged with the peer address; never fatal to the program.
+#[derive(Debug)]
+pub enum CloseReason {
+    /// The peer closed and everything owed to it was written.
+    Done,
+    /// The peer closed its side while we still had bytes for it.
+    PeerGone,
+    /// An outgoing connection could not be established.
+    ConnectFailed(io::Error),
+    /// A read or write failed (reset, broken pipe, ...).
+    Io(io::Error),
+    /// The peer broke the protocol (bad frame, over-long line, invalid UTF-8).
+    Protocol(String),
+    /// The peer did not read: its output would have exceeded the limit.
+    Backlog {
+        /// Bytes it already had queued.
+        queued: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Nothing heard for the idle timeout.
+    Idle,
+    /// Refused at accept: the server is full.
+    Full,
+    /// The program is shutting down.
+    Shutdown,
+    /// The local side decided to close (a command's own reason).
+    Local(&'static str),
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Done => write!(f, "closed by peer"),
+            CloseReason::PeerGone => write!(f, "peer went away with output pending"),
+            CloseReason::ConnectFailed(e) => write!(f, "connect failed: {e}"),
+            CloseReason::Io(e) => write!(f, "i/o error: {e}"),
+            CloseReason::Protocol(why) => write!(f, "protocol error: {why}"),
+            CloseReason::Backlog { queued, limit } => write!(
+                f,
+                "slow reader: {queued} bytes queued, over the {limit}-byte backlog limit"
+            ),
+            CloseReason::Idle => write!(f, "idle timeout"),
+            CloseReason::Full => write!(f, "server full"),
+            CloseReason::Shutdown => write!(f, "shutting down"),
+            CloseReason::Local(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+/// One piece of queued output: bytes of our own, or a frame shared with other
+/// recipients (fan-out stores a frame once, whatever the number of readers).
+enum Segment {
+    Owned(Vec<u8>),
+    Shared(Rc<[u8]>),
+}
+
+impl Segment {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Segment::Owned(v) => v,
+            Segment::Shared(r) => r,
+        }
+    }
+}
+
+/// The most segments handed to one `writev`.
+const MAX_IOVECS: usize = 64;
+
+/// A connection's queued output: bytes the kernel did not take yet.
+///
+/// Bounded by whoever pushes into it (see `Ctx::send` and `Ctx::queue`); it
+/// holds no allocation while empty.
+#[derive(Default)]
+pub struct OutBuf {
+    segments: VecDeque<Segment>,
+    /// Bytes of the front segment already written.
+    front_written: usize,
+    /// Bytes queued and not yet written.
+    len: usize,
+}
+
+impl OutBuf {
+    /// Bytes waiting to be written.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Number of whole segments waiting (frames, for a chat connection).
+    pub fn segments(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Copies `bytes` onto the end, extending the last owned segment when it has room.
+    pub fn push_copy(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.len += bytes.len();
+        if let Some(Segment::Owned(last)) = self.segments.back_mut() {
+            last.extend_from_slice(bytes);
+            return;
+        }
+        self.segments.push_back(Segment::Owned(bytes.to_vec()));
+    }
+
+    /// Queues a shared frame without copying it.
+    pub fn push_shared(&mut self, frame: Rc<[u8]>) {
+        if frame.is_empty() {
+            return;
+        }
+        self.len += frame.len();
+        self.segments.push_back(Segment::Shared(frame));
+    }
+
+    /// Drops queued segments that have not started to go out, oldest first,
+    /// until at least `need` bytes are free under `limit`. Returns how many
+    /// segments were dropped. The front segment is kept if it is partly
+    /// written, so the peer never sees half a frame.
+    pub fn drop_oldest(&mut self, need: usize, limit: usize) -> usize {
+        let keep_front = usize::from(self.front_written > 0);
+        let mut dropped = 0;
+        while self.len + need > limit && self.segments.len() > keep_front {
+            let seg = self
+                .segments
+                .remove(keep_front)
+                .expect("index is below the segment count");
+            self.len -= seg.bytes().len();
+            dropped += 1;
+        }
+        if self.segments.is_empty() {
+            self.release();
+        }
+        dropped
+    }
+
+    /// Writes as much as the socket takes, with one `writev` per call of up to
+    /// [`MAX_IOVECS`] segments, until done or `WouldBlock`. Returns bytes
+    /// written (0 when the socket was full); what is left stays queued.
+    pub fn write_to(&mut self, stream: &mut impl Write) -> io::Result<usize> {
+        let mut total = 0;
+        while self.len > 0 {
+            let n = {
+                let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
+                let mut count = 0;
+                for (i, seg) in self.segments.iter().take(MAX_IOVECS).enumerate() {
+                    let bytes = if i == 0 {
+                        &seg.bytes()[self.front_written..]
+                    } else {
+                        seg.bytes()
+                    };
+                    slices[i] = IoSlice::new(bytes);
+                    count += 1;
+                }
+                match stream.write_vectored(&slices[..count]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            };
+            total += n;
+            self.advance(n);
+        }
+        Ok(total)
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            let front_left = self.segments[0].bytes().len() - self.front_written;
+            if n >= front_left {
+                n -= front_left;
+                self.segments.pop_front();
+                self.front_written = 0;
+            } else {
+                self.front_written += n;
+                n = 0;
+            }
+        }
+        if self.segments.is_empty() {
+            self.release();
+        }
+    }
+
+    /// Gives the memory back: an idle connection holds no buffer.
+    fn release(&mut self) {
+        self.segments = VecDeque::new();
+        self.front_written = 0;
+        self.len = 0;
+    }
+}
+
+/// One TCP connection in the reactor's table, with the command's own state `S`.
+pub struct Conn<S> {
+    /// The non-blocking socket.
+    pub(crate) stream: TcpStream,
+    /// Who is at the other end.
+    pub(crate) peer: SocketAddr,
+    /// Output the kernel has not taken yet.
+    pub(crate) out: OutBuf,
+    /// Where the connection is in its life.
+    pub(crate) state: State,
+    /// When it was accepted or connected, for the connection table.
+    pub(crate) since: Instant,
+    /// Reading stopped because `out` reached the output limit (backpressure).
+    /// Cleared, and the connection read at once, when `out` drains below it.
+    pub(crate) read_paused: bool,
+    /// The kernel told us the peer shut down its write side (EPOLLRDHUP): read until EOF.
+    pub(crate) peer_hup: bool,
+    /// WRITABLE interest is registered with the poll.
+    pub(crate) writable_registered: bool,
+    /// Shut our write side down once `out` drains (half-close).
+    pub(crate) shutdown_write_when_drained: bool,
+    /// Marked for removal at the end of this turn (see `Ctx::close`).
+    pub(crate) doomed: bool,
+    /// On the reactor's list of connections to write at the end of the turn.
+    pub(crate) dirty: bool,
+    /// Bytes read and written over the connection's life.
+    pub(crate) bytes_in: u64,
+    /// See `bytes_in`.
+    pub(crate) bytes_out: u64,
+    /// The command's per-connection state.
+    pub state_of_app: S,
+}
+
+impl<S> Conn<S> {
+    pub(crate) fn new(stream: TcpStream, peer: SocketAddr, state: State, app: S) -> Conn<S> {
+        Conn {
+            stream,
+            peer,
+            out: OutBuf::default(),
+            state,
+            since: Instant::now(),
+            read_paused: false,
+            peer_hup: false,
+            writable_registered: false,
+            shutdown_write_when_drained: false,
+            doomed: false,
+            dirty: false,
+            bytes_in: 0,
+            bytes_out: 0,
+            state_of_app: app,
+        }
+    }
+
+    /// The peer's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Where the connection is in its life.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Bytes queued for the peer and not yet taken by the kernel.
+    pub fn out_len(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Frames (segments) queued for the peer.
+    pub fn out_segments(&self) -> usize {
+        self.out.segments()
+    }
+
+    /// When the connection was accepted or connected.
+    pub fn since(&self) -> Instant {
+        self.since
+    }
+
+    /// True while the reactor should read from this connection.
+    pub(crate) fn wants_read(&self) -> bool {
+        matches!(self.state, State::Open) && !self.read_paused
+    }
+
+    /// True while the socket must be watched for WRITABLE: output is pending,
+    /// or an outgoing connect waits for its result.
+    pub(crate) fn wants_write(&self) -> bool {
+        self.state == State::Connecting || !self.out.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes at most `room` bytes, then says WouldBlock.
+    struct Pipe {
+        taken: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for Pipe {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.room);
+            self.taken.extend_from_slice(&buf[..n]);
+            self.room -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn partial_writes_keep_the_tail_and_release_memory_when_drained() {
+        let mut out = OutBuf::default();
+        out.push_copy(b"hello ");
+        out.push_shared(Rc::from(&b"shared "[..]));
+        out.push_copy(b"world");
+        let mut pipe = Pipe {
+            taken: vec![],
+            room: 8,
+        };
+        assert_eq!(out.write_to(&mut pipe).unwrap(), 8);
+        assert_eq!(out.len(), 10);
+        pipe.room = 100;
+        assert_eq!(out.write_to(&mut pipe).unwrap(), 10);
+        assert_eq!(pipe.taken, b"hello shared world");
+        assert!(out.is_empty());
+        assert_eq!(out.segments.capacity(), 0);
+    }
+
+    #[test]
+    fn drop_oldest_never_cuts_a_frame_in_half() {
+        let mut out = OutBuf::default();
+        for _ in 0..4 {
+            out.push_shared(Rc::from(&[7u8; 10][..]));
+        }
+        let mut pipe = Pipe {
+            taken: vec![],
+            room: 3,
+        };
+        out.write_to(&mut pipe).unwrap();
+        // 37 queued, limit 25, need 10 more: drop until 37 - k*10 + 10 <= 25.
+        assert_eq!(out.drop_oldest(10, 25), 3);
+        assert_eq!(out.len(), 7);
+        assert_eq!(out.segments(), 1);
+    }
+}

@@ -1,0 +1,57 @@
+//! Opening sockets the way every command wants them, with errors that name
+//! the address: listeners with a deep accept queue, and the "ready" line
+//! scripts wait for.
+
+use std::net::{IpAddr, SocketAddr, TcpStream as StdTcpStream};
+use std::time::Duration;
+
+use mio::net::{TcpListener, TcpStream, UdpSocket};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::error::{Error, Result};
+
+/// Accept-queue length asked of the kernel (it caps it at `net.core.somaxconn`).
+/// Deep enough that a burst of thousands of connects is not answered with SYN retries.
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// How long a client waits for the TCP handshake before giving up.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Binds a non-blocking TCP listener (SO_REUSEADDR, backlog [`LISTEN_BACKLOG`]).
+pub fn listen_tcp(bind: IpAddr, port: u16) -> Result<TcpListener> {
+    let addr = SocketAddr::new(bind, port);
+    let fail = |source| Error::Bind { addr, source };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(fail)?;
+    socket.set_reuse_address(true).map_err(fail)?;
+    if addr.is_ipv6() {
+        // Let [::] take IPv4 clients as well, as most servers do.
+        let _ = socket.set_only_v6(false);
+    }
+    socket.bind(&addr.into()).map_err(fail)?;
+    socket.listen(LISTEN_BACKLOG).map_err(fail)?;
+    socket.set_nonblocking(true).map_err(fail)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Binds a non-blocking UDP socket.
+pub fn bind_udp(bind: IpAddr, port: u16) -> Result<UdpSocket> {
+    let addr = SocketAddr::new(bind, port);
+    UdpSocket::bind(addr).map_err(|source| Error::Bind { addr, source })
+}
+
+/// Connects to a server with a blocking handshake (so a refusal is a clear,
+/// immediate error), then hands back a non-blocking stream for the reactor.
+pub fn connect_tcp(addr: SocketAddr) -> Result<TcpStream> {
+    let fail = |source| Error::Connect { addr, source };
+    let stream = StdTcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(fail)?;
+    stream.set_nodelay(true).map_err(fail)?;
+    stream.set_nonblocking(true).map_err(fail)?;
+    Ok(TcpStream::from_std(stream))
+}
+
+/// Prints the line scripts wait for: `<what> listening on IP:PORT` (stderr).
+/// The address is always the last word.
+pub fn announce(what: &str, addr: SocketAddr) {
+    eprintln!("{what} listening on {addr}");
+}

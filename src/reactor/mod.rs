@@ -1,0 +1,1253 @@
+//! The reactor: one `mio::Poll`, one thread, every source of the program.
+//!
+//! A command builds a [`Reactor`], adds its sockets, and hands
+//! [`Reactor::run`] a [`Handler`]. Each [`turn`](Reactor::turn) of the loop
+//! does three things, in this order:
+//!
+//! 1. **poll** — block until a source is ready or the nearest deadline
+//!    passes (no blocking at all while work is left over from the last turn);
+//! 2. **dispatch** — for each event, decode its token into a [`Source`] and
+//!    call that source's handler: accept, read, write, read stdin, take
+//!    signals; then serve the ready list and the deadlines that passed;
+//! 3. **finish** — write what commands queued during the turn, apply interest
+//!    changes, and reap the connections that were closed.
+//!
+//! The command never sees readiness: it sees [`Event`]s — a connection
+//! accepted, bytes arrived, the peer closed, stdin had a line's worth, a
+//! deadline passed — and answers through [`Ctx`]: send, queue, close.
+//!
+//! # The edge-triggered rules
+//!
+//! mio reports readiness on edges: "this socket *became* readable". An event
+//! that is not acted on in full is never repeated. Every rule below follows
+//! from that, and each is kept in exactly one place:
+//!
+//! * **Drain, or remember.** A readable socket is read until `WouldBlock`
+//!   (`read_conn`), or until its read budget is spent — then it goes on the
+//!   *ready list* and is read again next turn, and the poll does not block
+//!   while the list is not empty. A short read (fewer bytes than asked)
+//!   also means the socket is empty, unless the peer has shut down its side,
+//!   in which case we read on to see the end of the stream.
+//! * **A paused reader is resumed by hand.** A connection whose output
+//!   reached the limit stops reading (backpressure). Its readable edge is
+//!   already spent, so when its output drains `flush_conn` puts it on the
+//!   ready list; nothing else would ever wake it. The same holds for stdin
+//!   (`Ctx::resume_stdin`) and for a listener paused when descriptors ran out.
+//! * **Write interest only while there is output.** A write is tried first;
+//!   only what the kernel does not take is queued, and only then is WRITABLE
+//!   registered (`sync_interest`). It is dropped again once the queue drains,
+//!   so an idle connection never wakes the loop.
+//! * **Nobody closes in the middle of a turn.** [`Ctx::close`] marks a
+//!   connection; the reaper removes it after the batch, so a slab key (the
+//!   token) is never reused while an event for the old connection may still
+//!   be in hand.
+//! * **No source is read twice at once.** One handler runs at a time, which
+//!   is why one scratch buffer serves every read.
+
+pub mod signals;
+pub mod stdin;
+pub mod timer;
+pub mod token;
+pub mod trace;
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream, UdpSocket};
+use mio::{Events, Interest, Poll};
+use slab::Slab;
+
+use crate::conn::{CloseReason, Conn, State};
+use crate::trace;
+use signals::SignalSource;
+use stdin::{StdinKind, StdinSource};
+use timer::Timers;
+pub use token::Source;
+use trace::Tracer;
+
+/// Size of the one read buffer every source shares. Large enough for the
+/// biggest UDP datagram (65,507 bytes).
+pub const SCRATCH_SIZE: usize = 64 * 1024;
+
+/// How many events one poll call can return.
+const EVENT_CAPACITY: usize = 1024;
+
+/// A connection's identity: its slab key, which is also its `mio::Token`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub usize);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "conn#{}", self.0)
+    }
+}
+
+/// Settings of one reactor. Every bound has a default; see [`Config::default`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Bytes a connection may have queued for its peer. With
+    /// `pause_reads_when_full`, reading stops when it is reached. Default 64 KiB.
+    pub out_limit: usize,
+    /// Backpressure: read from a connection only into the room its own output
+    /// has left (an echo server's rule). Off: the command enforces its own
+    /// policy through [`Ctx::queue`]'s answer (the chat's rule). Default on.
+    pub pause_reads_when_full: bool,
+    /// Most connections at once; more are refused with `full_notice`. Default 100,000
+    /// (the open-file limit usually binds first; it is handled the same way).
+    pub max_conns: usize,
+    /// Bytes read from one source per event before others get their turn. Default 256 KiB.
+    pub read_budget: usize,
+    /// Serve standard input. Default off.
+    pub stdin: bool,
+    /// Print a trace line for everything the loop does. Default off.
+    pub trace: bool,
+    /// What a refused client is told before it is closed.
+    pub full_notice: Vec<u8>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            out_limit: 64 * 1024,
+            pause_reads_when_full: true,
+            max_conns: 100_000,
+            read_budget: 256 * 1024,
+            stdin: false,
+            trace: false,
+            full_notice: b"sockloop: server full, try again later\n".to_vec(),
+        }
+    }
+}
+
+/// What happened, as a command sees it. Readiness never reaches a command.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A listener accepted a connection; its state is `S::default()`.
+    Accepted {
+        /// The new connection.
+        conn: ConnId,
+        /// Which listener, in the order they were added.
+        listener: usize,
+    },
+    /// An outgoing connection finished its handshake.
+    Connected(ConnId),
+    /// Bytes arrived. They live in the shared scratch buffer: use them now.
+    Data(ConnId, &'a [u8]),
+    /// The peer shut down its write side; nothing more will be read.
+    PeerClosed(ConnId),
+    /// The connection's queued output has all been written.
+    Drained(ConnId),
+    /// The connection is about to be removed. Its state can still be read.
+    Closed(ConnId, &'a CloseReason),
+    /// Bytes from standard input.
+    Stdin(&'a [u8]),
+    /// Standard input ended (or was never open).
+    StdinEof,
+    /// A datagram arrived on the UDP socket.
+    Datagram(&'a [u8], SocketAddr),
+    /// The UDP socket reported an error (e.g. ICMP unreachable). Never fatal.
+    UdpError(io::Error),
+    /// The UDP socket can take more datagrams (asked for with [`Ctx::udp_want_writable`]).
+    UdpWritable,
+    /// A deadline set with [`Ctx::set_timer`] passed.
+    Timer(u64),
+    /// SIGINT or SIGTERM arrived (SIGUSR1 is answered by the reactor itself).
+    Signal(i32),
+}
+
+/// A command: what it does with each [`Event`].
+pub trait Handler {
+    /// The command's own per-connection state.
+    type Conn: Default;
+
+    /// Reacts to one event. Called once per event, one at a time.
+    fn handle(&mut self, cx: &mut Ctx<Self::Conn>, event: Event<'_>);
+
+    /// Bytes the command holds for a connection (say, half a frame), shown
+    /// in the connection table. Default 0.
+    fn buffered_in(&self, _conn: &Self::Conn) -> usize {
+        0
+    }
+}
+
+/// What [`Ctx::queue`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    /// Queued; it will be written at the end of the turn.
+    Yes,
+    /// Not queued: the connection already holds `queued` bytes and the frame
+    /// would take it over the output limit. The command chooses the policy.
+    OverLimit {
+        /// Bytes already queued for that connection.
+        queued: usize,
+    },
+    /// Not queued: the connection is gone or closing.
+    Gone,
+}
+
+/// The loop's own figures, for progress lines and `--trace`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoopStats {
+    /// Calls to poll.
+    pub polls: u64,
+    /// Events those calls returned.
+    pub events: u64,
+    /// Time spent blocked in poll.
+    pub blocked: Duration,
+    /// Time since the reactor started.
+    pub elapsed: Duration,
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections refused (full, or out of descriptors).
+    pub refused: u64,
+}
+
+impl LoopStats {
+    /// Share of the time the loop spent working rather than waiting in poll, 0..=1.
+    pub fn utilisation(&self) -> f64 {
+        if self.elapsed.is_zero() {
+            return 0.0;
+        }
+        1.0 - (self.blocked.as_secs_f64() / self.elapsed.as_secs_f64()).min(1.0)
+    }
+
+    /// Figures accumulated since `earlier` (for per-second lines).
+    pub fn since(&self, earlier: &LoopStats) -> LoopStats {
+        LoopStats {
+            polls: self.polls - earlier.polls,
+            events: self.events - earlier.events,
+            blocked: self.blocked.saturating_sub(earlier.blocked),
+            elapsed: self.elapsed.saturating_sub(earlier.elapsed),
+            accepted: self.accepted - earlier.accepted,
+            refused: self.refused - earlier.refused,
+        }
+    }
+}
+
+impl fmt::Display for LoopStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        let per_poll = if self.polls == 0 {
+            0.0
+        } else {
+            self.events as f64 / self.polls as f64
+        };
+        write!(
+            f,
+            "loop: {:.0} polls/s, {per_poll:.1} events/poll, {:.0}% blocked in poll",
+            self.polls as f64 / secs,
+            100.0 * (1.0 - self.utilisation())
+        )
+    }
+}
+
+struct Listener {
+    socket: TcpListener,
+    /// Accepting stopped because descriptors ran out; resumed when a connection closes.
+    paused: bool,
+}
+
+/// Everything a command may touch while it handles an event.
+///
+/// It owns the poll, the connection table (a slab whose keys are the
+/// tokens), the listeners, the UDP socket, stdin and the deadlines.
+pub struct Ctx<S> {
+    poll: Poll,
+    config: Config,
+    conns: Slab<Conn<S>>,
+    /// Marked for removal this turn (see [`Ctx::close`]); each key once.
+    closing: Vec<(usize, CloseReason)>,
+    /// Connections with frames queued this turn, written in `finish`.
+    dirty: Vec<usize>,
+    /// Sources to serve next turn without waiting for an event.
+    ready: Vec<Source>,
+    listeners: Vec<Listener>,
+    /// A descriptor held in reserve: freed to accept (and turn away) one
+    /// client when the open-file limit is reached.
+    spare_fd: Option<File>,
+    udp: Option<UdpSocket>,
+    udp_writable_wanted: bool,
+    stdin: Option<StdinSource>,
+    stdin_paused: bool,
+    stdin_eof: bool,
+    timers: Timers,
+    tracer: Tracer,
+    stats: LoopStats,
+    started: Instant,
+    stopping: bool,
+}
+
+/// The event loop: a [`Ctx`] plus what only the loop itself touches.
+pub struct Reactor<S> {
+    cx: Ctx<S>,
+    events: Events,
+    /// The one read buffer: every read lands here and is handed to the command.
+    scratch: Vec<u8>,
+    signals: SignalSource,
+}
+
+impl<S: Default> Reactor<S> {
+    /// Creates the poll, installs the signal handlers and, if configured, stdin.
+    pub fn new(config: Config) -> io::Result<Reactor<S>> {
+        // Look at fd 0 before this function opens anything (see stdin::probe).
+        stdin::probe();
+        let poll = Poll::new()?;
+        let stdin = if config.stdin {
+            Some(StdinSource::open(poll.registry())?)
+        } else {
+            None
+        };
+        let signals = SignalSource::open(poll.registry())?;
+        let mut ready = Vec::new();
+        if let Some(source) = &stdin {
+            // Regular files and /dev/null never raise a readiness event: start reading them now.
+            if source.kind() != StdinKind::Pollable {
+                ready.push(Source::Stdin);
+            }
+        }
+        let tracer = Tracer::new(config.trace);
+        Ok(Reactor {
+            cx: Ctx {
+                poll,
+                conns: Slab::new(),
+                closing: Vec::new(),
+                dirty: Vec::new(),
+                ready,
+                listeners: Vec::new(),
+                spare_fd: File::open("/dev/null").ok(),
+                udp: None,
+                udp_writable_wanted: false,
+                stdin,
+                stdin_paused: false,
+                stdin_eof: false,
+                timers: Timers::default(),
+                tracer,
+                stats: LoopStats::default(),
+                started: Instant::now(),
+                stopping: false,
+                config,
+            },
+            events: Events::with_capacity(EVENT_CAPACITY),
+            scratch: vec![0; SCRATCH_SIZE],
+            signals,
+        })
+    }
+
+    /// The context, to add sockets and set deadlines before the loop runs.
+    pub fn cx(&mut self) -> &mut Ctx<S> {
+        &mut self.cx
+    }
+
+    /// Runs turns until a command calls [`Ctx::stop`].
+    pub fn run<H: Handler<Conn = S>>(&mut self, handler: &mut H) -> io::Result<()> {
+        while !self.cx.stopping {
+            self.turn(handler)?;
+        }
+        Ok(())
+    }
+
+    /// One turn of the loop: poll, dispatch, finish.
+    pub fn turn<H: Handler<Conn = S>>(&mut self, handler: &mut H) -> io::Result<()> {
+        let Reactor {
+            cx,
+            events,
+            scratch,
+            signals,
+        } = self;
+
+        // 1. Poll. Work left from the last turn means: look, but do not wait.
+        let now = Instant::now();
+        let timeout = if cx.ready.is_empty() && cx.dirty.is_empty() {
+            cx.timers.timeout(now)
+        } else {
+            Some(Duration::ZERO)
+        };
+        match cx.poll.poll(events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let woke = Instant::now();
+        cx.stats.polls += 1;
+        cx.stats.blocked += woke - now;
+        let n_events = events.iter().count();
+        cx.stats.events += n_events as u64;
+        trace!(
+            cx.tracer,
+            "poll: {} event(s) after {:.3}ms blocked, {} on ready list",
+            n_events,
+            (woke - now).as_secs_f64() * 1e3,
+            cx.ready.len()
+        );
+
+        // 2. Dispatch: events first, then what the last turn left ready, then deadlines.
+        let left_over = std::mem::take(&mut cx.ready);
+        for event in events.iter() {
+            let source = Source::from(event.token());
+            if cx.tracer.on() {
+                cx.trace_event(source, event);
+            }
+            match source {
+                Source::Listener(i) => cx.accept_all(handler, i),
+                Source::Conn(key) => cx.on_conn_event(handler, scratch, key, event),
+                Source::Stdin => cx.read_stdin(handler, scratch),
+                Source::Udp => cx.on_udp_event(handler, scratch, event),
+                Source::Signals => {
+                    for signal in signals.pending() {
+                        cx.on_signal(handler, signal);
+                    }
+                }
+            }
+        }
+        for source in left_over {
+            match source {
+                Source::Listener(i) => cx.accept_all(handler, i),
+                Source::Conn(key) => cx.read_conn(handler, scratch, key),
+                Source::Stdin => cx.read_stdin(handler, scratch),
+                Source::Udp => cx.read_udp(handler, scratch),
+                Source::Signals => {}
+            }
+        }
+        let now = Instant::now();
+        while let Some(id) = cx.timers.pop_due(now) {
+            handler.handle(cx, Event::Timer(id));
+        }
+
+        // 3. Finish: write what was queued, then remove what was closed.
+        cx.finish(handler);
+        cx.stats.elapsed = cx.started.elapsed();
+        Ok(())
+    }
+}
+
+impl<S> Ctx<S> {
+    // ----- Adding sources ---------------------------------------------------
+
+    /// Adds a listening socket; returns its number for [`Event::Accepted`].
+    pub fn add_listener(&mut self, mut socket: TcpListener) -> io::Result<usize> {
+        let index = self.listeners.len();
+        self.poll.registry().register(
+            &mut socket,
+            Source::Listener(index).token(),
+            Interest::READABLE,
+        )?;
+        self.listeners.push(Listener {
+            socket,
+            paused: false,
+        });
+        Ok(index)
+    }
+
+    /// The local address of listener `index`.
+    pub fn listener_addr(&self, index: usize) -> io::Result<SocketAddr> {
+        self.listeners[index].socket.local_addr()
+    }
+
+    /// Stops accepting: the listeners are closed (used at shutdown).
+    pub fn stop_accepting(&mut self) {
+        for mut listener in self.listeners.drain(..) {
+            let _ = self.poll.registry().deregister(&mut listener.socket);
+        }
+        self.ready.retain(|s| !matches!(s, Source::Listener(_)));
+    }
+
+    /// Sets the UDP socket (one per reactor).
+    pub fn set_udp(&mut self, mut socket: UdpSocket) -> io::Result<()> {
+        self.poll
+            .registry()
+            .register(&mut socket, Source::Udp.token(), Interest::READABLE)?;
+        self.udp = Some(socket);
+        Ok(())
+    }
+
+    /// The UDP socket, to send with.
+    pub fn udp(&self) -> Option<&UdpSocket> {
+        self.udp.as_ref()
+    }
+
+    /// Asks for [`Event::UdpWritable`] when the UDP socket can take more (after a
+    /// send said `WouldBlock`); `false` stops asking.
+    pub fn udp_want_writable(&mut self, wanted: bool) {
+        if wanted == self.udp_writable_wanted {
+            return;
+        }
+        self.udp_writable_wanted = wanted;
+        let interest = if wanted {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        if let Some(socket) = self.udp.as_mut() {
+            if let Err(e) = self
+                .poll
+                .registry()
+                .reregister(socket, Source::Udp.token(), interest)
+            {
+                log::warn!("udp: cannot change interest: {e}");
+            }
+        }
+    }
+
+    /// Opens an outgoing connection (non-blocking); [`Event::Connected`] or
+    /// [`Event::Closed`] tells how it went.
+    pub fn connect(&mut self, addr: SocketAddr, state: S) -> io::Result<ConnId> {
+        let stream = TcpStream::connect(addr)?;
+        self.adopt(stream, addr, state, true)
+    }
+
+    /// Adds a connection made elsewhere (e.g. bound to a chosen source address
+    /// first). `connecting`: the handshake is still under way.
+    pub fn adopt(
+        &mut self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        state: S,
+        connecting: bool,
+    ) -> io::Result<ConnId> {
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        let interest = if connecting {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        self.poll
+            .registry()
+            .register(&mut stream, Source::Conn(key).token(), interest)?;
+        let mut conn = Conn::new(
+            stream,
+            peer,
+            if connecting {
+                State::Connecting
+            } else {
+                State::Open
+            },
+            state,
+        );
+        conn.writable_registered = connecting;
+        entry.insert(conn);
+        trace!(
+            self.tracer,
+            "conn#{key} {peer}: opened (connecting: {connecting})"
+        );
+        Ok(ConnId(key))
+    }
+
+    // ----- Connections ------------------------------------------------------
+
+    /// A connection, if it is still in the table.
+    pub fn conn(&self, id: ConnId) -> Option<&Conn<S>> {
+        self.conns.get(id.0)
+    }
+
+    /// The command's state for a connection.
+    pub fn state(&self, id: ConnId) -> Option<&S> {
+        self.conns.get(id.0).map(|c| &c.state_of_app)
+    }
+
+    /// The command's state for a connection, to change.
+    pub fn state_mut(&mut self, id: ConnId) -> Option<&mut S> {
+        self.conns.get_mut(id.0).map(|c| &mut c.state_of_app)
+    }
+
+    /// Number of connections in the table (including ones closing this turn).
+    pub fn n_conns(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Fills `out` with the ids of the live connections (not closing), in key order.
+    pub fn conn_ids(&self, out: &mut Vec<ConnId>) {
+        out.clear();
+        out.extend(
+            self.conns
+                .iter()
+                .filter(|(_, c)| !c.doomed)
+                .map(|(key, _)| ConnId(key)),
+        );
+    }
+
+    /// Sends bytes now: written straight to the socket when nothing is queued
+    /// ahead of them; what the kernel does not take is copied into the output
+    /// buffer and written when the socket is writable.
+    ///
+    /// The caller bounds what it sends (the reactor bounds reads to the
+    /// output room under `pause_reads_when_full`).
+    pub fn send(&mut self, id: ConnId, bytes: &[u8]) {
+        let Some(conn) = self.conns.get_mut(id.0) else {
+            return;
+        };
+        if conn.doomed || bytes.is_empty() {
+            return;
+        }
+        let mut rest = bytes;
+        if conn.out.is_empty() && conn.state != State::Connecting {
+            loop {
+                match conn.stream.write(rest) {
+                    Ok(n) => {
+                        conn.bytes_out += n as u64;
+                        rest = &rest[n..];
+                        if rest.is_empty() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        self.close(id, CloseReason::Io(e));
+                        return;
+                    }
+                }
+            }
+            trace!(
+                self.tracer,
+                "{id}: wrote {} B directly{}",
+                bytes.len() - rest.len(),
+                if rest.is_empty() {
+                    String::new()
+                } else {
+                    format!(", kernel full: {} B queued", rest.len())
+                }
+            );
+        }
+        if !rest.is_empty() {
+            conn.out.push_copy(rest);
+            self.after_output_change(id.0);
+        }
+    }
+
+    /// Queues a shared frame for a connection, to be written at the end of the
+    /// turn together with everything else queued for it (one `writev`). The
+    /// frame is not copied: many connections can hold the same one.
+    pub fn queue(&mut self, id: ConnId, frame: &Rc<[u8]>) -> Queued {
+        let limit = self.config.out_limit;
+        let Some(conn) = self.conns.get_mut(id.0) else {
+            return Queued::Gone;
+        };
+        if conn.doomed || conn.state == State::Flushing && conn.out.is_empty() {
+            return Queued::Gone;
+        }
+        let queued = conn.out.len();
+        if queued + frame.len() > limit {
+            return Queued::OverLimit { queued };
+        }
+        conn.out.push_shared(Rc::clone(frame));
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(id.0);
+        }
+        Queued::Yes
+    }
+
+    /// Drops a connection's oldest queued frames (not one already started)
+    /// until `need` more bytes fit under the output limit. Returns how many.
+    pub fn drop_oldest(&mut self, id: ConnId, need: usize) -> usize {
+        let limit = self.config.out_limit;
+        match self.conns.get_mut(id.0) {
+            Some(conn) => conn.out.drop_oldest(need, limit),
+            None => 0,
+        }
+    }
+
+    /// Closes a connection now (queued output is discarded). The command gets
+    /// [`Event::Closed`] at the end of the turn, then the connection is removed.
+    pub fn close(&mut self, id: ConnId, reason: CloseReason) {
+        if let Some(conn) = self.conns.get_mut(id.0) {
+            if !conn.doomed {
+                conn.doomed = true;
+                self.closing.push((id.0, reason));
+            }
+        }
+    }
+
+    /// Stops reading, writes what is queued, then closes.
+    pub fn close_after_flush(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id.0) else {
+            return;
+        };
+        if conn.out.is_empty() {
+            let reason = if conn.state == State::ReadClosed {
+                CloseReason::Done
+            } else {
+                CloseReason::Local("closed after flush")
+            };
+            self.close(id, reason);
+        } else {
+            conn.state = State::Flushing;
+        }
+    }
+
+    /// Shuts down our write side once the queued output is written (the
+    /// peer sees end of stream; we keep reading until it closes).
+    pub fn shutdown_write(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id.0) else {
+            return;
+        };
+        if conn.out.is_empty() {
+            let _ = conn.stream.shutdown(Shutdown::Write);
+            trace!(self.tracer, "{id}: write side shut down");
+        } else {
+            conn.shutdown_write_when_drained = true;
+        }
+    }
+
+    // ----- Stdin, deadlines, the loop itself ---------------------------------
+
+    /// Stops reading stdin (e.g. while the socket it feeds is full).
+    pub fn pause_stdin(&mut self) {
+        if !self.stdin_paused {
+            self.stdin_paused = true;
+            trace!(self.tracer, "stdin: paused");
+        }
+    }
+
+    /// Reads stdin again, at once: its readable edge may already be spent.
+    pub fn resume_stdin(&mut self) {
+        if self.stdin_paused {
+            self.stdin_paused = false;
+            trace!(self.tracer, "stdin: resumed");
+            if !self.stdin_eof {
+                self.ready.push(Source::Stdin);
+            }
+        }
+    }
+
+    /// How stdin is served, if the reactor serves it.
+    pub fn stdin_kind(&self) -> Option<StdinKind> {
+        self.stdin.as_ref().map(|s| s.kind())
+    }
+
+    /// Calls back with [`Event::Timer`]`(id)` at `at`.
+    pub fn set_timer(&mut self, at: Instant, id: u64) {
+        self.timers.add(at, id);
+    }
+
+    /// Calls back with [`Event::Timer`]`(id)` after `delay`.
+    pub fn set_timer_in(&mut self, delay: Duration, id: u64) {
+        self.timers.add(Instant::now() + delay, id);
+    }
+
+    /// Ends [`Reactor::run`] after this turn.
+    pub fn stop(&mut self) {
+        self.stopping = true;
+    }
+
+    /// The loop's own figures so far.
+    pub fn stats(&self) -> LoopStats {
+        let mut stats = self.stats;
+        stats.elapsed = self.started.elapsed();
+        stats
+    }
+
+    /// The tracer, for a command's own trace lines.
+    pub fn tracer(&self) -> &Tracer {
+        &self.tracer
+    }
+
+    /// The reactor's settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    // ----- The loop's handlers (private) -------------------------------------
+
+    fn accept_all<H: Handler<Conn = S>>(&mut self, handler: &mut H, index: usize)
+    where
+        S: Default,
+    {
+        loop {
+            let Some(listener) = self.listeners.get_mut(index) else {
+                return;
+            };
+            if listener.paused {
+                return;
+            }
+            match listener.socket.accept() {
+                Ok((stream, peer)) => {
+                    if self.conns.len() >= self.config.max_conns {
+                        self.stats.refused += 1;
+                        log::warn!(
+                            "refused {peer}: {} connections is the limit (--max-conns)",
+                            self.config.max_conns
+                        );
+                        refuse(stream, &self.config.full_notice);
+                        continue;
+                    }
+                    self.stats.accepted += 1;
+                    let _ = stream.set_nodelay(true);
+                    match self.adopt(stream, peer, S::default(), false) {
+                        Ok(id) => {
+                            trace!(
+                                self.tracer,
+                                "listener#{index}: accepted {id} from {peer} ({} open)",
+                                self.conns.len()
+                            );
+                            handler.handle(
+                                self,
+                                Event::Accepted {
+                                    conn: id,
+                                    listener: index,
+                                },
+                            );
+                        }
+                        Err(e) => log::warn!("cannot register connection from {peer}: {e}"),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_out_of_descriptors(&e) => {
+                    if !self.refuse_with_spare(index, &e) {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // ECONNABORTED and friends: that client is gone, the listener is fine.
+                    log::debug!("accept on listener#{index}: {e}");
+                    if e.raw_os_error() != Some(libc::ECONNABORTED) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Out of descriptors: free the spare, accept one waiting client, tell it
+    /// the server is full, close it, take the spare back. Without a spare,
+    /// pause the listener until a connection closes. Returns whether to go on
+    /// accepting.
+    fn refuse_with_spare(&mut self, index: usize, error: &io::Error) -> bool {
+        let Some(spare) = self.spare_fd.take() else {
+            log::warn!(
+                "out of file descriptors ({error}); accepting paused until a connection closes"
+            );
+            self.listeners[index].paused = true;
+            return false;
+        };
+        drop(spare);
+        let accepted = self.listeners[index].socket.accept();
+        self.spare_fd = File::open("/dev/null").ok();
+        match accepted {
+            Ok((stream, peer)) => {
+                self.stats.refused += 1;
+                log::warn!("refused {peer}: out of file descriptors ({error})");
+                refuse(stream, &self.config.full_notice);
+                true
+            }
+            Err(_) => {
+                if self.spare_fd.is_none() {
+                    self.listeners[index].paused = true;
+                }
+                false
+            }
+        }
+    }
+
+    fn on_conn_event<H: Handler<Conn = S>>(
+        &mut self,
+        handler: &mut H,
+        scratch: &mut [u8],
+        key: usize,
+        event: &mio::event::Event,
+    ) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.doomed {
+            return;
+        }
+        if event.is_read_closed() {
+            conn.peer_hup = true;
+        }
+        if conn.state == State::Connecting {
+            if !self.finish_connect(handler, key) {
+                return;
+            }
+        } else if event.is_writable() || event.is_error() {
+            self.flush_conn(handler, key);
+        }
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            self.read_conn(handler, scratch, key);
+        }
+    }
+
+    /// An outgoing connection became writable (or failed): did the handshake work?
+    fn finish_connect<H: Handler<Conn = S>>(&mut self, handler: &mut H, key: usize) -> bool {
+        let conn = &mut self.conns[key];
+        let failure = match conn.stream.take_error() {
+            Ok(Some(e)) | Err(e) => Some(e),
+            Ok(None) => match conn.stream.peer_addr() {
+                Ok(_) => None,
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return false,
+                Err(e) => Some(e),
+            },
+        };
+        if let Some(e) = failure {
+            self.close(ConnId(key), CloseReason::ConnectFailed(e));
+            return false;
+        }
+        conn.state = State::Open;
+        let _ = conn.stream.set_nodelay(true);
+        trace!(self.tracer, "conn#{key}: connected");
+        handler.handle(self, Event::Connected(ConnId(key)));
+        self.after_output_change(key);
+        true
+    }
+
+    /// Reads a connection until `WouldBlock`, a short read, EOF, the output
+    /// limit (backpressure) or the read budget (then: the ready list).
+    fn read_conn<H: Handler<Conn = S>>(&mut self, handler: &mut H, scratch: &mut [u8], key: usize) {
+        let id = ConnId(key);
+        let mut budget = self.config.read_budget;
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            if conn.doomed || !conn.wants_read() {
+                return;
+            }
+            let room = if self.config.pause_reads_when_full {
+                self.config.out_limit.saturating_sub(conn.out.len())
+            } else {
+                usize::MAX
+            }
+            .min(scratch.len());
+            if room == 0 {
+                conn.read_paused = true;
+                trace!(
+                    self.tracer,
+                    "{id}: output full ({} B), reads paused (backpressure)",
+                    conn.out.len()
+                );
+                return;
+            }
+            match conn.stream.read(&mut scratch[..room]) {
+                Ok(0) => {
+                    conn.state = State::ReadClosed;
+                    trace!(self.tracer, "{id}: peer closed its write side (EOF)");
+                    handler.handle(self, Event::PeerClosed(id));
+                    return;
+                }
+                Ok(n) => {
+                    conn.bytes_in += n as u64;
+                    let short = n < room && !conn.peer_hup;
+                    trace!(self.tracer, "{id}: read {n} B");
+                    handler.handle(self, Event::Data(id, &scratch[..n]));
+                    if short {
+                        // The socket is empty; the next byte raises a new edge.
+                        return;
+                    }
+                    budget = budget.saturating_sub(n);
+                    if budget == 0 {
+                        trace!(self.tracer, "{id}: read budget spent, on ready list");
+                        self.ready.push(Source::Conn(key));
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.close(id, CloseReason::Io(e));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes a connection's queued output; drives what follows a drain.
+    fn flush_conn<H: Handler<Conn = S>>(&mut self, handler: &mut H, key: usize) {
+        let id = ConnId(key);
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.dirty = false;
+        if conn.doomed || conn.out.is_empty() {
+            return;
+        }
+        match conn.out.write_to(&mut conn.stream) {
+            Ok(n) => {
+                conn.bytes_out += n as u64;
+                trace!(
+                    self.tracer,
+                    "{id}: wrote {n} B, {} B still queued",
+                    conn.out.len()
+                );
+                if conn.out.is_empty() {
+                    self.on_drained(handler, key);
+                } else if conn.read_paused && conn.out.len() < self.config.out_limit {
+                    self.resume_reading(key);
+                }
+                self.after_output_change(key);
+            }
+            Err(e) => {
+                let reason = if conn.state == State::ReadClosed {
+                    CloseReason::PeerGone
+                } else {
+                    CloseReason::Io(e)
+                };
+                self.close(id, reason);
+            }
+        }
+    }
+
+    fn on_drained<H: Handler<Conn = S>>(&mut self, handler: &mut H, key: usize) {
+        let conn = &mut self.conns[key];
+        if conn.read_paused {
+            self.resume_reading(key);
+        }
+        let conn = &mut self.conns[key];
+        if conn.shutdown_write_when_drained {
+            conn.shutdown_write_when_drained = false;
+            let _ = conn.stream.shutdown(Shutdown::Write);
+            trace!(self.tracer, "conn#{key}: drained, write side shut down");
+        }
+        if conn.state == State::Flushing {
+            self.close(ConnId(key), CloseReason::Done);
+        } else {
+            handler.handle(self, Event::Drained(ConnId(key)));
+        }
+    }
+
+    /// Trap (a): the paused connection's readable edge is already spent, so
+    /// it goes on the ready list to be read at once.
+    fn resume_reading(&mut self, key: usize) {
+        self.conns[key].read_paused = false;
+        self.ready.push(Source::Conn(key));
+        trace!(
+            self.tracer,
+            "conn#{key}: output drained below the limit, reads resumed"
+        );
+    }
+
+    /// Registers WRITABLE exactly while output is pending (or a connect is under way).
+    fn after_output_change(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let wanted = conn.wants_write();
+        if wanted == conn.writable_registered || conn.doomed {
+            return;
+        }
+        let interest = if wanted {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        match self
+            .poll
+            .registry()
+            .reregister(&mut conn.stream, Source::Conn(key).token(), interest)
+        {
+            Ok(()) => {
+                conn.writable_registered = wanted;
+                trace!(
+                    self.tracer,
+                    "conn#{key}: interest {}",
+                    if wanted { "READ+WRITE" } else { "READ" }
+                );
+            }
+            Err(e) => self.close(ConnId(key), CloseReason::Io(e)),
+        }
+    }
+
+    fn read_stdin<H: Handler<Conn = S>>(&mut self, handler: &mut H, scratch: &mut [u8]) {
+        let mut budget = self.config.read_budget;
+        loop {
+            if self.stdin_paused || self.stdin_eof {
+                return;
+            }
+            let Some(stdin) = self.stdin.as_mut() else {
+                return;
+            };
+            let always_ready = stdin.kind() != StdinKind::Pollable;
+            match stdin.read(scratch) {
+                Ok(0) => {
+                    self.stdin_eof = true;
+                    stdin.close(self.poll.registry());
+                    trace!(self.tracer, "stdin: end of input");
+                    handler.handle(self, Event::StdinEof);
+                    return;
+                }
+                Ok(n) => {
+                    trace!(self.tracer, "stdin: read {n} B");
+                    handler.handle(self, Event::Stdin(&scratch[..n]));
+                    budget = budget.saturating_sub(n);
+                    if always_ready || budget == 0 {
+                        // A regular file never signals: one chunk per turn, then come back.
+                        self.ready.push(Source::Stdin);
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("stdin: {e}; treating it as ended");
+                    self.stdin_eof = true;
+                    stdin.close(self.poll.registry());
+                    handler.handle(self, Event::StdinEof);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_udp_event<H: Handler<Conn = S>>(
+        &mut self,
+        handler: &mut H,
+        scratch: &mut [u8],
+        event: &mio::event::Event,
+    ) {
+        if event.is_writable() && self.udp_writable_wanted {
+            handler.handle(self, Event::UdpWritable);
+        }
+        if event.is_readable() || event.is_error() {
+            self.read_udp(handler, scratch);
+        }
+    }
+
+    fn read_udp<H: Handler<Conn = S>>(&mut self, handler: &mut H, scratch: &mut [u8]) {
+        let mut budget = self.config.read_budget;
+        loop {
+            let Some(socket) = self.udp.as_ref() else {
+                return;
+            };
+            match socket.recv_from(scratch) {
+                Ok((n, from)) => {
+                    trace!(self.tracer, "udp: {n} B from {from}");
+                    handler.handle(self, Event::Datagram(&scratch[..n], from));
+                    budget = budget.saturating_sub(n.max(1));
+                    if budget == 0 {
+                        self.ready.push(Source::Udp);
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    trace!(self.tracer, "udp: error {e}");
+                    handler.handle(self, Event::UdpError(e));
+                }
+            }
+        }
+    }
+
+    fn on_signal<H: Handler<Conn = S>>(&mut self, handler: &mut H, signal: i32) {
+        trace!(self.tracer, "signals: {}", signals::name(signal));
+        if signal == signals::TABLE_SIGNAL {
+            self.print_table(handler);
+        } else {
+            handler.handle(self, Event::Signal(signal));
+        }
+    }
+
+    /// SIGUSR1: the connection table on stderr.
+    fn print_table<H: Handler<Conn = S>>(&self, handler: &H) {
+        let now = Instant::now();
+        let mut text = format!(
+            "connection table: {} connection(s); {} accepted, {} refused; {}\n",
+            self.conns.len(),
+            self.stats.accepted,
+            self.stats.refused,
+            self.stats()
+        );
+        text.push_str("  token       peer                                       state        out B     in B      age\n");
+        for (key, conn) in &self.conns {
+            text.push_str(&format!(
+                "  {:<11} {:<42} {:<12} {:<9} {:<9} {:.1}s\n",
+                format!("conn#{key}"),
+                conn.peer.to_string(),
+                if conn.read_paused {
+                    "paused"
+                } else {
+                    conn.state.name()
+                },
+                conn.out.len(),
+                handler.buffered_in(&conn.state_of_app),
+                (now - conn.since).as_secs_f64()
+            ));
+        }
+        let _ = io::stderr().lock().write_all(text.as_bytes());
+    }
+
+    /// End of turn: write every connection that had frames queued, then reap.
+    fn finish<H: Handler<Conn = S>>(&mut self, handler: &mut H) {
+        // Closing can queue more (a "has left" message), and writing can fail
+        // and close more; two rounds settle it, and anything left waits for
+        // the next turn, which will not block.
+        for _ in 0..2 {
+            let dirty = std::mem::take(&mut self.dirty);
+            for key in dirty {
+                self.flush_conn(handler, key);
+            }
+            self.reap(handler);
+        }
+    }
+
+    fn reap<H: Handler<Conn = S>>(&mut self, handler: &mut H) {
+        while !self.closing.is_empty() {
+            let closing = std::mem::take(&mut self.closing);
+            for (key, reason) in closing {
+                handler.handle(self, Event::Closed(ConnId(key), &reason));
+                let mut conn = self.conns.remove(key);
+                let _ = self.poll.registry().deregister(&mut conn.stream);
+                trace!(self.tracer, "conn#{key} {}: closed ({reason})", conn.peer);
+                self.ready.retain(|s| *s != Source::Conn(key));
+                self.dirty.retain(|k| *k != key);
+                // A descriptor is free again: a listener paused for lack of them may go on.
+                for (index, listener) in self.listeners.iter_mut().enumerate() {
+                    if listener.paused {
+                        listener.paused = false;
+                        self.ready.push(Source::Listener(index));
+                        log::info!("a descriptor is free: accepting again");
+                    }
+                }
+                if self.spare_fd.is_none() {
+                    self.spare_fd = File::open("/dev/null").ok();
+                }
+            }
+        }
+    }
+
+    fn trace_event(&self, source: Source, event: &mio::event::Event) {
+        let role = match source {
+            Source::Listener(i) => format!("listener#{i}"),
+            Source::Udp => "udp".to_string(),
+            Source::Stdin => "stdin".to_string(),
+            Source::Signals => "signals".to_string(),
+            Source::Conn(key) => match self.conns.get(key) {
+                Some(conn) => format!("conn#{key} {} ({} B queued)", conn.peer, conn.out.len()),
+                None => format!("conn#{key} (gone)"),
+            },
+        };
+        let mut flags = Vec::new();
+        if event.is_readable() {
+            flags.push("readable");
+        }
+        if event.is_writable() {
+            flags.push("writable");
+        }
+        if event.is_read_closed() {
+            flags.push("read-closed");
+        }
+        if event.is_write_closed() {
+            flags.push("write-closed");
+        }
+        if event.is_error() {
+            flags.push("error");
+        }
+        self.tracer
+            .line(format_args!("event {role}: {}", flags.join("|")));
+    }
+}
+
+/// Tells a client it cannot be served, best effort, and closes it.
+fn refuse(mut stream: TcpStream, notice: &[u8]) {
+    let _ = stream.write(notice);
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+fn is_out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}

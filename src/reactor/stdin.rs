@@ -1,0 +1,125 @@
+//! Standard input as a poll source, whatever stdin turns out to be.
+//!
+//! | stdin is            | how it is served                                          |
+//! |---------------------|-----------------------------------------------------------|
+//! | a terminal or pipe  | registered with the poll (edge-triggered), `O_NONBLOCK` set and the old flags restored on drop |
+//! | a regular file, `/dev/null` | epoll refuses them (`EPERM`); they never block, so the reactor treats them as always readable and reads one bounded chunk per turn |
+//! | closed (no fd 0)    | seen at start-up, before any socket exists, and reported as end of input at once |
+//!
+//! The closed case matters: when a program starts without fd 0, the first
+//! socket it opens *gets* fd 0. [`probe`] looks once, at start-up, and its
+//! answer is kept, so a socket on fd 0 is never read as stdin.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::OnceLock;
+
+use mio::unix::SourceFd;
+use mio::{Interest, Registry};
+
+use super::token::Source;
+use crate::sys;
+
+const STDIN_FD: RawFd = 0;
+
+static STDIN_OPEN: OnceLock<bool> = OnceLock::new();
+
+/// Looks whether fd 0 is open, once, and remembers the answer. `main` calls
+/// this before anything else so that the answer predates every socket.
+pub fn probe() -> bool {
+    *STDIN_OPEN.get_or_init(|| sys::fd_is_open(STDIN_FD))
+}
+
+/// How stdin is served (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdinKind {
+    /// Registered with the poll.
+    Pollable,
+    /// Always readable: a regular file or `/dev/null`.
+    AlwaysReady,
+    /// Not open at all: behaves as an empty input.
+    Absent,
+}
+
+/// Standard input, owned by the reactor.
+pub struct StdinSource {
+    kind: StdinKind,
+    /// File status flags before we set `O_NONBLOCK`, restored on drop.
+    saved_flags: Option<libc::c_int>,
+    registered: bool,
+}
+
+impl StdinSource {
+    /// Sets stdin up as a source, registering it when the poll accepts it.
+    pub fn open(registry: &Registry) -> io::Result<StdinSource> {
+        if !probe() {
+            return Ok(StdinSource {
+                kind: StdinKind::Absent,
+                saved_flags: None,
+                registered: false,
+            });
+        }
+        match registry.register(
+            &mut SourceFd(&STDIN_FD),
+            Source::Stdin.token(),
+            Interest::READABLE,
+        ) {
+            Ok(()) => {
+                let saved_flags = Some(sys::set_nonblocking(STDIN_FD)?);
+                Ok(StdinSource {
+                    kind: StdinKind::Pollable,
+                    saved_flags,
+                    registered: true,
+                })
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(StdinSource {
+                kind: StdinKind::AlwaysReady,
+                saved_flags: None,
+                registered: false,
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// How stdin is served.
+    pub fn kind(&self) -> StdinKind {
+        self.kind
+    }
+
+    /// One `read(2)` from fd 0. `Ok(0)` is end of input.
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.kind == StdinKind::Absent {
+            return Ok(0);
+        }
+        // SAFETY: read writes at most `buf.len()` bytes into a live buffer.
+        let n = unsafe { libc::read(STDIN_FD, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// Stops watching stdin (at end of input). Restores the descriptor's flags.
+    pub fn close(&mut self, registry: &Registry) {
+        if self.registered {
+            let _ = registry.deregister(&mut SourceFd(&STDIN_FD));
+            self.registered = false;
+        }
+        self.restore();
+    }
+
+    fn restore(&mut self) {
+        if let Some(flags) = self.saved_flags.take() {
+            sys::restore_flags(STDIN_FD, flags);
+        }
+    }
+}
+
+impl Drop for StdinSource {
+    /// Every exit path that unwinds through the reactor puts the user's
+    /// terminal back as it was: a shell left with a non-blocking tty breaks.
+    fn drop(&mut self) {
+        self.restore();
+    }
+}

@@ -1,0 +1,91 @@
+//! The token map: which `mio::Token` stands for which source. The only place
+//! that knows the numbers.
+//!
+//! | token                    | source                                  |
+//! |--------------------------|-----------------------------------------|
+//! | `0 ..`                   | TCP connections: the slab key *is* the token |
+//! | `usize::MAX - 1`         | the UDP socket                          |
+//! | `usize::MAX - 2`         | standard input                          |
+//! | `usize::MAX - 3`         | the signal pipe (SIGINT, SIGTERM, SIGUSR1) |
+//! | `usize::MAX - 8 - i`     | TCP listener number `i` (up to 4)       |
+//!
+//! The fixed tokens sit at the top of the range, where a slab key never
+//! reaches (it would need that many connections), so they cannot collide.
+
+use mio::Token;
+
+/// Most listeners one reactor serves (a chat server has a framed and a line port).
+pub const MAX_LISTENERS: usize = 4;
+
+const UDP: usize = usize::MAX - 1;
+const STDIN: usize = usize::MAX - 2;
+const SIGNALS: usize = usize::MAX - 3;
+const LISTENER_BASE: usize = usize::MAX - 8;
+
+/// A poll source, as decoded from its token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// TCP listener number `i`, in the order they were added.
+    Listener(usize),
+    /// The UDP socket.
+    Udp,
+    /// Standard input.
+    Stdin,
+    /// The signal pipe.
+    Signals,
+    /// A TCP connection: its slab key.
+    Conn(usize),
+}
+
+impl Source {
+    /// The token to register this source with.
+    pub fn token(self) -> Token {
+        Token(match self {
+            Source::Listener(i) => {
+                assert!(i < MAX_LISTENERS, "at most {MAX_LISTENERS} listeners");
+                LISTENER_BASE - i
+            }
+            Source::Udp => UDP,
+            Source::Stdin => STDIN,
+            Source::Signals => SIGNALS,
+            Source::Conn(key) => {
+                debug_assert!(key < LISTENER_BASE - MAX_LISTENERS);
+                key
+            }
+        })
+    }
+}
+
+impl From<Token> for Source {
+    fn from(token: Token) -> Source {
+        match token.0 {
+            UDP => Source::Udp,
+            STDIN => Source::Stdin,
+            SIGNALS => Source::Signals,
+            t if t <= LISTENER_BASE && t > LISTENER_BASE - MAX_LISTENERS => {
+                Source::Listener(LISTENER_BASE - t)
+            }
+            key => Source::Conn(key),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_source_round_trips_through_its_token() {
+        for source in [
+            Source::Listener(0),
+            Source::Listener(3),
+            Source::Udp,
+            Source::Stdin,
+            Source::Signals,
+            Source::Conn(0),
+            Source::Conn(19_999),
+        ] {
+            assert_eq!(Source::from(source.token()), source);
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! `--trace`: one line on stderr for everything the loop does.
+//!
+//! Free when off: every call site is the [`trace!`](crate::trace) macro, which
+//! tests one bool before it formats anything.
+
+use std::io::Write;
+use std::time::Instant;
+
+/// Whether tracing is on, and the clock its lines are stamped with.
+pub struct Tracer {
+    on: bool,
+    start: Instant,
+}
+
+impl Tracer {
+    /// A tracer that prints when `on`.
+    pub fn new(on: bool) -> Tracer {
+        Tracer {
+            on,
+            start: Instant::now(),
+        }
+    }
+
+    /// True when trace lines are printed.
+    #[inline]
+    pub fn on(&self) -> bool {
+        self.on
+    }
+
+    /// Prints one trace line: `trace +12.345ms <text>`.
+    pub fn line(&self, args: std::fmt::Arguments<'_>) {
+        let ms = self.start.elapsed().as_secs_f64() * 1e3;
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "trace +{ms:.3}ms {args}");
+    }
+}
+
+/// Prints a trace line when tracing is on; formats nothing when it is off.
+#[macro_export]
+macro_rules! trace {
+    ($tracer:expr, $($arg:tt)*) => {
+        if $tracer.on() {
+            $tracer.line(format_args!($($arg)*));
+        }
+    };
+}

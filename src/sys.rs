@@ -1,0 +1,140 @@
+//! The few raw system calls that std and mio do not expose, each wrapped once.
+//!
+//! Everything `unsafe` in sockloop lives here, behind small safe functions:
+//! descriptor flags, kernel queue sizes, the open-file limit and blocking
+//! writes to stdout. No socket is serviced here.
+
+use std::io;
+use std::os::fd::RawFd;
+
+/// True when descriptor `fd` is open. Checked for stdin before any socket is
+/// opened: when a program starts with fd 0 closed, the first socket it opens
+/// gets fd 0 and must never be mistaken for stdin.
+pub fn fd_is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
+}
+
+/// Sets `O_NONBLOCK` on `fd` and returns the flags it had before, for [`restore_flags`].
+pub fn set_nonblocking(fd: RawFd) -> io::Result<libc::c_int> {
+    // SAFETY: F_GETFL/F_SETFL read and write the status flags of a descriptor we were handed.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        if flags & libc::O_NONBLOCK == 0
+            && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == -1
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(flags)
+    }
+}
+
+/// Puts back the status flags saved by [`set_nonblocking`].
+pub fn restore_flags(fd: RawFd, flags: libc::c_int) {
+    // SAFETY: F_SETFL on a descriptor we own the flags of; failure is harmless at exit.
+    unsafe {
+        libc::fcntl(fd, libc::F_SETFL, flags);
+    }
+}
+
+/// Bytes the kernel holds for a socket: (received but not yet read, sent but
+/// not yet acknowledged), from `SIOCINQ` and `SIOCOUTQ`.
+pub fn socket_queues(fd: RawFd) -> io::Result<(usize, usize)> {
+    let mut inq: libc::c_int = 0;
+    let mut outq: libc::c_int = 0;
+    // SAFETY: both ioctls write one int through the pointer we pass.
+    unsafe {
+        if libc::ioctl(fd, libc::FIONREAD, &mut inq) == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::ioctl(fd, libc::TIOCOUTQ, &mut outq) == -1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok((inq.max(0) as usize, outq.max(0) as usize))
+}
+
+/// The open-file limit as (soft, hard).
+pub fn nofile_limit() -> io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((limit.rlim_cur, limit.rlim_max))
+}
+
+/// Raises the open-file soft limit to the hard limit; returns the new soft limit.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let (soft, hard) = nofile_limit()?;
+    if soft >= hard {
+        return Ok(soft);
+    }
+    let limit = libc::rlimit {
+        rlim_cur: hard,
+        rlim_max: hard,
+    };
+    // SAFETY: setrlimit reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(hard)
+}
+
+/// Writes all of `data` to `fd`, waiting in `poll(2)` when the descriptor is
+/// non-blocking and full. Stdout shares its open file description with stdin
+/// on a terminal, so making stdin non-blocking makes stdout non-blocking too;
+/// this keeps a burst of output from failing with `EAGAIN`.
+pub fn write_all_fd(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        // SAFETY: write reads `data.len()` bytes from a live slice.
+        let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+        if n >= 0 {
+            data = &data[n as usize..];
+            continue;
+        }
+        let err = io::Error::last_os_error();
+        match err.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => wait_writable(fd)?,
+            _ => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+fn wait_writable(fd: RawFd) -> io::Result<()> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: poll reads and writes one pollfd we own.
+    if unsafe { libc::poll(&mut pfd, 1, -1) } == -1 {
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// The current system-wide value of a `/proc/sys` setting, e.g. `net/core/somaxconn`.
+pub fn proc_sys(path: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/sys/{path}"))
+        .ok()
+        .map(|text| text.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+/// The process's resident memory in KiB, from `/proc/self/status` (VmRSS).
+pub fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}

@@ -1,0 +1,228 @@
+//! Shared test helpers: run the real `sockloop` binary, wait for the line it
+//! prints when ready (with a deadline), and always kill and reap it.
+//!
+//! Every wait here has a deadline, so a hang fails the test instead of
+//! stalling the suite.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sockloop")
+}
+
+/// A `Command` for `sockloop ARGS` with stdin from /dev/null, stdout and stderr piped.
+pub fn sockloop(args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("RUST_LOG", "info");
+    cmd
+}
+
+/// A running sockloop process. Its stderr lines are collected on a thread so
+/// the pipe never fills; dropping it kills and reaps the process.
+pub struct Proc {
+    pub child: Child,
+    lines: Receiver<String>,
+    /// Every stderr line seen so far.
+    pub seen: Vec<String>,
+}
+
+impl Proc {
+    /// Starts the command (its stderr must be piped).
+    pub fn start(mut cmd: Command) -> Proc {
+        let mut child = cmd.spawn().expect("spawn sockloop");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stderr line containing `needle`; panics with everything seen after `within`.
+    pub fn wait_line(&mut self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no stderr line containing {needle:?} within {within:?}; saw:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Collects the stderr lines that arrived so far, without waiting.
+    pub fn drain_lines(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        &self.seen
+    }
+
+    /// Waits for the `... listening on IP:PORT` line and returns the address.
+    pub fn listening_addr(&mut self) -> SocketAddr {
+        let line = self.wait_line("listening on", Duration::from_secs(10));
+        last_word_addr(&line)
+    }
+
+    /// Waits for the process to exit, killing it after `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "process did not exit within {within:?}; stderr:\n{}",
+                    self.drain_lines().join("\n")
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on a child we own and have not reaped.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+
+    /// Takes the child's stdin, to write to it.
+    pub fn stdin(&mut self) -> ChildStdin {
+        self.child.stdin.take().expect("stdin piped")
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parses the last word of a line as a socket address.
+pub fn last_word_addr(line: &str) -> SocketAddr {
+    line.split_whitespace()
+        .last()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no address at the end of {line:?}"))
+}
+
+/// Starts `sockloop echo server --bind 127.0.0.1 --port 0 EXTRA...` and returns it with its address.
+pub fn echo_server(extra: &[&str]) -> (Proc, SocketAddr) {
+    let mut args = vec!["echo", "server", "--bind", "127.0.0.1", "--port", "0"];
+    args.extend_from_slice(extra);
+    let mut server = Proc::start(sockloop(&args));
+    let addr = server.listening_addr();
+    (server, addr)
+}
+
+/// Connects with a deadline on every read and write, so a test cannot hang.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+}
+
+/// Reads exactly `n` bytes (the stream's read timeout is the deadline).
+pub fn read_exact(stream: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0; n];
+    stream.read_exact(&mut buf).expect("read_exact within the timeout");
+    buf
+}
+
+/// Writes everything (the stream's write timeout is the deadline).
+pub fn write_all(stream: &mut TcpStream, bytes: &[u8]) {
+    stream.write_all(bytes).expect("write_all within the timeout");
+}
+
+/// Deterministic pseudo-random bytes (xorshift), for payloads a test can regenerate.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Polls `check` every 10 ms until it returns Some, or panics after `within`.
+pub fn eventually<T>(within: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {within:?} waiting for {what}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A process's CPU time (user + system) in seconds, from /proc/PID/stat.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / hz
+}
+
+/// A process's resident set size in KiB, from /proc/PID/status.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
