@@ -45,6 +45,9 @@ pub enum Command {
     Ips,
     /// Print endless random 32-bit signed integers, one a line.
     Rand,
+    /// Load generator: thousands of connections from one thread, honest numbers.
+    #[command(subcommand)]
+    Stress(StressCommand),
 }
 
 /// `sockloop echo ...`
@@ -54,4 +57,13 @@ pub enum EchoCommand {
     Server(cmd::echo_server::Args),
     /// Send stdin to an echo server and print the echo.
     Client(cmd::echo_client::Args),
+}
+
+/// `sockloop stress ...`: the load generator's modes.
+#[derive(Debug, Subcommand)]
+pub enum StressCommand {
+    /// Request/response load on an echo server, every byte verified.
+    Echo(cmd::stress::echo::Args),
+    /// Open and hold many idle connections, then check the server still answers.
+    Conns(cmd::stress::conns::Args),
 }

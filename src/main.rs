@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use sockloop::cli::{Cli, Command, EchoCommand};
+use sockloop::cli::{Cli, Command, EchoCommand, StressCommand};
 use sockloop::cmd;
 use sockloop::error::Result;
 
@@ -32,6 +32,8 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Echo(EchoCommand::Client(args)) => cmd::echo_client::run(args, trace),
         Command::Ips => cmd::ips::run(),
         Command::Rand => cmd::rand::run(),
+        Command::Stress(StressCommand::Echo(args)) => cmd::stress::echo::run(args, trace),
+        Command::Stress(StressCommand::Conns(args)) => cmd::stress::conns::run(args, trace),
     }
 }
 
