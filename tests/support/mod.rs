@@ -61,8 +61,14 @@ impl Proc {
 
     /// Waits for a stderr line containing `needle`; panics with everything seen after `within`.
     pub fn wait_line(&mut self, needle: &str, within: Duration) -> String {
+        self.wait_line_after(0, needle, within)
+    }
+
+    /// Like [`Proc::wait_line`], looking only at lines from index `from` of
+    /// [`Proc::seen`] on (so a line printed earlier does not count).
+    pub fn wait_line_after(&mut self, from: usize, needle: &str, within: Duration) -> String {
         let deadline = Instant::now() + within;
-        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+        if let Some(line) = self.seen.iter().skip(from).find(|l| l.contains(needle)) {
             return line.clone();
         }
         loop {
@@ -161,21 +167,29 @@ pub fn echo_server(extra: &[&str]) -> (Proc, SocketAddr) {
 /// Connects with a deadline on every read and write, so a test cannot hang.
 pub fn connect(addr: SocketAddr) -> TcpStream {
     let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    stream.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     stream
 }
 
 /// Reads exactly `n` bytes (the stream's read timeout is the deadline).
 pub fn read_exact(stream: &mut TcpStream, n: usize) -> Vec<u8> {
     let mut buf = vec![0; n];
-    stream.read_exact(&mut buf).expect("read_exact within the timeout");
+    stream
+        .read_exact(&mut buf)
+        .expect("read_exact within the timeout");
     buf
 }
 
 /// Writes everything (the stream's write timeout is the deadline).
 pub fn write_all(stream: &mut TcpStream, bytes: &[u8]) {
-    stream.write_all(bytes).expect("write_all within the timeout");
+    stream
+        .write_all(bytes)
+        .expect("write_all within the timeout");
 }
 
 /// Deterministic pseudo-random bytes (xorshift), for payloads a test can regenerate.
