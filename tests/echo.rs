@@ -553,18 +553,22 @@ fn out_of_descriptors_neither_spins_nor_hangs_and_recovers() {
         held.push(stream);
     }
     // The ones over the limit are told so and closed, not left hanging.
-    let told_full = eventually(Duration::from_secs(10), "a client told the server is full", || {
-        let mut told = 0;
-        for stream in held.iter_mut() {
-            let mut buf = [0u8; 64];
-            if let Ok(n) = stream.peek(&mut buf) {
-                if String::from_utf8_lossy(&buf[..n]).contains("server full") {
-                    told += 1;
+    let told_full = eventually(
+        Duration::from_secs(10),
+        "a client told the server is full",
+        || {
+            let mut told = 0;
+            for stream in held.iter_mut() {
+                let mut buf = [0u8; 64];
+                if let Ok(n) = stream.peek(&mut buf) {
+                    if String::from_utf8_lossy(&buf[..n]).contains("server full") {
+                        told += 1;
+                    }
                 }
             }
-        }
-        (told > 0).then_some(told)
-    });
+            (told > 0).then_some(told)
+        },
+    );
     assert!(told_full > 0);
     // Still responsive: an accepted connection (nothing to read yet: peek
     // says WouldBlock, where a refused one holds the notice) echoes.
@@ -575,7 +579,9 @@ fn out_of_descriptors_neither_spins_nor_hangs_and_recovers() {
             continue;
         }
         stream.set_nonblocking(false).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
         if stream.write_all(b"ping").is_ok() {
             let mut got = [0u8; 4];
             if stream.read_exact(&mut got).is_ok() && &got == b"ping" {
