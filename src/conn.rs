@@ -277,6 +277,8 @@ pub struct Conn<S> {
     pub(crate) doomed: bool,
     /// On the reactor's list of connections to write at the end of the turn.
     pub(crate) dirty: bool,
+    /// Counted in the reactor's per-IP table (accepted under `--max-conns-per-ip`).
+    pub(crate) counted_per_ip: bool,
     /// Bytes read and written over the connection's life.
     pub(crate) bytes_in: u64,
     /// See `bytes_in`.
@@ -299,6 +301,7 @@ impl<S> Conn<S> {
             shutdown_write_when_drained: false,
             doomed: false,
             dirty: false,
+            counted_per_ip: false,
             bytes_in: 0,
             bytes_out: 0,
             state_of_app: app,

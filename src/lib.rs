@@ -16,6 +16,7 @@
 //!
 //! See ARCHITECTURE.md for the map, the invariants and a byte's journey.
 
+pub mod access;
 pub mod addr;
 pub mod chat_msg;
 pub mod cli;

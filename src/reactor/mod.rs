@@ -50,10 +50,11 @@ pub mod timer;
 pub mod token;
 pub mod trace;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -61,6 +62,7 @@ use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll};
 use slab::Slab;
 
+use crate::access::AccessList;
 use crate::conn::{CloseReason, Conn, State};
 use crate::trace;
 use signals::SignalSource;
@@ -107,6 +109,10 @@ pub struct Config {
     pub trace: bool,
     /// What a refused client is told before it is closed.
     pub full_notice: Vec<u8>,
+    /// Who may connect (`--allow`/`--deny`). Default: everyone.
+    pub access: AccessList,
+    /// Most connections from one IP address at once; 0: no limit. Default 0.
+    pub max_conns_per_ip: usize,
 }
 
 impl Default for Config {
@@ -119,6 +125,8 @@ impl Default for Config {
             stdin: false,
             trace: false,
             full_notice: b"sockloop: server full, try again later\n".to_vec(),
+            access: AccessList::default(),
+            max_conns_per_ip: 0,
         }
     }
 }
@@ -202,8 +210,12 @@ pub struct LoopStats {
     pub elapsed: Duration,
     /// Connections accepted.
     pub accepted: u64,
-    /// Connections refused (full, or out of descriptors).
+    /// Connections refused because the server was full (or out of descriptors).
     pub refused: u64,
+    /// Connections refused by `--allow`/`--deny`.
+    pub refused_by_rule: u64,
+    /// Connections refused by `--max-conns-per-ip`.
+    pub refused_per_ip: u64,
 }
 
 impl LoopStats {
@@ -224,6 +236,8 @@ impl LoopStats {
             elapsed: self.elapsed.saturating_sub(earlier.elapsed),
             accepted: self.accepted - earlier.accepted,
             refused: self.refused - earlier.refused,
+            refused_by_rule: self.refused_by_rule - earlier.refused_by_rule,
+            refused_per_ip: self.refused_per_ip - earlier.refused_per_ip,
         }
     }
 }
@@ -276,6 +290,8 @@ pub struct Ctx<S> {
     stdin_eof: bool,
     timers: Timers,
     tracer: Tracer,
+    /// Open connections per peer IP, kept only under `max_conns_per_ip`.
+    per_ip: HashMap<IpAddr, u32>,
     stats: LoopStats,
     started: Instant,
     stopping: bool,
@@ -326,6 +342,7 @@ impl<S: Default> Reactor<S> {
                 stdin_eof: false,
                 timers: Timers::default(),
                 tracer,
+                per_ip: HashMap::new(),
                 stats: LoopStats::default(),
                 started: Instant::now(),
                 stopping: false,
@@ -767,6 +784,10 @@ impl<S> Ctx<S> {
             }
             match listener.socket.accept() {
                 Ok((stream, peer)) => {
+                    if !self.admit(peer) {
+                        drop(stream);
+                        continue;
+                    }
                     if self.conns.len() >= self.config.max_conns {
                         self.stats.refused += 1;
                         log::warn!(
@@ -780,6 +801,10 @@ impl<S> Ctx<S> {
                     let _ = stream.set_nodelay(true);
                     match self.adopt(stream, peer, S::default(), false) {
                         Ok(id) => {
+                            if self.config.max_conns_per_ip > 0 {
+                                *self.per_ip.entry(peer.ip()).or_insert(0) += 1;
+                                self.conns[id.0].counted_per_ip = true;
+                            }
                             trace!(
                                 self.tracer,
                                 "listener#{index}: accepted {id} from {peer} ({} open)",
@@ -812,6 +837,26 @@ impl<S> Ctx<S> {
                 }
             }
         }
+    }
+
+    /// Access rules and the per-IP limit, checked at accept. A refused
+    /// client is logged with its address and counted; it is closed without a word.
+    fn admit(&mut self, peer: SocketAddr) -> bool {
+        if let Err(why) = self.config.access.check(peer.ip()) {
+            self.stats.refused_by_rule += 1;
+            log::warn!("refused {peer}: {why}");
+            return false;
+        }
+        let limit = self.config.max_conns_per_ip;
+        if limit > 0 && self.per_ip.get(&peer.ip()).copied().unwrap_or(0) as usize >= limit {
+            self.stats.refused_per_ip += 1;
+            log::warn!(
+                "refused {peer}: {limit} connections from {} already (--max-conns-per-ip)",
+                peer.ip()
+            );
+            return false;
+        }
+        true
     }
 
     /// Out of descriptors: free the spare, accept one waiting client, tell it
@@ -1146,10 +1191,12 @@ impl<S> Ctx<S> {
     fn print_table<H: Handler<Conn = S>>(&self, handler: &H) {
         let now = Instant::now();
         let mut text = format!(
-            "connection table: {} connection(s); {} accepted, {} refused; {}\n",
+            "connection table: {} connection(s); {} accepted, refused: {} full, {} by rule, {} per-ip; {}\n",
             self.conns.len(),
             self.stats.accepted,
             self.stats.refused,
+            self.stats.refused_by_rule,
+            self.stats.refused_per_ip,
             self.stats()
         );
         text.push_str("  token       peer                                       state        out B     in B      age\n");
@@ -1192,6 +1239,15 @@ impl<S> Ctx<S> {
                 handler.handle(self, Event::Closed(ConnId(key), &reason));
                 let mut conn = self.conns.remove(key);
                 let _ = self.poll.registry().deregister(&mut conn.stream);
+                if conn.counted_per_ip {
+                    let ip = conn.peer.ip();
+                    if let Some(count) = self.per_ip.get_mut(&ip) {
+                        *count -= 1;
+                        if *count == 0 {
+                            self.per_ip.remove(&ip);
+                        }
+                    }
+                }
                 trace!(self.tracer, "conn#{key} {}: closed ({reason})", conn.peer);
                 self.ready.retain(|s| *s != Source::Conn(key));
                 self.dirty.retain(|k| *k != key);
