@@ -24,5 +24,6 @@ pub mod cmd;
 pub mod conn;
 pub mod error;
 pub mod net;
+pub mod ratelimit;
 pub mod reactor;
 pub mod sys;

@@ -83,3 +83,61 @@ fn the_fourth_connection_from_one_address_is_refused() {
     });
     assert!(echoes(&mut again));
 }
+
+#[test]
+fn a_client_over_its_rate_is_slowed_to_it_while_another_flows() {
+    const BYTES_PER_S: usize = 50_000;
+    let (_server, addr) = echo_server(&["--rate-limit", "1000/s,50000/s"]);
+    let fast = connect(addr);
+    let mut fast_reader = fast.try_clone().unwrap();
+    let mut fast_writer = fast;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_writer = stop.clone();
+    let writer = std::thread::spawn(move || {
+        let chunk = pattern(16 * 1024, 9);
+        while !stop_writer.load(std::sync::atomic::Ordering::Relaxed) {
+            if std::io::Write::write_all(&mut fast_writer, &chunk).is_err() {
+                break;
+            }
+        }
+    });
+    // Count what comes back over three seconds.
+    let started = std::time::Instant::now();
+    let window = Duration::from_secs(3);
+    let reader = std::thread::spawn(move || {
+        fast_reader
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut total = 0usize;
+        let mut buf = vec![0u8; 64 * 1024];
+        while started.elapsed() < window {
+            match fast_reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => total += n,
+                Err(_) => {}
+            }
+        }
+        total
+    });
+    // Another client's messages flow meanwhile.
+    let mut other = connect(addr);
+    for round in 0..20u8 {
+        write_all(&mut other, &[round; 8]);
+        assert_eq!(read_exact(&mut other, 8), [round; 8]);
+    }
+    let echoed = reader.join().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(other);
+    // One second's burst plus three seconds at the rate, with room for timing noise.
+    let most = BYTES_PER_S * 4 + BYTES_PER_S / 2;
+    let least = BYTES_PER_S * 2;
+    assert!(
+        echoed <= most,
+        "echoed {echoed} B in 3 s: not slowed to {BYTES_PER_S} B/s"
+    );
+    assert!(
+        echoed >= least,
+        "echoed {echoed} B in 3 s: slowed below the limit"
+    );
+    let _ = writer.join();
+}

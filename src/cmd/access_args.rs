@@ -1,9 +1,11 @@
 //! The access-control options every TCP server shares: `--allow`, `--deny`,
-//! `--max-conns-per-ip`. Checked by the reactor at accept.
+//! `--max-conns-per-ip` (checked by the reactor at accept) and `--rate-limit`
+//! (enforced by the reactor's read path).
 
 use clap::Args as ClapArgs;
 
 use crate::access::{AccessList, Cidr};
+use crate::ratelimit::RateLimit;
 use crate::reactor::Config;
 
 /// Who may connect, and how often from one address.
@@ -19,6 +21,11 @@ pub struct AccessArgs {
     /// Most connections at once from one IP address (0: no limit).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub max_conns_per_ip: u32,
+    /// Per-client limit, MSGS/s[,BYTES/s] (e.g. 100/s,65536/s): a client over it is
+    /// slowed (reads paused until it is within its rate), never disconnected.
+    /// Echo counts each read as a message; chat counts frames.
+    #[arg(long, value_name = "RATE")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl AccessArgs {
@@ -29,5 +36,6 @@ impl AccessArgs {
             deny: self.deny.clone(),
         };
         config.max_conns_per_ip = self.max_conns_per_ip as usize;
+        config.rate_limit = self.rate_limit;
     }
 }

@@ -70,7 +70,10 @@ impl Handler for Echo {
                     log::debug!("{conn} {}: connected", c.peer());
                 }
             }
-            Event::Data(conn, bytes) => cx.send(conn, bytes),
+            Event::Data(conn, bytes) => {
+                cx.send(conn, bytes);
+                cx.charge_messages(conn, 1);
+            }
             Event::PeerClosed(conn) => cx.close_after_flush(conn),
             Event::Closed(conn, reason) => {
                 if let Some(c) = cx.conn(conn) {

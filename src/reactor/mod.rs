@@ -64,6 +64,7 @@ use slab::Slab;
 
 use crate::access::AccessList;
 use crate::conn::{CloseReason, Conn, State};
+use crate::ratelimit::{RateLimit, Throttle};
 use crate::trace;
 use signals::SignalSource;
 use stdin::{StdinKind, StdinSource};
@@ -77,6 +78,10 @@ pub const SCRATCH_SIZE: usize = 64 * 1024;
 
 /// How many events one poll call can return.
 const EVENT_CAPACITY: usize = 1024;
+
+/// Deadline ids with this bit set belong to the reactor itself (the rest are
+/// the command's): "connection KEY may read again" after a rate-limit pause.
+const RESUME_READING_TIMER: u64 = 1 << 63;
 
 /// A connection's identity: its slab key, which is also its `mio::Token`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -113,6 +118,8 @@ pub struct Config {
     pub access: AccessList,
     /// Most connections from one IP address at once; 0: no limit. Default 0.
     pub max_conns_per_ip: usize,
+    /// Per-client rate limit for accepted connections (`--rate-limit`). Default none.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Default for Config {
@@ -127,6 +134,7 @@ impl Default for Config {
             full_notice: b"sockloop: server full, try again later\n".to_vec(),
             access: AccessList::default(),
             max_conns_per_ip: 0,
+            rate_limit: None,
         }
     }
 }
@@ -431,7 +439,11 @@ impl<S: Default> Reactor<S> {
         }
         let now = Instant::now();
         while let Some(id) = cx.timers.pop_due(now) {
-            handler.handle(cx, Event::Timer(id));
+            if id & RESUME_READING_TIMER != 0 {
+                cx.end_throttle((id & !RESUME_READING_TIMER) as usize);
+            } else {
+                handler.handle(cx, Event::Timer(id));
+            }
         }
 
         // 3. Finish: write what was queued, then remove what was closed.
@@ -737,14 +749,26 @@ impl<S> Ctx<S> {
         self.stdin.as_ref().map(|s| s.kind())
     }
 
-    /// Calls back with [`Event::Timer`]`(id)` at `at`.
+    /// Calls back with [`Event::Timer`]`(id)` at `at`. Ids below 2^63 are the command's.
     pub fn set_timer(&mut self, at: Instant, id: u64) {
+        debug_assert!(
+            id & RESUME_READING_TIMER == 0,
+            "timer ids >= 2^63 are the reactor's"
+        );
         self.timers.add(at, id);
     }
 
     /// Calls back with [`Event::Timer`]`(id)` after `delay`.
     pub fn set_timer_in(&mut self, delay: Duration, id: u64) {
-        self.timers.add(Instant::now() + delay, id);
+        self.set_timer(Instant::now() + delay, id);
+    }
+
+    /// Counts `n` messages against a connection's `--rate-limit`; once it is
+    /// over its rate, reading from it pauses until its bucket refills.
+    pub fn charge_messages(&mut self, id: ConnId, n: u32) {
+        if let Some(throttle) = self.conns.get_mut(id.0).and_then(|c| c.throttle.as_mut()) {
+            throttle.msgs.take(f64::from(n), Instant::now());
+        }
     }
 
     /// Ends [`Reactor::run`] after this turn.
@@ -804,6 +828,10 @@ impl<S> Ctx<S> {
                             if self.config.max_conns_per_ip > 0 {
                                 *self.per_ip.entry(peer.ip()).or_insert(0) += 1;
                                 self.conns[id.0].counted_per_ip = true;
+                            }
+                            if let Some(limit) = self.config.rate_limit {
+                                self.conns[id.0].throttle =
+                                    Some(Box::new(Throttle::new(limit, Instant::now())));
                             }
                             trace!(
                                 self.tracer,
@@ -953,12 +981,29 @@ impl<S> Ctx<S> {
             if conn.doomed || !conn.wants_read() {
                 return;
             }
-            let room = if self.config.pause_reads_when_full {
+            let mut room = if self.config.pause_reads_when_full {
                 self.config.out_limit.saturating_sub(conn.out.len())
             } else {
                 usize::MAX
             }
             .min(scratch.len());
+            if let Some(throttle) = conn.throttle.as_mut() {
+                let now = Instant::now();
+                let wait = throttle.wait(now);
+                if !wait.is_zero() {
+                    conn.throttled = true;
+                    self.timers
+                        .add(now + wait, RESUME_READING_TIMER | key as u64);
+                    trace!(
+                        self.tracer,
+                        "{id}: over its rate limit, reads paused for {wait:?}"
+                    );
+                    return;
+                }
+                if let Some(bytes) = throttle.bytes.as_mut() {
+                    room = room.min(bytes.available(now) as usize).max(1);
+                }
+            }
             if room == 0 {
                 conn.read_paused = true;
                 trace!(
@@ -977,6 +1022,9 @@ impl<S> Ctx<S> {
                 }
                 Ok(n) => {
                     conn.bytes_in += n as u64;
+                    if let Some(bytes) = conn.throttle.as_mut().and_then(|t| t.bytes.as_mut()) {
+                        bytes.take(n as f64, Instant::now());
+                    }
                     let short = n < room && !conn.peer_hup;
                     trace!(self.tracer, "{id}: read {n} B");
                     handler.handle(self, Event::Data(id, &scratch[..n]));
@@ -1052,6 +1100,22 @@ impl<S> Ctx<S> {
             self.close(ConnId(key), CloseReason::Done);
         } else {
             handler.handle(self, Event::Drained(ConnId(key)));
+        }
+    }
+
+    /// A rate-limit pause is over: read the connection again, at once (its
+    /// readable edge may be long spent). Stale ids are harmless: a connection
+    /// that is not throttled is left alone, one still in debt pauses again.
+    fn end_throttle(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            if conn.throttled {
+                conn.throttled = false;
+                self.ready.push(Source::Conn(key));
+                trace!(
+                    self.tracer,
+                    "conn#{key}: rate-limit pause over, reads resumed"
+                );
+            }
         }
     }
 
@@ -1207,6 +1271,8 @@ impl<S> Ctx<S> {
                 conn.peer.to_string(),
                 if conn.read_paused {
                     "paused"
+                } else if conn.throttled {
+                    "throttled"
                 } else {
                     conn.state.name()
                 },
