@@ -2,3 +2,5 @@
 pub mod addr;
 pub mod chat_msg;
 pub mod error;
+pub mod framing;
+pub mod lines;
