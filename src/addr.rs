@@ -90,20 +90,30 @@ pub fn parse_port(text: &str) -> std::result::Result<u16, String> {
 /// Parses and resolves an address to the first socket address the resolver gives.
 /// A literal IP address is returned without a lookup.
 pub fn resolve(input: &str) -> Result<SocketAddr> {
+    Ok(resolve_all(input)?[0])
+}
+
+/// Parses and resolves an address to every socket address the resolver gives
+/// (never empty), so a client can try them in turn: `localhost` may name
+/// `::1` first while the server listens on `127.0.0.1` only.
+pub fn resolve_all(input: &str) -> Result<Vec<SocketAddr>> {
     match parse(input)? {
-        Endpoint::Ip(addr) => Ok(addr),
+        Endpoint::Ip(addr) => Ok(vec![addr]),
         Endpoint::Host(host, port) => {
-            let mut found =
-                (host.as_str(), port)
-                    .to_socket_addrs()
-                    .map_err(|source| Error::Resolve {
-                        input: input.to_string(),
-                        source,
-                    })?;
-            found.next().ok_or_else(|| Error::Resolve {
-                input: input.to_string(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses found"),
-            })
+            let found: Vec<SocketAddr> = (host.as_str(), port)
+                .to_socket_addrs()
+                .map_err(|source| Error::Resolve {
+                    input: input.to_string(),
+                    source,
+                })?
+                .collect();
+            if found.is_empty() {
+                return Err(Error::Resolve {
+                    input: input.to_string(),
+                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses found"),
+                });
+            }
+            Ok(found)
         }
     }
 }

@@ -277,6 +277,13 @@ pub struct Conn<S> {
     pub(crate) doomed: bool,
     /// On the reactor's list of connections to write at the end of the turn.
     pub(crate) dirty: bool,
+    /// Counted in the reactor's per-IP table (accepted under `--max-conns-per-ip`).
+    pub(crate) counted_per_ip: bool,
+    /// Reading paused by the rate limit until a reactor deadline ends it.
+    pub(crate) throttled: bool,
+    /// The connection's `--rate-limit` buckets (boxed: most servers have none,
+    /// and an idle connection should stay small).
+    pub(crate) throttle: Option<Box<crate::ratelimit::Throttle>>,
     /// Bytes read and written over the connection's life.
     pub(crate) bytes_in: u64,
     /// See `bytes_in`.
@@ -299,6 +306,9 @@ impl<S> Conn<S> {
             shutdown_write_when_drained: false,
             doomed: false,
             dirty: false,
+            counted_per_ip: false,
+            throttled: false,
+            throttle: None,
             bytes_in: 0,
             bytes_out: 0,
             state_of_app: app,
@@ -338,7 +348,7 @@ impl<S> Conn<S> {
 
     /// True while the reactor should read from this connection.
     pub(crate) fn wants_read(&self) -> bool {
-        matches!(self.state, State::Open) && !self.read_paused
+        matches!(self.state, State::Open) && !self.read_paused && !self.throttled
     }
 
     /// True while the socket must be watched for WRITABLE: output is pending,

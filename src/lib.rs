@@ -9,6 +9,7 @@
 //!   connection table, the listeners, the UDP socket, stdin, signals and
 //!   deadlines. Start reading here.
 //! * [`conn`] — one TCP connection: socket, bounded output buffer, state.
+//! * [`framing`], [`lines`] — the length-prefix and newline codecs; no I/O.
 //! * [`addr`], [`chat_msg`] — address parsing and the chat message text; no I/O.
 //! * [`cmd`] — the commands; each is a [`reactor::Handler`].
 //! * [`error`] — the error a command can end with, and its exit code.
@@ -16,12 +17,16 @@
 //!
 //! See ARCHITECTURE.md for the map, the invariants and a byte's journey.
 
+pub mod access;
 pub mod addr;
 pub mod chat_msg;
 pub mod cli;
 pub mod cmd;
 pub mod conn;
 pub mod error;
+pub mod framing;
+pub mod lines;
 pub mod net;
+pub mod ratelimit;
 pub mod reactor;
 pub mod sys;

@@ -50,6 +50,19 @@ pub fn connect_tcp(addr: SocketAddr) -> Result<TcpStream> {
     Ok(TcpStream::from_std(stream))
 }
 
+/// Resolves `input` (HOST:PORT) and connects to the first of its addresses
+/// that accepts. Returns the stream and the address it reached.
+pub fn connect_to(input: &str) -> Result<(TcpStream, SocketAddr)> {
+    let mut last = None;
+    for addr in crate::addr::resolve_all(input)? {
+        match connect_tcp(addr) {
+            Ok(stream) => return Ok((stream, addr)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("resolve_all never returns an empty list"))
+}
+
 /// Prints the line scripts wait for: `<what> listening on IP:PORT` (stderr).
 /// The address is always the last word.
 pub fn announce(what: &str, addr: SocketAddr) {

@@ -15,7 +15,6 @@ use std::collections::VecDeque;
 
 use clap::Args as ClapArgs;
 
-use crate::addr;
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};
 use crate::net;
@@ -45,8 +44,15 @@ pub struct Args {
     /// The server: HOST:PORT, [IPv6]:PORT or IPv4:PORT.
     pub server: String,
     /// Check every echoed byte against what was sent; exit 1 at the first difference.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "naive")]
     pub verify: bool,
+    /// Teaching only: behave like the lecture's first client — send all of stdin,
+    /// then read. With enough input it deadlocks; a watchdog explains why.
+    #[arg(long)]
+    pub naive: bool,
+    /// With --naive: seconds without progress before the watchdog steps in.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub watchdog: u64,
 }
 
 /// The echo client's handler: one connection, plus stdin and stdout.
@@ -164,6 +170,9 @@ impl Handler for EchoClient {
 
 /// Runs the echo client until the server closes after the end of stdin.
 pub fn run(args: &Args, trace: bool) -> Result<()> {
+    if args.naive {
+        return run_naive(args);
+    }
     let config = Config {
         stdin: true,
         trace,
@@ -174,8 +183,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         ..Config::default()
     };
     let mut reactor = Reactor::new(config).map_err(|e| Error::io("starting the event loop", e))?;
-    let server = addr::resolve(&args.server)?;
-    let stream = net::connect_tcp(server)?;
+    let (stream, server) = net::connect_to(&args.server)?;
     log::debug!("connected to {server}");
     let conn = reactor
         .cx()
@@ -196,4 +204,102 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         log::info!("verified {} bytes", client.verified);
     }
     client.outcome
+}
+
+/// `--naive`: the lecture's deadlocking client, on purpose. Blocking calls,
+/// no poll: write everything, then read. The write timeout is the watchdog.
+fn run_naive(args: &Args) -> Result<()> {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+
+    let (stream, server) = net::connect_to(&args.server)?;
+    let mut stream: std::net::TcpStream = stream.into();
+    let io_err = |what: &str| {
+        let what = what.to_string();
+        move |e| Error::io(what, e)
+    };
+    stream
+        .set_nonblocking(false)
+        .map_err(io_err("socket mode"))?;
+    let watchdog = std::time::Duration::from_secs(args.watchdog);
+    stream
+        .set_write_timeout(Some(watchdog))
+        .map_err(io_err("socket timeout"))?;
+    let mut stdin = std::io::stdin().lock();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut sent: u64 = 0;
+    loop {
+        let n = match stdin.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io("reading stdin", e)),
+        };
+        let mut rest = &chunk[..n];
+        while !rest.is_empty() {
+            match stream.write(rest) {
+                Ok(written) => {
+                    sent += written as u64;
+                    rest = &rest[written..];
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    let queues = sys::socket_queues(stream.as_raw_fd()).ok();
+                    explain_deadlock(server, args.watchdog, sent, queues);
+                    return Err(Error::Failed(format!(
+                        "deadlock: no progress for {} s after sending {sent} bytes (--naive)",
+                        args.watchdog
+                    )));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("sending", e)),
+            }
+        }
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut echo = Vec::new();
+    stream
+        .set_read_timeout(Some(watchdog))
+        .map_err(io_err("socket timeout"))?;
+    stream
+        .read_to_end(&mut echo)
+        .map_err(io_err("reading the echo"))?;
+    sys::write_all_fd(1, &echo).map_err(io_err("writing to stdout"))?;
+    eprintln!(
+        "what you just saw: all {sent} bytes fitted in the kernel buffers, so sending everything \
+         before reading happened to work. Try more input (e.g. 20 MB) to see it stall."
+    );
+    Ok(())
+}
+
+/// The watchdog's diagnosis, with the kernel's queues as evidence.
+fn explain_deadlock(
+    server: std::net::SocketAddr,
+    secs: u64,
+    sent: u64,
+    queues: Option<(usize, usize)>,
+) {
+    let evidence = match queues {
+        Some((inq, outq)) => format!(
+            "  our receive queue holds {inq} bytes of echo nobody reads (SIOCINQ),\n  \
+             our send queue holds {outq} bytes the server has not taken (SIOCOUTQ)."
+        ),
+        None => "  (the kernel's queue sizes could not be read)".to_string(),
+    };
+    eprintln!(
+        "watchdog: no progress for {secs} s — deadlock\n\
+         We sent {sent} bytes to {server} and read nothing back, as the lecture's first client does.\n\
+         {evidence}\n\
+         The server cannot send us its echo: our receive buffer is full because we are not\n\
+         reading. So it stops reading what we send (a blocking server is stuck in its write;\n\
+         sockloop's server pauses that client by backpressure) and its receive buffer fills.\n\
+         We are blocked writing into it. Each side waits for the other; neither can move.\n\
+         what you just saw: sending everything before reading deadlocks once the input is larger\n\
+         than the kernel buffers. Without --naive, stdin and the socket share one poll and bytes\n\
+         move both ways as they become ready, so the same input finishes."
+    );
 }

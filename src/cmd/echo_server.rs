@@ -11,6 +11,7 @@ use std::net::IpAddr;
 
 use clap::Args as ClapArgs;
 
+use crate::cmd::access_args::AccessArgs;
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};
 use crate::net;
@@ -48,6 +49,9 @@ pub struct Args {
     /// client that never reads (see the "what you just saw" note at exit).
     #[arg(long)]
     pub unbounded: bool,
+    /// Who may connect.
+    #[command(flatten)]
+    pub access: AccessArgs,
 }
 
 /// The echo handler. It keeps no per-connection state at all.
@@ -66,7 +70,10 @@ impl Handler for Echo {
                     log::debug!("{conn} {}: connected", c.peer());
                 }
             }
-            Event::Data(conn, bytes) => cx.send(conn, bytes),
+            Event::Data(conn, bytes) => {
+                cx.send(conn, bytes);
+                cx.charge_messages(conn, 1);
+            }
             Event::PeerClosed(conn) => cx.close_after_flush(conn),
             Event::Closed(conn, reason) => {
                 if let Some(c) = cx.conn(conn) {
@@ -93,7 +100,7 @@ impl Handler for Echo {
 /// Runs the echo server until SIGINT or SIGTERM.
 pub fn run(args: &Args, trace: bool) -> Result<()> {
     let limit = raise_fd_limit();
-    let config = Config {
+    let mut config = Config {
         out_limit: if args.unbounded {
             usize::MAX
         } else {
@@ -104,6 +111,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         trace,
         ..Config::default()
     };
+    args.access.apply(&mut config);
     let mut reactor = Reactor::new(config).map_err(|e| Error::io("starting the event loop", e))?;
     let listener = net::listen_tcp(args.bind, args.port)?;
     let index = reactor

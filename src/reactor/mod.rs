@@ -50,10 +50,11 @@ pub mod timer;
 pub mod token;
 pub mod trace;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -61,7 +62,9 @@ use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll};
 use slab::Slab;
 
+use crate::access::AccessList;
 use crate::conn::{CloseReason, Conn, State};
+use crate::ratelimit::{RateLimit, Throttle};
 use crate::trace;
 use signals::SignalSource;
 use stdin::{StdinKind, StdinSource};
@@ -75,6 +78,10 @@ pub const SCRATCH_SIZE: usize = 64 * 1024;
 
 /// How many events one poll call can return.
 const EVENT_CAPACITY: usize = 1024;
+
+/// Deadline ids with this bit set belong to the reactor itself (the rest are
+/// the command's): "connection KEY may read again" after a rate-limit pause.
+const RESUME_READING_TIMER: u64 = 1 << 63;
 
 /// A connection's identity: its slab key, which is also its `mio::Token`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -107,6 +114,12 @@ pub struct Config {
     pub trace: bool,
     /// What a refused client is told before it is closed.
     pub full_notice: Vec<u8>,
+    /// Who may connect (`--allow`/`--deny`). Default: everyone.
+    pub access: AccessList,
+    /// Most connections from one IP address at once; 0: no limit. Default 0.
+    pub max_conns_per_ip: usize,
+    /// Per-client rate limit for accepted connections (`--rate-limit`). Default none.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Default for Config {
@@ -119,6 +132,9 @@ impl Default for Config {
             stdin: false,
             trace: false,
             full_notice: b"sockloop: server full, try again later\n".to_vec(),
+            access: AccessList::default(),
+            max_conns_per_ip: 0,
+            rate_limit: None,
         }
     }
 }
@@ -202,8 +218,12 @@ pub struct LoopStats {
     pub elapsed: Duration,
     /// Connections accepted.
     pub accepted: u64,
-    /// Connections refused (full, or out of descriptors).
+    /// Connections refused because the server was full (or out of descriptors).
     pub refused: u64,
+    /// Connections refused by `--allow`/`--deny`.
+    pub refused_by_rule: u64,
+    /// Connections refused by `--max-conns-per-ip`.
+    pub refused_per_ip: u64,
 }
 
 impl LoopStats {
@@ -224,6 +244,8 @@ impl LoopStats {
             elapsed: self.elapsed.saturating_sub(earlier.elapsed),
             accepted: self.accepted - earlier.accepted,
             refused: self.refused - earlier.refused,
+            refused_by_rule: self.refused_by_rule - earlier.refused_by_rule,
+            refused_per_ip: self.refused_per_ip - earlier.refused_per_ip,
         }
     }
 }
@@ -276,6 +298,8 @@ pub struct Ctx<S> {
     stdin_eof: bool,
     timers: Timers,
     tracer: Tracer,
+    /// Open connections per peer IP, kept only under `max_conns_per_ip`.
+    per_ip: HashMap<IpAddr, u32>,
     stats: LoopStats,
     started: Instant,
     stopping: bool,
@@ -326,6 +350,7 @@ impl<S: Default> Reactor<S> {
                 stdin_eof: false,
                 timers: Timers::default(),
                 tracer,
+                per_ip: HashMap::new(),
                 stats: LoopStats::default(),
                 started: Instant::now(),
                 stopping: false,
@@ -414,7 +439,11 @@ impl<S: Default> Reactor<S> {
         }
         let now = Instant::now();
         while let Some(id) = cx.timers.pop_due(now) {
-            handler.handle(cx, Event::Timer(id));
+            if id & RESUME_READING_TIMER != 0 {
+                cx.end_throttle((id & !RESUME_READING_TIMER) as usize);
+            } else {
+                handler.handle(cx, Event::Timer(id));
+            }
         }
 
         // 3. Finish: write what was queued, then remove what was closed.
@@ -720,14 +749,26 @@ impl<S> Ctx<S> {
         self.stdin.as_ref().map(|s| s.kind())
     }
 
-    /// Calls back with [`Event::Timer`]`(id)` at `at`.
+    /// Calls back with [`Event::Timer`]`(id)` at `at`. Ids below 2^63 are the command's.
     pub fn set_timer(&mut self, at: Instant, id: u64) {
+        debug_assert!(
+            id & RESUME_READING_TIMER == 0,
+            "timer ids >= 2^63 are the reactor's"
+        );
         self.timers.add(at, id);
     }
 
     /// Calls back with [`Event::Timer`]`(id)` after `delay`.
     pub fn set_timer_in(&mut self, delay: Duration, id: u64) {
-        self.timers.add(Instant::now() + delay, id);
+        self.set_timer(Instant::now() + delay, id);
+    }
+
+    /// Counts `n` messages against a connection's `--rate-limit`; once it is
+    /// over its rate, reading from it pauses until its bucket refills.
+    pub fn charge_messages(&mut self, id: ConnId, n: u32) {
+        if let Some(throttle) = self.conns.get_mut(id.0).and_then(|c| c.throttle.as_mut()) {
+            throttle.msgs.take(f64::from(n), Instant::now());
+        }
     }
 
     /// Ends [`Reactor::run`] after this turn.
@@ -767,6 +808,10 @@ impl<S> Ctx<S> {
             }
             match listener.socket.accept() {
                 Ok((stream, peer)) => {
+                    if !self.admit(peer) {
+                        drop(stream);
+                        continue;
+                    }
                     if self.conns.len() >= self.config.max_conns {
                         self.stats.refused += 1;
                         log::warn!(
@@ -780,6 +825,14 @@ impl<S> Ctx<S> {
                     let _ = stream.set_nodelay(true);
                     match self.adopt(stream, peer, S::default(), false) {
                         Ok(id) => {
+                            if self.config.max_conns_per_ip > 0 {
+                                *self.per_ip.entry(peer.ip()).or_insert(0) += 1;
+                                self.conns[id.0].counted_per_ip = true;
+                            }
+                            if let Some(limit) = self.config.rate_limit {
+                                self.conns[id.0].throttle =
+                                    Some(Box::new(Throttle::new(limit, Instant::now())));
+                            }
                             trace!(
                                 self.tracer,
                                 "listener#{index}: accepted {id} from {peer} ({} open)",
@@ -812,6 +865,26 @@ impl<S> Ctx<S> {
                 }
             }
         }
+    }
+
+    /// Access rules and the per-IP limit, checked at accept. A refused
+    /// client is logged with its address and counted; it is closed without a word.
+    fn admit(&mut self, peer: SocketAddr) -> bool {
+        if let Err(why) = self.config.access.check(peer.ip()) {
+            self.stats.refused_by_rule += 1;
+            log::warn!("refused {peer}: {why}");
+            return false;
+        }
+        let limit = self.config.max_conns_per_ip;
+        if limit > 0 && self.per_ip.get(&peer.ip()).copied().unwrap_or(0) as usize >= limit {
+            self.stats.refused_per_ip += 1;
+            log::warn!(
+                "refused {peer}: {limit} connections from {} already (--max-conns-per-ip)",
+                peer.ip()
+            );
+            return false;
+        }
+        true
     }
 
     /// Out of descriptors: free the spare, accept one waiting client, tell it
@@ -908,12 +981,29 @@ impl<S> Ctx<S> {
             if conn.doomed || !conn.wants_read() {
                 return;
             }
-            let room = if self.config.pause_reads_when_full {
+            let mut room = if self.config.pause_reads_when_full {
                 self.config.out_limit.saturating_sub(conn.out.len())
             } else {
                 usize::MAX
             }
             .min(scratch.len());
+            if let Some(throttle) = conn.throttle.as_mut() {
+                let now = Instant::now();
+                let wait = throttle.wait(now);
+                if !wait.is_zero() {
+                    conn.throttled = true;
+                    self.timers
+                        .add(now + wait, RESUME_READING_TIMER | key as u64);
+                    trace!(
+                        self.tracer,
+                        "{id}: over its rate limit, reads paused for {wait:?}"
+                    );
+                    return;
+                }
+                if let Some(bytes) = throttle.bytes.as_mut() {
+                    room = room.min(bytes.available(now) as usize).max(1);
+                }
+            }
             if room == 0 {
                 conn.read_paused = true;
                 trace!(
@@ -932,6 +1022,9 @@ impl<S> Ctx<S> {
                 }
                 Ok(n) => {
                     conn.bytes_in += n as u64;
+                    if let Some(bytes) = conn.throttle.as_mut().and_then(|t| t.bytes.as_mut()) {
+                        bytes.take(n as f64, Instant::now());
+                    }
                     let short = n < room && !conn.peer_hup;
                     trace!(self.tracer, "{id}: read {n} B");
                     handler.handle(self, Event::Data(id, &scratch[..n]));
@@ -1007,6 +1100,22 @@ impl<S> Ctx<S> {
             self.close(ConnId(key), CloseReason::Done);
         } else {
             handler.handle(self, Event::Drained(ConnId(key)));
+        }
+    }
+
+    /// A rate-limit pause is over: read the connection again, at once (its
+    /// readable edge may be long spent). Stale ids are harmless: a connection
+    /// that is not throttled is left alone, one still in debt pauses again.
+    fn end_throttle(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            if conn.throttled {
+                conn.throttled = false;
+                self.ready.push(Source::Conn(key));
+                trace!(
+                    self.tracer,
+                    "conn#{key}: rate-limit pause over, reads resumed"
+                );
+            }
         }
     }
 
@@ -1146,10 +1255,12 @@ impl<S> Ctx<S> {
     fn print_table<H: Handler<Conn = S>>(&self, handler: &H) {
         let now = Instant::now();
         let mut text = format!(
-            "connection table: {} connection(s); {} accepted, {} refused; {}\n",
+            "connection table: {} connection(s); {} accepted, refused: {} full, {} by rule, {} per-ip; {}\n",
             self.conns.len(),
             self.stats.accepted,
             self.stats.refused,
+            self.stats.refused_by_rule,
+            self.stats.refused_per_ip,
             self.stats()
         );
         text.push_str("  token       peer                                       state        out B     in B      age\n");
@@ -1160,6 +1271,8 @@ impl<S> Ctx<S> {
                 conn.peer.to_string(),
                 if conn.read_paused {
                     "paused"
+                } else if conn.throttled {
+                    "throttled"
                 } else {
                     conn.state.name()
                 },
@@ -1192,6 +1305,15 @@ impl<S> Ctx<S> {
                 handler.handle(self, Event::Closed(ConnId(key), &reason));
                 let mut conn = self.conns.remove(key);
                 let _ = self.poll.registry().deregister(&mut conn.stream);
+                if conn.counted_per_ip {
+                    let ip = conn.peer.ip();
+                    if let Some(count) = self.per_ip.get_mut(&ip) {
+                        *count -= 1;
+                        if *count == 0 {
+                            self.per_ip.remove(&ip);
+                        }
+                    }
+                }
                 trace!(self.tracer, "conn#{key} {}: closed ({reason})", conn.peer);
                 self.ready.retain(|s| *s != Source::Conn(key));
                 self.dirty.retain(|k| *k != key);

@@ -61,8 +61,14 @@ impl Proc {
 
     /// Waits for a stderr line containing `needle`; panics with everything seen after `within`.
     pub fn wait_line(&mut self, needle: &str, within: Duration) -> String {
+        self.wait_line_after(0, needle, within)
+    }
+
+    /// Like [`Proc::wait_line`], looking only at lines from index `from` of
+    /// [`Proc::seen`] on (so a line printed earlier does not count).
+    pub fn wait_line_after(&mut self, from: usize, needle: &str, within: Duration) -> String {
         let deadline = Instant::now() + within;
-        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+        if let Some(line) = self.seen.iter().skip(from).find(|l| l.contains(needle)) {
             return line.clone();
         }
         loop {

@@ -1,0 +1,143 @@
+//! Access control at accept: `--allow`/`--deny` blocks and
+//! `--max-conns-per-ip`, against the real echo server on loopback. A refused
+//! client is closed at once; everyone else is served as before.
+
+mod support;
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use support::*;
+
+/// Connects from a chosen loopback source address.
+fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let from: SocketAddr = format!("{source}:0").parse().unwrap();
+    socket.bind(&from.into()).unwrap();
+    socket
+        .connect_timeout(&addr.into(), Duration::from_secs(5))
+        .unwrap();
+    let stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+}
+
+/// True when the server closed the connection without serving it.
+fn was_refused(mut stream: TcpStream) -> bool {
+    let _ = std::io::Write::write_all(&mut stream, b"anyone?");
+    let mut buf = [0u8; 16];
+    match stream.read(&mut buf) {
+        Ok(0) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    }
+}
+
+fn echoes(stream: &mut TcpStream) -> bool {
+    write_all(stream, b"ping");
+    read_exact(stream, 4) == b"ping"
+}
+
+#[test]
+fn a_denied_block_is_refused_while_others_are_served() {
+    let (mut server, addr) = echo_server(&["--deny", "127.0.0.2/32"]);
+    assert!(was_refused(connect_from("127.0.0.2", addr)));
+    server.wait_line("refused 127.0.0.2:", Duration::from_secs(5));
+    let mut ok = connect_from("127.0.0.1", addr);
+    assert!(echoes(&mut ok));
+}
+
+#[test]
+fn allow_admits_only_its_block() {
+    let (_server, addr) = echo_server(&["--allow", "127.0.0.1/32"]);
+    assert!(was_refused(connect_from("127.0.0.3", addr)));
+    let mut ok = connect_from("127.0.0.1", addr);
+    assert!(echoes(&mut ok));
+}
+
+#[test]
+fn the_fourth_connection_from_one_address_is_refused() {
+    let (mut server, addr) = echo_server(&["--max-conns-per-ip", "3"]);
+    let mut three: Vec<TcpStream> = (0..3).map(|_| connect_from("127.0.0.1", addr)).collect();
+    for stream in three.iter_mut() {
+        assert!(echoes(stream));
+    }
+    assert!(was_refused(connect_from("127.0.0.1", addr)));
+    server.wait_line("--max-conns-per-ip", Duration::from_secs(5));
+    // Another address is not affected, and a slot freed is a slot regained.
+    let mut other = connect_from("127.0.0.5", addr);
+    assert!(echoes(&mut other));
+    drop(three.pop());
+    let mut again = eventually(Duration::from_secs(5), "a freed per-IP slot", || {
+        let mut stream = connect_from("127.0.0.1", addr);
+        let _ = std::io::Write::write_all(&mut stream, b"ping");
+        let mut got = [0u8; 4];
+        stream.read_exact(&mut got).ok()?;
+        (&got == b"ping").then_some(stream)
+    });
+    assert!(echoes(&mut again));
+}
+
+#[test]
+fn a_client_over_its_rate_is_slowed_to_it_while_another_flows() {
+    const BYTES_PER_S: usize = 50_000;
+    let (_server, addr) = echo_server(&["--rate-limit", "1000/s,50000/s"]);
+    let fast = connect(addr);
+    let mut fast_reader = fast.try_clone().unwrap();
+    let mut fast_writer = fast;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_writer = stop.clone();
+    let writer = std::thread::spawn(move || {
+        let chunk = pattern(16 * 1024, 9);
+        while !stop_writer.load(std::sync::atomic::Ordering::Relaxed) {
+            if std::io::Write::write_all(&mut fast_writer, &chunk).is_err() {
+                break;
+            }
+        }
+    });
+    // Count what comes back over three seconds.
+    let started = std::time::Instant::now();
+    let window = Duration::from_secs(3);
+    let reader = std::thread::spawn(move || {
+        fast_reader
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut total = 0usize;
+        let mut buf = vec![0u8; 64 * 1024];
+        while started.elapsed() < window {
+            match fast_reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => total += n,
+                Err(_) => {}
+            }
+        }
+        total
+    });
+    // Another client's messages flow meanwhile.
+    let mut other = connect(addr);
+    for round in 0..20u8 {
+        write_all(&mut other, &[round; 8]);
+        assert_eq!(read_exact(&mut other, 8), [round; 8]);
+    }
+    let echoed = reader.join().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(other);
+    // One second's burst plus three seconds at the rate, with room for timing noise.
+    let most = BYTES_PER_S * 4 + BYTES_PER_S / 2;
+    let least = BYTES_PER_S * 2;
+    assert!(
+        echoed <= most,
+        "echoed {echoed} B in 3 s: not slowed to {BYTES_PER_S} B/s"
+    );
+    assert!(
+        echoed >= least,
+        "echoed {echoed} B in 3 s: slowed below the limit"
+    );
+    let _ = writer.join();
+}
