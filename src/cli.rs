@@ -64,6 +64,8 @@ pub enum EchoCommand {
 pub enum StressCommand {
     /// Request/response load on an echo server, every byte verified.
     Echo(cmd::stress::echo::Args),
+    /// Framed group-chat load: senders at a fixed rate, fan-out latency at every receiver.
+    Chat(cmd::stress::chat::Args),
     /// Open and hold many idle connections, then check the server still answers.
     Conns(cmd::stress::conns::Args),
 }

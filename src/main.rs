@@ -33,6 +33,7 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Ips => cmd::ips::run(),
         Command::Rand => cmd::rand::run(),
         Command::Stress(StressCommand::Echo(args)) => cmd::stress::echo::run(args, trace),
+        Command::Stress(StressCommand::Chat(args)) => cmd::stress::chat::run(args, trace),
         Command::Stress(StressCommand::Conns(args)) => cmd::stress::conns::run(args, trace),
     }
 }

@@ -7,8 +7,8 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::io::{BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -445,4 +445,122 @@ fn ctrl_c_ends_the_run_early_and_still_prints_the_summary() {
     assert_eq!(json["interrupted"], true);
     assert!(json["msgs"].as_u64().unwrap() > 0);
     stress.wait_line("(interrupted)", Duration::from_secs(2));
+}
+
+/// A chat relay (a thread per client, 2-byte length prefix): every frame goes
+/// to every other client. With `drop_frame: Some(n)`, the n-th frame relayed
+/// is not delivered to one of its recipients.
+fn relay(drop_frame: Option<u64>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let clients: Arc<Mutex<Vec<(usize, TcpStream)>>> = Arc::default();
+    let relayed = Arc::new(AtomicU64::new(0));
+    thread::spawn(move || {
+        for (id, stream) in listener.incoming().enumerate() {
+            let Ok(stream) = stream else { return };
+            let _ = stream.set_nodelay(true);
+            clients
+                .lock()
+                .unwrap()
+                .push((id, stream.try_clone().unwrap()));
+            let clients = Arc::clone(&clients);
+            let relayed = Arc::clone(&relayed);
+            thread::spawn(move || {
+                let mut reader = BufReader::new(stream);
+                loop {
+                    let mut frame = vec![0u8; 2];
+                    if reader.read_exact(&mut frame).is_err() {
+                        break;
+                    }
+                    let len = u16::from_be_bytes([frame[0], frame[1]]) as usize;
+                    if len == 0 {
+                        break;
+                    }
+                    frame.resize(2 + len, 0);
+                    if reader.read_exact(&mut frame[2..]).is_err() {
+                        break;
+                    }
+                    let number = relayed.fetch_add(1, Ordering::SeqCst);
+                    let mut skip = drop_frame == Some(number);
+                    for (other, stream) in clients.lock().unwrap().iter_mut() {
+                        if *other == id {
+                            continue;
+                        }
+                        if skip {
+                            skip = false;
+                            continue;
+                        }
+                        let _ = stream.write_all(&frame);
+                    }
+                }
+                clients.lock().unwrap().retain(|(other, _)| *other != id);
+            });
+        }
+    });
+    addr
+}
+
+fn chat_run(addr: SocketAddr) -> Outcome {
+    run(
+        &[
+            "stress",
+            "chat",
+            &addr.to_string(),
+            "--conns",
+            "50",
+            "--senders",
+            "5",
+            "--rate",
+            "100",
+            "--duration",
+            "2",
+            "--json",
+        ],
+        Duration::from_secs(30),
+    )
+}
+
+#[test]
+fn chat_delivers_every_frame_to_every_other_client_in_order() {
+    let outcome = chat_run(relay(None));
+    assert_eq!(outcome.code, Some(0), "stderr:\n{}", outcome.stderr);
+    assert_fields(
+        &outcome,
+        &[
+            "senders",
+            "rate_per_sender",
+            "sent",
+            "expected",
+            "delivered",
+            "delivered_per_s",
+            "delivered_ratio",
+            "lost",
+            "out_of_order",
+            "latency",
+            "latency_uncorrected",
+            "send_lag",
+            "errors",
+        ],
+    );
+    let sent = outcome.num("sent");
+    assert!(sent >= 900.0, "sent {sent}");
+    assert_eq!(outcome.num("expected"), sent * 49.0);
+    assert_eq!(outcome.num("delivered"), outcome.num("expected"));
+    assert_eq!(outcome.num("out_of_order"), 0.0);
+    assert_eq!(outcome.num("errors/total"), 0.0);
+    assert!(outcome.num("latency/p99_us") > 0.0);
+}
+
+#[test]
+fn chat_catches_a_relay_that_drops_one_frame() {
+    let outcome = chat_run(relay(Some(200)));
+    assert_eq!(outcome.code, Some(1), "stderr:\n{}", outcome.stderr);
+    assert_eq!(outcome.num("lost"), 1.0);
+    assert_eq!(outcome.num("out_of_order"), 1.0);
+    assert_eq!(outcome.num("delivered") + 1.0, outcome.num("expected"));
+    assert!(
+        outcome.stderr.contains("expected (1 frame(s) skipped)"),
+        "{}",
+        outcome.stderr
+    );
 }

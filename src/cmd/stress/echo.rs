@@ -121,6 +121,9 @@ struct Echo {
     latency: Latency,
     /// Open loop: latency from the actual send.
     uncorrected: Latency,
+    /// Open loop: how late messages left against their schedule (timer
+    /// granularity, a busy generator, a full pipeline).
+    send_lag: Latency,
     /// Messages whose echo completed inside the window.
     msgs: u64,
     /// Messages sent inside the window.
@@ -210,6 +213,7 @@ impl Echo {
             let slot = self.slot(index, k);
             self.intended_at[slot] = due;
             self.sent_at[slot] = now;
+            self.send_lag.record(now - due);
             k += 1;
         }
         if let Some(st) = cx.state_mut(id) {
@@ -469,6 +473,17 @@ impl Echo {
             &self.latency,
             self.period_ns.map(|_| &self.uncorrected),
         );
+        match self.period_ns {
+            Some(_) => {
+                let lag = self.send_lag.percentiles();
+                lines.push(format!(
+                    "  send lag (how late messages left against their schedule):                {}",
+                    lag.human()
+                ));
+                lag.json(&mut json, "send_lag");
+            }
+            None => json.null("send_lag"),
+        }
         if self.in_flight > 0 {
             lines.push(format!(
                 "  unanswered: {} message(s) still in flight when {}",
@@ -594,6 +609,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         window_ns: (0, 0),
         latency: Latency::new(),
         uncorrected: Latency::new(),
+        send_lag: Latency::new(),
         msgs: 0,
         sent: 0,
         in_flight: 0,

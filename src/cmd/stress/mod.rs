@@ -18,6 +18,7 @@
 //! report says how busy the generator itself was, so a generator-bound run
 //! cannot pass for a server-bound one. Nothing here retries or hides a failure.
 
+pub mod chat;
 pub mod connect;
 pub mod conns;
 pub mod echo;

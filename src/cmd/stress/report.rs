@@ -322,6 +322,11 @@ impl Tally {
         self.counts[kind] += 1;
     }
 
+    /// Adds `n` to kind number `kind`.
+    pub fn add_n(&mut self, kind: usize, n: u64) {
+        self.counts[kind] += n;
+    }
+
     /// The count of kind number `kind`.
     pub fn get(&self, kind: usize) -> u64 {
         self.counts[kind]
