@@ -68,4 +68,6 @@ pub enum StressCommand {
     Chat(cmd::stress::chat::Args),
     /// Open and hold many idle connections, then check the server still answers.
     Conns(cmd::stress::conns::Args),
+    /// UDP streamer with a built-in sink: sent, received, lost, reordered, duplicated.
+    Udp(cmd::stress::udp::Args),
 }

@@ -35,6 +35,7 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Stress(StressCommand::Echo(args)) => cmd::stress::echo::run(args, trace),
         Command::Stress(StressCommand::Chat(args)) => cmd::stress::chat::run(args, trace),
         Command::Stress(StressCommand::Conns(args)) => cmd::stress::conns::run(args, trace),
+        Command::Stress(StressCommand::Udp(args)) => cmd::stress::udp::run(args, trace),
     }
 }
 

@@ -8,7 +8,7 @@
 mod support;
 
 use std::io::{BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -563,4 +563,78 @@ fn chat_catches_a_relay_that_drops_one_frame() {
         "{}",
         outcome.stderr
     );
+}
+
+#[test]
+fn udp_to_its_own_socket_sees_every_datagram() {
+    let outcome = run(
+        &[
+            "stress", "udp", "--count", "10000", "--rate", "20000", "--json",
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(outcome.code, Some(0), "stderr:\n{}", outcome.stderr);
+    assert_eq!(outcome.json()["to_self"], true);
+    assert_eq!(outcome.num("sent"), 10000.0);
+    assert_eq!(outcome.num("sink/unique"), 10000.0);
+    assert_eq!(outcome.num("sink/lost"), 0.0);
+    assert_eq!(outcome.num("sink/duplicated"), 0.0);
+    assert!(outcome.num("generator/loop_utilisation") >= 0.0);
+}
+
+/// `I` of a `[TIMESTAMP] NAME:\n\tNumber I` datagram, read independently of sockloop.
+fn number_in(datagram: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(datagram).ok()?;
+    let (_, rest) = text.split_once("\n\tNumber ")?;
+    rest.split(' ').next()?.parse().ok()
+}
+
+#[test]
+fn udp_to_a_receiver_agrees_with_what_the_receiver_counted() {
+    // The receiver: a plain socket with a large buffer on a thread, counting distinct numbers.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    let _ = socket.set_recv_buffer_size(8 << 20);
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let receiver: UdpSocket = socket.into();
+    receiver
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let addr = receiver.local_addr().unwrap();
+    let counter = thread::spawn(move || {
+        let mut seen = std::collections::HashSet::new();
+        let mut datagrams = 0u64;
+        let mut buf = [0u8; 2048];
+        while let Ok(n) = receiver.recv(&mut buf) {
+            datagrams += 1;
+            if let Some(i) = number_in(&buf[..n]) {
+                seen.insert(i);
+            }
+        }
+        (datagrams, seen.len() as u64)
+    });
+    let outcome = run(
+        &[
+            "stress",
+            "udp",
+            &addr.to_string(),
+            "--count",
+            "10000",
+            "--rate",
+            "20000",
+            "--size",
+            "100",
+            "--json",
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(outcome.code, Some(0), "stderr:\n{}", outcome.stderr);
+    let (datagrams, unique) = counter.join().unwrap();
+    assert_eq!(outcome.json()["to_self"], false);
+    assert_eq!(outcome.num("sent"), 10000.0);
+    assert_eq!(datagrams, 10000, "the receiver's count");
+    assert_eq!(unique, 10000, "distinct numbers the receiver saw");
+    assert_eq!(outcome.num("send_errors/total"), 0.0);
+    assert!(outcome.stderr.contains("reports what arrived there"));
 }

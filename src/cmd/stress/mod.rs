@@ -23,6 +23,7 @@ pub mod connect;
 pub mod conns;
 pub mod echo;
 pub mod report;
+pub mod udp;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -447,9 +448,9 @@ impl Run {
         json.end();
     }
 
-    /// The summary's "generator" line (and a warning when it was the
-    /// bottleneck) and the JSON `generator` object. `msgs` (if the mode
-    /// counts messages) gives the CPU cost of one.
+    /// The summary's "generator" lines and the JSON `generator` object (see
+    /// [`generator_report`]); `msgs` (if the mode counts messages) gives the
+    /// CPU cost of one.
     pub fn generator_report<S>(
         &self,
         cx: &Ctx<S>,
@@ -457,40 +458,18 @@ impl Run {
         lines: &mut Vec<String>,
         json: &mut Json,
     ) {
-        let utilisation = self.utilisation(cx);
-        let cpu = self.cpu();
-        let per_msg_ns = msgs
-            .filter(|n| *n > 0)
-            .map(|n| cpu.as_nanos() as f64 / n as f64);
-        // A window too short to judge (a run where nothing connected) warns of nothing.
-        let busy = utilisation > BUSY_WARNING && self.window() >= Duration::from_millis(200);
-        lines.push(format!(
-            "  generator: loop busy {:.0}% of the time (blocked in poll the rest), CPU {:.2} s{}; \
-             open-file limit {} (room for {} connections)",
-            utilisation * 100.0,
-            cpu.as_secs_f64(),
-            per_msg_ns
-                .map(|ns| format!(", {} per message", report::duration_ns(ns as u64)))
-                .unwrap_or_default(),
-            self.fd_limit,
-            report::count(self.room)
-        ));
-        if busy {
-            lines.push(format!(
-                "  warning: the generator's loop was busy {:.0}% of the time: the generator, \
-                 not the server, may have set the pace; give it a core of its own \
-                 (taskset), fewer connections, or run two generators",
-                utilisation * 100.0
-            ));
-        }
-        json.begin("generator");
-        json.f64("loop_utilisation", utilisation, 3);
-        json.f64("cpu_s", cpu.as_secs_f64(), 3);
-        json.opt_f64("cpu_per_msg_us", per_msg_ns.map(|ns| ns / 1e3), 3);
-        json.bool("bottleneck", busy);
-        json.u64("fd_limit", self.fd_limit);
-        json.u64("max_conns", self.room);
-        json.end();
+        generator_report(
+            &Generator {
+                utilisation: self.utilisation(cx),
+                cpu: self.cpu(),
+                window: self.window(),
+                msgs,
+                fd_limit: self.fd_limit,
+                room: Some(self.room),
+            },
+            lines,
+            json,
+        );
     }
 
     /// The JSON fields every mode starts with; `duration` is the mode's
@@ -502,6 +481,66 @@ impl Run {
         json.f64("duration_s", duration.as_secs_f64(), 3);
         json.bool("interrupted", self.interrupted);
     }
+}
+
+/// What the generator itself did over a window: the figures of its honesty line.
+#[derive(Debug, Clone, Copy)]
+pub struct Generator {
+    /// Share of the window the loop was busy rather than blocked in poll, 0..=1.
+    pub utilisation: f64,
+    /// CPU time the process used over the window.
+    pub cpu: Duration,
+    /// The window's length.
+    pub window: Duration,
+    /// Messages handled (for the CPU cost of one), if the mode counts them.
+    pub msgs: Option<u64>,
+    /// The open-file limit in force.
+    pub fd_limit: u64,
+    /// Connections that limit leaves room for (TCP modes).
+    pub room: Option<u64>,
+}
+
+/// The summary's "generator" line, a warning when the generator (not the
+/// server) was the bottleneck, and the JSON `generator` object.
+pub fn generator_report(g: &Generator, lines: &mut Vec<String>, json: &mut Json) {
+    let per_msg_ns = g
+        .msgs
+        .filter(|n| *n > 0)
+        .map(|n| g.cpu.as_nanos() as f64 / n as f64);
+    // A window too short to judge (a run where nothing connected) warns of nothing.
+    let busy = g.utilisation > BUSY_WARNING && g.window >= Duration::from_millis(200);
+    lines.push(format!(
+        "  generator: loop busy {:.0}% of the time (blocked in poll the rest), CPU {:.2} s{}; \
+         open-file limit {}{}",
+        g.utilisation * 100.0,
+        g.cpu.as_secs_f64(),
+        per_msg_ns
+            .map(|ns| format!(", {} per message", report::duration_ns(ns as u64)))
+            .unwrap_or_default(),
+        g.fd_limit,
+        g.room
+            .map(|room| format!(" (room for {} connections)", report::count(room)))
+            .unwrap_or_default()
+    ));
+    if busy {
+        lines.push(format!(
+            "  warning: the generator's loop was busy {:.0}% of the time: the generator, \
+             not the server, may have set the pace; give it a core of its own \
+             (taskset), or spread the load over more generators",
+            g.utilisation * 100.0
+        ));
+    }
+    json.begin("generator");
+    json.f64("loop_utilisation", g.utilisation, 3);
+    json.f64("cpu_s", g.cpu.as_secs_f64(), 3);
+    json.opt_f64("cpu_per_msg_us", per_msg_ns.map(|ns| ns / 1e3), 3);
+    json.bool("bottleneck", busy);
+    json.u64("fd_limit", g.fd_limit);
+    match g.room {
+        Some(room) => json.u64("max_conns", room),
+        None => json.null("max_conns"),
+    }
+    json.end();
 }
 
 /// Prints the summary: the human lines on stderr, then (with `--json`) the
