@@ -222,36 +222,43 @@ fn corrupting_server(at: u64) -> SocketAddr {
     addr
 }
 
-#[test]
-fn a_corrupted_byte_is_reported_with_its_connection_and_offset() {
-    let addr = corrupting_server(1000);
-    let outcome = run(
-        &[
-            "stress",
-            "echo",
-            &addr.to_string(),
-            "--conns",
-            "4",
-            "--duration",
-            "1",
-            "--json",
-        ],
-        Duration::from_secs(20),
-    );
+/// Runs `stress echo` against a server that corrupts stream offset `at` and
+/// checks the report names the connection and that offset.
+fn check_corruption_is_caught(at: u64, extra: &[&str]) {
+    let addr = corrupting_server(at);
+    let target = addr.to_string();
+    let mut args = vec!["stress", "echo", &target, "--duration", "1", "--json"];
+    args.extend_from_slice(extra);
+    let outcome = run(&args, Duration::from_secs(20));
     assert_eq!(outcome.code, Some(1), "stderr:\n{}", outcome.stderr);
     assert!(outcome.num("errors/mismatch") >= 1.0);
     let first = outcome.json()["first_error"].as_str().unwrap().to_string();
     assert!(
-        first.starts_with("connection ") && first.contains("byte offset 1000 "),
+        first.starts_with("connection ") && first.contains(&format!("byte offset {at} ")),
         "{first}"
     );
     assert!(
-        outcome.stderr.contains("echo mismatch at byte offset 1000"),
+        outcome
+            .stderr
+            .contains(&format!("echo mismatch at byte offset {at}")),
         "stderr:\n{}",
         outcome.stderr
     );
     let last = outcome.stderr.lines().last().unwrap();
     assert!(last.starts_with("sockloop: stress echo: 1 error"), "{last}");
+}
+
+#[test]
+fn a_corrupted_byte_is_reported_with_its_connection_and_offset() {
+    check_corruption_is_caught(1000, &["--conns", "4"]);
+}
+
+#[test]
+fn a_corrupted_byte_is_caught_in_pipelined_bulk_echo_too() {
+    check_corruption_is_caught(
+        300_001,
+        &["--conns", "2", "--size", "16384", "--pipeline", "8"],
+    );
 }
 
 #[test]

@@ -5,8 +5,8 @@
 //! sockets handed to the reactor (`Ctx::adopt`), at most `concurrency`
 //! handshakes at a time and, with `--connect-rate`, no faster than asked.
 //! When the target is IPv4 loopback it binds each socket to a source address
-//! of its own in 127.0.0.0/8 first (with `IP_BIND_ADDRESS_NO_PORT`, so the
-//! bind takes no port), which lifts the ~28k ephemeral-port ceiling of one
+//! of its own in 127.0.0.0/8 first (`net::connect_nonblocking`, with
+//! `IP_BIND_ADDRESS_NO_PORT`, so the bind takes no port), which lifts the ~28k ephemeral-port ceiling of one
 //! source address.
 //!
 //! It must not block, retry, or treat a failure as fatal: a connection that
@@ -17,15 +17,12 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
-
-use mio::net::TcpStream;
-use socket2::{Domain, Protocol, Socket, Type};
 
 use super::report::{Latency, Tally};
 use crate::conn::CloseReason;
 use crate::error::plain;
+use crate::net;
 use crate::reactor::{ConnId, Ctx};
 use crate::sys;
 
@@ -394,8 +391,7 @@ impl Connector {
 
     fn open<S: Default>(&mut self, cx: &mut Ctx<S>, index: u32) {
         let started = Instant::now();
-        let opened = self
-            .open_socket(index)
+        let opened = net::connect_nonblocking(self.plan.target, self.plan.source_for(index))
             .and_then(|stream| cx.adopt(stream, self.plan.target, S::default(), true));
         match opened {
             Ok(id) => {
@@ -421,26 +417,6 @@ impl Connector {
                 self.note_failure(index, &e);
             }
         }
-    }
-
-    /// A non-blocking socket with its `connect()` issued (EINPROGRESS is the normal answer).
-    fn open_socket(&self, index: u32) -> io::Result<TcpStream> {
-        let target = self.plan.target;
-        let socket = Socket::new(
-            Domain::for_address(target),
-            Type::STREAM.nonblocking(),
-            Some(Protocol::TCP),
-        )?;
-        if let Some(source) = self.plan.source_for(index) {
-            sys::set_bind_address_no_port(socket.as_raw_fd())?;
-            socket.bind(&source.into())?;
-        }
-        match socket.connect(&target.into()) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-            Err(e) => return Err(e),
-        }
-        Ok(TcpStream::from_std(socket.into()))
     }
 
     /// Closes handshakes older than the timeout (their `Closed` event counts them).
