@@ -110,7 +110,26 @@ const COMMON_FIELDS: &[&str] = &[
     "generator",
 ];
 
+/// Every field of the JSON line, at any depth, is described in docs/stress-json.md.
+fn assert_documented(value: &Value) {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/stress-json.md"))
+        .expect("docs/stress-json.md");
+    let mut stack = vec![value];
+    while let Some(Value::Object(map)) = stack.pop() {
+        for (key, inner) in map {
+            assert!(
+                doc.contains(&format!("`{key}`"))
+                    || doc.contains(&format!(".{key}`"))
+                    || doc.contains(&format!("`{key}.")),
+                "field {key:?} is not documented in docs/stress-json.md"
+            );
+            stack.push(inner);
+        }
+    }
+}
+
 fn assert_fields(outcome: &Outcome, fields: &[&str]) {
+    assert_documented(outcome.json());
     let object = outcome.json().as_object().expect("a JSON object");
     for field in COMMON_FIELDS.iter().chain(fields) {
         assert!(
@@ -582,6 +601,7 @@ fn udp_to_its_own_socket_sees_every_datagram() {
     );
     assert_eq!(outcome.code, Some(0), "stderr:\n{}", outcome.stderr);
     assert_eq!(outcome.json()["to_self"], true);
+    assert_documented(outcome.json());
     assert_eq!(outcome.num("sent"), 10000.0);
     assert_eq!(outcome.num("sink/unique"), 10000.0);
     assert_eq!(outcome.num("sink/lost"), 0.0);

@@ -394,15 +394,20 @@ impl Udp {
                 report::count(sink.other)
             ));
         }
-        json.begin("sink");
-        json.u64("received", sink.received);
-        json.u64("unique", sink.unique);
-        json.u64("lost", sink.lost(self.sent));
-        json.u64("reordered", sink.reordered);
-        json.u64("max_reorder_distance", sink.max_distance);
-        json.u64("duplicated", sink.duplicated);
-        json.u64("other", sink.other);
-        json.end();
+        if sink.received == 0 && !self.to_self {
+            // Nothing came back: what arrived is the target's to say, not ours to call lost.
+            json.null("sink");
+        } else {
+            json.begin("sink");
+            json.u64("received", sink.received);
+            json.u64("unique", sink.unique);
+            json.u64("lost", sink.lost(self.sent));
+            json.u64("reordered", sink.reordered);
+            json.u64("max_reorder_distance", sink.max_distance);
+            json.u64("duplicated", sink.duplicated);
+            json.u64("other", sink.other);
+            json.end();
+        }
         let drops = rcvbuf_before
             .zip(rcvbuf_errors())
             .map(|(before, after)| after.saturating_sub(before));
