@@ -27,10 +27,9 @@ use std::time::Duration;
 use clap::Args as ClapArgs;
 
 use super::connect::Ended;
-use super::echo::outcome;
 use super::report::{self, Json, Latency, Tally};
 use super::{
-    latency_lines, positive, prepare, print_summary, rate_check, Run, TcpArgs, TIMER_CONN,
+    latency_lines, outcome, positive, prepare, print_summary, rate_check, Run, TcpArgs, TIMER_CONN,
     TIMER_DRAIN, TIMER_END, TIMER_PROGRESS, TIMER_START,
 };
 use crate::conn::CloseReason;

@@ -13,10 +13,9 @@ use std::time::{Duration, Instant};
 use clap::{Args as ClapArgs, ValueEnum};
 
 use super::connect::Ended;
-use super::echo::outcome;
 use super::report::{self, Json, Tally};
 use super::{
-    positive, prepare, print_summary, Run, TcpArgs, TIMER_END, TIMER_MODE, TIMER_PROGRESS,
+    outcome, positive, prepare, print_summary, Run, TcpArgs, TIMER_END, TIMER_MODE, TIMER_PROGRESS,
 };
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};

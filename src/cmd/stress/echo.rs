@@ -22,7 +22,7 @@ use clap::Args as ClapArgs;
 use super::connect::Ended;
 use super::report::{self, Json, Latency, Tally};
 use super::{
-    latency_lines, positive, prepare, print_summary, rate_check, Run, TcpArgs, TIMER_CONN,
+    latency_lines, outcome, positive, prepare, print_summary, rate_check, Run, TcpArgs, TIMER_CONN,
     TIMER_DRAIN, TIMER_END, TIMER_PROGRESS,
 };
 use crate::conn::CloseReason;
@@ -525,26 +525,6 @@ fn local_text<S>(cx: &Ctx<S>, id: ConnId) -> String {
         .and_then(|c| c.local_addr().ok())
         .map(|a| format!(" ({a})"))
         .unwrap_or_default()
-}
-
-/// The run's exit: an error when nothing could connect or errors were seen.
-pub fn outcome(mode: &str, run: &Run, errors: u64, first: Option<&str>) -> Result<()> {
-    if run.connector.connected() == 0 && !run.interrupted {
-        return Err(Error::Failed(format!(
-            "stress {mode}: no connection could be opened{}",
-            run.connector
-                .first_error()
-                .map(|e| format!(" ({e})"))
-                .unwrap_or_default()
-        )));
-    }
-    if errors > 0 {
-        return Err(Error::Failed(format!(
-            "stress {mode}: {errors} error(s){}",
-            first.map(|f| format!("; first: {f}")).unwrap_or_default()
-        )));
-    }
-    Ok(())
 }
 
 impl Handler for Echo {

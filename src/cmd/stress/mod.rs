@@ -545,6 +545,26 @@ pub fn generator_report(g: &Generator, lines: &mut Vec<String>, json: &mut Json)
     json.end();
 }
 
+/// The run's exit: an error when nothing could connect or errors were seen.
+pub fn outcome(mode: &str, run: &Run, errors: u64, first: Option<&str>) -> Result<()> {
+    if run.connector.connected() == 0 && !run.interrupted {
+        return Err(Error::Failed(format!(
+            "stress {mode}: no connection could be opened{}",
+            run.connector
+                .first_error()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        )));
+    }
+    if errors > 0 {
+        return Err(Error::Failed(format!(
+            "stress {mode}: {errors} error(s){}",
+            first.map(|f| format!("; first: {f}")).unwrap_or_default()
+        )));
+    }
+    Ok(())
+}
+
 /// Prints the summary: the human lines on stderr, then (with `--json`) the
 /// JSON line on stdout.
 pub fn print_summary(lines: &[String], json: Option<String>) {
