@@ -29,8 +29,8 @@ use clap::Args as ClapArgs;
 use super::connect::Ended;
 use super::report::{self, Json, Latency, Tally};
 use super::{
-    latency_lines, outcome, positive, prepare, print_summary, rate_check, Run, TcpArgs, TIMER_CONN,
-    TIMER_DRAIN, TIMER_END, TIMER_PROGRESS, TIMER_START,
+    latency_lines, outcome, positive, prepare, print_summary, rate_check, Run, TcpArgs,
+    SEND_TICK_NS, TIMER_CONN, TIMER_DRAIN, TIMER_END, TIMER_PROGRESS, TIMER_START,
 };
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};
@@ -277,7 +277,7 @@ impl Chat {
                 if !sender.armed {
                     sender.armed = true;
                     cx.set_timer(
-                        self.run.started + Duration::from_nanos(due),
+                        self.run.started + Duration::from_nanos(due.max(now + SEND_TICK_NS)),
                         TIMER_CONN + u64::from(s),
                     );
                 }
@@ -418,6 +418,10 @@ impl Chat {
             TIMER_PROGRESS => self.progress(cx),
             TIMER_START => self.begin(cx),
             TIMER_END => {
+                // Frames due in the window's last tick go out before it closes.
+                for s in 0..self.n_senders {
+                    self.pump(cx, s);
+                }
                 self.run.end_window(cx);
                 self.draining = true;
                 if self.delivered >= self.expected {

@@ -22,8 +22,8 @@ use clap::Args as ClapArgs;
 use super::connect::Ended;
 use super::report::{self, Json, Latency, Tally};
 use super::{
-    latency_lines, outcome, positive, prepare, print_summary, rate_check, Run, TcpArgs, TIMER_CONN,
-    TIMER_DRAIN, TIMER_END, TIMER_PROGRESS,
+    latency_lines, outcome, positive, prepare, print_summary, rate_check, Run, TcpArgs,
+    SEND_TICK_NS, TIMER_CONN, TIMER_DRAIN, TIMER_END, TIMER_PROGRESS,
 };
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};
@@ -204,7 +204,7 @@ impl Echo {
                 if !armed {
                     armed = true;
                     cx.set_timer(
-                        self.run.started + Duration::from_nanos(due),
+                        self.run.started + Duration::from_nanos(due.max(now + SEND_TICK_NS)),
                         TIMER_CONN + u64::from(index),
                     );
                 }
@@ -369,6 +369,12 @@ impl Echo {
         match timer {
             TIMER_PROGRESS => self.progress(cx),
             TIMER_END => {
+                if self.period_ns.is_some() {
+                    // Messages due in the window's last tick go out before it closes.
+                    for index in 0..self.run.connector.plan().n {
+                        self.pump(cx, index);
+                    }
+                }
                 self.run.end_window(cx);
                 self.draining = true;
                 if self.in_flight == 0 {
