@@ -45,6 +45,8 @@ pub enum Command {
     Ips,
     /// Print endless random 32-bit signed integers, one a line.
     Rand,
+    /// Make a self-signed certificate and key for local TLS tests.
+    TlsSelfsigned(crate::tls::SelfSignedArgs),
 }
 
 /// `sockloop echo ...`

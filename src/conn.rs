@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::io::{self, IoSlice, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
@@ -116,6 +116,23 @@ impl Segment {
             Segment::Owned(v) => v,
             Segment::Shared(r) => r,
         }
+    }
+}
+
+/// Plaintext into a TLS session: "buffer full" (a write of 0) reads as
+/// `WouldBlock`, so [`OutBuf::write_to`] stops instead of failing.
+struct TlsPlaintext<'a>(rustls::Writer<'a>);
+
+impl Write for TlsPlaintext<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.0.write(buf)? {
+            0 if !buf.is_empty() => Err(io::ErrorKind::WouldBlock.into()),
+            n => Ok(n),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -284,6 +301,13 @@ pub struct Conn<S> {
     /// The connection's `--rate-limit` buckets (boxed: most servers have none,
     /// and an idle connection should stay small).
     pub(crate) throttle: Option<Box<crate::ratelimit::Throttle>>,
+    /// The TLS session, when this connection speaks TLS. Plaintext goes
+    /// through it; see [`Conn::read_plain`] and [`Conn::write_out`].
+    pub(crate) tls: Option<Box<rustls::Connection>>,
+    /// The TLS peer's raw stream ended (its records may still hold plaintext).
+    pub(crate) tls_eof: bool,
+    /// Our TLS close_notify has been queued.
+    pub(crate) tls_close_sent: bool,
     /// Bytes read and written over the connection's life.
     pub(crate) bytes_in: u64,
     /// See `bytes_in`.
@@ -309,6 +333,9 @@ impl<S> Conn<S> {
             counted_per_ip: false,
             throttled: false,
             throttle: None,
+            tls: None,
+            tls_eof: false,
+            tls_close_sent: false,
             bytes_in: 0,
             bytes_out: 0,
             state_of_app: app,
@@ -345,10 +372,87 @@ impl<S> Conn<S> {
         matches!(self.state, State::Open) && !self.read_paused && !self.throttled
     }
 
-    /// True while the socket must be watched for WRITABLE: output is pending,
-    /// or an outgoing connect waits for its result.
+    /// True while the socket must be watched for WRITABLE: output is pending
+    /// (ours, or TLS records), or an outgoing connect waits for its result.
     pub(crate) fn wants_write(&self) -> bool {
-        self.state == State::Connecting || !self.out.is_empty()
+        self.state == State::Connecting || self.has_pending_output()
+    }
+
+    /// True while bytes wait to be written: queued plaintext, or TLS records.
+    pub(crate) fn has_pending_output(&self) -> bool {
+        !self.out.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+
+    /// True while a TLS handshake is under way.
+    pub fn tls_handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.is_handshaking())
+    }
+
+    /// Reads the peer's next bytes into `buf`: straight from the socket, or,
+    /// for TLS, by feeding records to the session until it yields plaintext.
+    /// `Ok(0)` is end of stream; `WouldBlock` means nothing more for now.
+    /// A TLS protocol failure is `InvalidData` (the alert is sent first).
+    pub(crate) fn read_plain(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(tls) = self.tls.as_mut() else {
+            return self.stream.read(buf);
+        };
+        loop {
+            match tls.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // The peer closed without a close_notify: an end of stream all the same.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+            if self.tls_eof {
+                return Ok(0);
+            }
+            if tls.read_tls(&mut self.stream)? == 0 {
+                self.tls_eof = true;
+            }
+            if let Err(e) = tls.process_new_packets() {
+                let _ = tls.write_tls(&mut self.stream); // the alert, best effort
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("tls: {e}"),
+                ));
+            }
+            // Handshake messages to answer go out now, not at the next writable edge.
+            while tls.wants_write() {
+                match tls.write_tls(&mut self.stream) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
+    /// Writes what is queued: straight to the socket, or, for TLS, through the
+    /// session (its own buffer bounded) and out as records. Returns how many
+    /// queued bytes were consumed; stops at `WouldBlock`.
+    pub(crate) fn write_out(&mut self) -> io::Result<usize> {
+        let Some(tls) = self.tls.as_mut() else {
+            return self.out.write_to(&mut self.stream);
+        };
+        let mut consumed = 0;
+        loop {
+            while tls.wants_write() {
+                match tls.write_tls(&mut self.stream) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(consumed),
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.out.is_empty() {
+                return Ok(consumed);
+            }
+            let n = self.out.write_to(&mut TlsPlaintext(tls.writer()))?;
+            if n == 0 {
+                return Ok(consumed);
+            }
+            consumed += n;
+        }
     }
 }
 

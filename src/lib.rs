@@ -30,3 +30,4 @@ pub mod net;
 pub mod ratelimit;
 pub mod reactor;
 pub mod sys;
+pub mod tls;

@@ -53,9 +53,10 @@ pub mod trace;
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream, UdpSocket};
@@ -82,6 +83,15 @@ const EVENT_CAPACITY: usize = 1024;
 /// Deadline ids with this bit set belong to the reactor itself (the rest are
 /// the command's): "connection KEY may read again" after a rate-limit pause.
 const RESUME_READING_TIMER: u64 = 1 << 63;
+
+/// Reactor deadline: "connection KEY must have finished its TLS handshake".
+const HANDSHAKE_TIMER: u64 = 1 << 62;
+
+/// The bits of a deadline id that are the reactor's.
+const REACTOR_TIMERS: u64 = RESUME_READING_TIMER | HANDSHAKE_TIMER;
+
+/// Plaintext a TLS session may hold before it refuses more (our `out` holds the rest).
+const TLS_BUFFER_LIMIT: usize = 64 * 1024;
 
 /// A connection's identity: its slab key, which is also its `mio::Token`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -120,6 +130,8 @@ pub struct Config {
     pub max_conns_per_ip: usize,
     /// Per-client rate limit for accepted connections (`--rate-limit`). Default none.
     pub rate_limit: Option<RateLimit>,
+    /// Speak TLS on every accepted connection (`--tls-cert`/`--tls-key`). Default none.
+    pub tls_server: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for Config {
@@ -135,6 +147,7 @@ impl Default for Config {
             access: AccessList::default(),
             max_conns_per_ip: 0,
             rate_limit: None,
+            tls_server: None,
         }
     }
 }
@@ -440,7 +453,9 @@ impl<S: Default> Reactor<S> {
         let now = Instant::now();
         while let Some(id) = cx.timers.pop_due(now) {
             if id & RESUME_READING_TIMER != 0 {
-                cx.end_throttle((id & !RESUME_READING_TIMER) as usize);
+                cx.end_throttle((id & !REACTOR_TIMERS) as usize);
+            } else if id & HANDSHAKE_TIMER != 0 {
+                cx.check_handshake((id & !REACTOR_TIMERS) as usize);
             } else {
                 handler.handle(cx, Event::Timer(id));
             }
@@ -613,6 +628,15 @@ impl<S> Ctx<S> {
             return;
         }
         let mut rest = bytes;
+        if conn.tls.is_some() {
+            // Through the session: queue, and write it all at the end of the turn.
+            conn.out.push_copy(rest);
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(id.0);
+            }
+            return;
+        }
         if conn.out.is_empty() && conn.state != State::Connecting {
             loop {
                 match conn.stream.write(rest) {
@@ -697,7 +721,7 @@ impl<S> Ctx<S> {
         let Some(conn) = self.conns.get_mut(id.0) else {
             return;
         };
-        if conn.out.is_empty() {
+        if !conn.has_pending_output() {
             let reason = if conn.state == State::ReadClosed {
                 CloseReason::Done
             } else {
@@ -715,12 +739,41 @@ impl<S> Ctx<S> {
         let Some(conn) = self.conns.get_mut(id.0) else {
             return;
         };
-        if conn.out.is_empty() {
+        if conn.tls.is_some() {
+            // TLS: close_notify goes after the queued plaintext (see on_drained).
+            conn.shutdown_write_when_drained = true;
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(id.0);
+            }
+        } else if conn.out.is_empty() {
             let _ = conn.stream.shutdown(Shutdown::Write);
             trace!(self.tracer, "{id}: write side shut down");
         } else {
             conn.shutdown_write_when_drained = true;
         }
+    }
+
+    /// Makes a connection a TLS client session (after connecting): the
+    /// handshake starts at the end of this turn, and the command sees only
+    /// plaintext from then on.
+    pub fn start_tls(
+        &mut self,
+        id: ConnId,
+        config: Arc<rustls::ClientConfig>,
+        server_name: rustls::pki_types::ServerName<'static>,
+    ) -> Result<(), rustls::Error> {
+        let Some(conn) = self.conns.get_mut(id.0) else {
+            return Ok(());
+        };
+        let mut session = rustls::ClientConnection::new(config, server_name)?;
+        session.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
+        conn.tls = Some(Box::new(session.into()));
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(id.0);
+        }
+        Ok(())
     }
 
     // ----- Stdin, deadlines, the loop itself ---------------------------------
@@ -749,11 +802,11 @@ impl<S> Ctx<S> {
         self.stdin.as_ref().map(|s| s.kind())
     }
 
-    /// Calls back with [`Event::Timer`]`(id)` at `at`. Ids below 2^63 are the command's.
+    /// Calls back with [`Event::Timer`]`(id)` at `at`. Ids below 2^62 are the command's.
     pub fn set_timer(&mut self, at: Instant, id: u64) {
         debug_assert!(
-            id & RESUME_READING_TIMER == 0,
-            "timer ids >= 2^63 are the reactor's"
+            id & REACTOR_TIMERS == 0,
+            "timer ids >= 2^62 are the reactor's"
         );
         self.timers.add(at, id);
     }
@@ -828,6 +881,9 @@ impl<S> Ctx<S> {
                             if self.config.max_conns_per_ip > 0 {
                                 *self.per_ip.entry(peer.ip()).or_insert(0) += 1;
                                 self.conns[id.0].counted_per_ip = true;
+                            }
+                            if let Some(config) = self.config.tls_server.clone() {
+                                self.start_tls_server(id, config);
                             }
                             if let Some(limit) = self.config.rate_limit {
                                 self.conns[id.0].throttle =
@@ -1013,7 +1069,7 @@ impl<S> Ctx<S> {
                 );
                 return;
             }
-            match conn.stream.read(&mut scratch[..room]) {
+            match conn.read_plain(&mut scratch[..room]) {
                 Ok(0) => {
                     conn.state = State::ReadClosed;
                     trace!(self.tracer, "{id}: peer closed its write side (EOF)");
@@ -1025,7 +1081,8 @@ impl<S> Ctx<S> {
                     if let Some(bytes) = conn.throttle.as_mut().and_then(|t| t.bytes.as_mut()) {
                         bytes.take(n as f64, Instant::now());
                     }
-                    let short = n < room && !conn.peer_hup;
+                    // TLS yields plaintext record by record: a short read says nothing there.
+                    let short = n < room && !conn.peer_hup && conn.tls.is_none();
                     trace!(self.tracer, "{id}: read {n} B");
                     handler.handle(self, Event::Data(id, &scratch[..n]));
                     if short {
@@ -1039,8 +1096,22 @@ impl<S> Ctx<S> {
                         return;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // TLS may have answered a handshake message: watch for
+                    // writability; a half-close that waited for the handshake may go now.
+                    if conn.tls.is_some() {
+                        if conn.shutdown_write_when_drained && !conn.tls_handshaking() {
+                            self.mark_dirty(key);
+                        }
+                        self.after_output_change(key);
+                    }
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    self.close(id, CloseReason::Protocol(e.to_string()));
+                    return;
+                }
                 Err(e) => {
                     self.close(id, CloseReason::Io(e));
                     return;
@@ -1056,10 +1127,16 @@ impl<S> Ctx<S> {
             return;
         };
         conn.dirty = false;
-        if conn.doomed || conn.out.is_empty() {
+        if conn.doomed {
             return;
         }
-        match conn.out.write_to(&mut conn.stream) {
+        if !conn.has_pending_output() {
+            if conn.shutdown_write_when_drained {
+                self.on_drained(handler, key);
+            }
+            return;
+        }
+        match conn.write_out() {
             Ok(n) => {
                 conn.bytes_out += n as u64;
                 trace!(
@@ -1067,7 +1144,7 @@ impl<S> Ctx<S> {
                     "{id}: wrote {n} B, {} B still queued",
                     conn.out.len()
                 );
-                if conn.out.is_empty() {
+                if !conn.has_pending_output() {
                     self.on_drained(handler, key);
                 } else if conn.read_paused && conn.out.len() < self.config.out_limit {
                     self.resume_reading(key);
@@ -1092,14 +1169,62 @@ impl<S> Ctx<S> {
         }
         let conn = &mut self.conns[key];
         if conn.shutdown_write_when_drained {
-            conn.shutdown_write_when_drained = false;
-            let _ = conn.stream.shutdown(Shutdown::Write);
-            trace!(self.tracer, "conn#{key}: drained, write side shut down");
+            match conn.tls.as_mut() {
+                // Not before the handshake ends: its last flight drains again.
+                Some(tls) if tls.is_handshaking() => {}
+                // TLS says goodbye after the last plaintext; the socket follows once that is out.
+                Some(tls) if !conn.tls_close_sent => {
+                    tls.send_close_notify();
+                    conn.tls_close_sent = true;
+                    if !conn.dirty {
+                        conn.dirty = true;
+                        self.dirty.push(key);
+                    }
+                    return;
+                }
+                _ => {
+                    conn.shutdown_write_when_drained = false;
+                    let _ = conn.stream.shutdown(Shutdown::Write);
+                    trace!(self.tracer, "conn#{key}: drained, write side shut down");
+                }
+            }
         }
         if conn.state == State::Flushing {
             self.close(ConnId(key), CloseReason::Done);
         } else {
             handler.handle(self, Event::Drained(ConnId(key)));
+        }
+    }
+
+    /// Makes an accepted connection a TLS server session, with a deadline for its handshake.
+    fn start_tls_server(&mut self, id: ConnId, config: Arc<rustls::ServerConfig>) {
+        match rustls::ServerConnection::new(config) {
+            Ok(mut session) => {
+                session.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
+                self.conns[id.0].tls = Some(Box::new(session.into()));
+                self.timers.add(
+                    Instant::now() + crate::tls::HANDSHAKE_TIMEOUT,
+                    HANDSHAKE_TIMER | id.0 as u64,
+                );
+            }
+            Err(e) => self.close(id, CloseReason::Protocol(format!("tls: {e}"))),
+        }
+    }
+
+    /// A TLS handshake deadline passed: a connection still handshaking is closed
+    /// (a stalled client costs one descriptor for a bounded time, and nobody waits for it).
+    fn check_handshake(&mut self, key: usize) {
+        let stalled = self.conns.get(key).is_some_and(|c| {
+            c.tls_handshaking() && (Instant::now() - c.since) >= crate::tls::HANDSHAKE_TIMEOUT
+        });
+        if stalled {
+            self.close(
+                ConnId(key),
+                CloseReason::Protocol(format!(
+                    "tls handshake not finished within {} s",
+                    crate::tls::HANDSHAKE_TIMEOUT.as_secs()
+                )),
+            );
         }
     }
 
@@ -1115,6 +1240,16 @@ impl<S> Ctx<S> {
                     self.tracer,
                     "conn#{key}: rate-limit pause over, reads resumed"
                 );
+            }
+        }
+    }
+
+    /// Puts a connection on the list written at the end of this turn.
+    fn mark_dirty(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(key);
             }
         }
     }
