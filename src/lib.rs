@@ -13,6 +13,8 @@
 //! * [`cmd`] — the commands; each is a [`reactor::Handler`].
 //! * [`error`] — the error a command can end with, and its exit code.
 //! * [`sys`] — the few raw system calls std and mio do not offer.
+//! * [`udp`] — UDP receive details: which peer vanished (ICMP error queue),
+//!   how many datagrams the kernel dropped.
 //!
 //! See ARCHITECTURE.md for the map, the invariants and a byte's journey.
 
@@ -25,3 +27,4 @@ pub mod error;
 pub mod net;
 pub mod reactor;
 pub mod sys;
+pub mod udp;
