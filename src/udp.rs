@@ -23,7 +23,7 @@
 //! `unsafe` block of the UDP path lives here, next to its SAFETY note.
 
 use std::io;
-use std::mem::{self, MaybeUninit};
+use std::mem;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 
@@ -80,7 +80,7 @@ pub struct Datagram {
 /// ICMP report — the report's error (say `ConnectionRefused`); then the
 /// details wait on the error queue for [`recv_error`].
 pub fn recv_datagram(socket: &impl AsRawFd, buf: &mut [u8]) -> io::Result<Datagram> {
-    let mut name = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+    let mut name = zeroed_storage();
     let mut control = [0u64; CONTROL_WORDS];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
@@ -89,7 +89,7 @@ pub fn recv_datagram(socket: &impl AsRawFd, buf: &mut [u8]) -> io::Result<Datagr
     // SAFETY: msghdr is plain data; all-zero is a valid empty header (and
     // fills any padding fields some libcs add).
     let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-    msg.msg_name = name.as_mut_ptr().cast();
+    msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
     msg.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
@@ -101,8 +101,7 @@ pub fn recv_datagram(socket: &impl AsRawFd, buf: &mut [u8]) -> io::Result<Datagr
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: the kernel filled `msg_namelen` bytes of the zeroed storage.
-    let from = unsafe { sockaddr_to_std(name.as_ptr(), msg.msg_namelen) }.ok_or_else(|| {
+    let from = sockaddr_to_std(&name, msg.msg_namelen as usize).ok_or_else(|| {
         io::Error::new(io::ErrorKind::InvalidData, "datagram from a non-IP address")
     })?;
     let mut drops = None;
@@ -138,7 +137,7 @@ pub struct QueuedError {
 /// Takes the oldest report off the socket's error queue; `Ok(None)` when the
 /// queue is empty. Datagrams are not touched.
 pub fn recv_error(socket: &impl AsRawFd) -> io::Result<Option<QueuedError>> {
-    let mut name = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+    let mut name = zeroed_storage();
     let mut control = [0u64; CONTROL_WORDS];
     // The error queue hands back the head of the bounced datagram; it is not needed.
     let mut payload = [0u8; 64];
@@ -148,7 +147,7 @@ pub fn recv_error(socket: &impl AsRawFd) -> io::Result<Option<QueuedError>> {
     };
     // SAFETY: as in `recv_datagram`: an all-zero msghdr is valid.
     let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-    msg.msg_name = name.as_mut_ptr().cast();
+    msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
     msg.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
@@ -171,8 +170,7 @@ pub fn recv_error(socket: &impl AsRawFd) -> io::Result<Option<QueuedError>> {
             Err(e)
         };
     }
-    // SAFETY: the kernel filled `msg_namelen` bytes of the zeroed storage.
-    let peer = unsafe { sockaddr_to_std(name.as_ptr(), msg.msg_namelen) };
+    let peer = sockaddr_to_std(&name, msg.msg_namelen as usize);
     let mut report = None;
     for_each_cmsg(&msg, |level, kind, data| {
         let is_recverr = (level == libc::SOL_IP && kind == libc::IP_RECVERR)
@@ -213,18 +211,18 @@ fn parse_extended_err(data: &[u8]) -> Option<(i32, u8, Option<SocketAddr>)> {
             .read_unaligned()
     };
     let rest = &data[size..];
-    let offender = if rest.len() >= mem::size_of::<libc::sa_family_t>() {
-        let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
-        let len = rest.len().min(mem::size_of::<libc::sockaddr_storage>());
-        // SAFETY: copies `len` bytes, no more than either buffer holds, into
-        // the zeroed storage, which is then read as the address it now holds.
-        unsafe {
-            std::ptr::copy_nonoverlapping(rest.as_ptr(), storage.as_mut_ptr().cast::<u8>(), len);
-            sockaddr_to_std(storage.as_ptr(), len as libc::socklen_t)
-        }
-    } else {
-        None
-    };
+    let mut storage = zeroed_storage();
+    let len = rest.len().min(mem::size_of::<libc::sockaddr_storage>());
+    // SAFETY: copies `len` bytes, no more than either side holds, into a
+    // sockaddr_storage we own; any bytes are a valid value for its fields.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            rest.as_ptr(),
+            (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(),
+            len,
+        );
+    }
+    let offender = sockaddr_to_std(&storage, len);
     Some((ee.ee_errno as i32, ee.ee_origin, offender))
 }
 
@@ -245,32 +243,30 @@ fn for_each_cmsg(msg: &libc::msghdr, mut f: impl FnMut(i32, i32, &[u8])) {
     }
 }
 
-/// Converts a kernel socket address into std's; `None` for non-IP families.
-///
-/// # Safety
-/// `storage` must point at `len` initialised bytes of a socket address
-/// (any alignment is fine: it is copied out unaligned).
-unsafe fn sockaddr_to_std(
-    storage: *const libc::sockaddr_storage,
-    len: libc::socklen_t,
-) -> Option<SocketAddr> {
-    let len = len as usize;
-    if len < mem::size_of::<libc::sa_family_t>() {
-        return None;
-    }
-    // SAFETY (for the reads below): the family says which struct the bytes
-    // are, and each read is preceded by a check that `len` covers it.
-    let family = storage.cast::<libc::sa_family_t>().read_unaligned();
-    match family as i32 {
+/// An all-zero socket address buffer, for the kernel to fill.
+fn zeroed_storage() -> libc::sockaddr_storage {
+    // SAFETY: sockaddr_storage is plain integers; all zeros is a valid value.
+    unsafe { mem::zeroed() }
+}
+
+/// Converts the first `len` bytes of a kernel socket address into std's;
+/// `None` for non-IP families or a length too short for the family.
+fn sockaddr_to_std(storage: &libc::sockaddr_storage, len: usize) -> Option<SocketAddr> {
+    let base = (storage as *const libc::sockaddr_storage).cast::<u8>();
+    match storage.ss_family as i32 {
         libc::AF_INET if len >= mem::size_of::<libc::sockaddr_in>() => {
-            let sin = storage.cast::<libc::sockaddr_in>().read_unaligned();
+            // SAFETY: sockaddr_storage is large and aligned enough for every
+            // socket address type, is fully initialised, and its family says
+            // it holds a sockaddr_in.
+            let sin = unsafe { base.cast::<libc::sockaddr_in>().read() };
             Some(SocketAddr::V4(SocketAddrV4::new(
                 Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
                 u16::from_be(sin.sin_port),
             )))
         }
         libc::AF_INET6 if len >= mem::size_of::<libc::sockaddr_in6>() => {
-            let sin6 = storage.cast::<libc::sockaddr_in6>().read_unaligned();
+            // SAFETY: as above, for a sockaddr_in6.
+            let sin6 = unsafe { base.cast::<libc::sockaddr_in6>().read() };
             Some(SocketAddr::V6(SocketAddrV6::new(
                 Ipv6Addr::from(sin6.sin6_addr.s6_addr),
                 u16::from_be(sin6.sin6_port),

@@ -41,6 +41,12 @@
 //!   connection; the reaper removes it after the batch, so a slab key (the
 //!   token) is never reused while an event for the old connection may still
 //!   be in hand.
+//! * **A UDP error is a queue, not a flag.** With `IP_RECVERR` set (see
+//!   [`crate::udp`]), each ICMP report about a datagram we sent waits on the
+//!   socket's error queue and raises EPOLLERR. `read_udp_errors` drains that
+//!   queue, one [`Event::PeerUnreachable`] or [`Event::UdpError`] per report;
+//!   an ordinary read would only have returned the bare errno, once, without
+//!   saying which peer.
 //! * **No source is read twice at once.** One handler runs at a time, which
 //!   is why one scratch buffer serves every read.
 
