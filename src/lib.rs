@@ -10,6 +10,8 @@
 //!   deadlines. Start reading here.
 //! * [`conn`] — one TCP connection: socket, bounded output buffer, state.
 //! * [`addr`], [`chat_msg`] — address parsing and the chat message text; no I/O.
+//! * [`stream`] — the UDP stream's `Number I` text, exact loss/reorder/duplicate
+//!   accounting and jitter; no I/O.
 //! * [`cmd`] — the commands; each is a [`reactor::Handler`].
 //! * [`error`] — the error a command can end with, and its exit code.
 //! * [`sys`] — the few raw system calls std and mio do not offer.
@@ -26,5 +28,6 @@ pub mod conn;
 pub mod error;
 pub mod net;
 pub mod reactor;
+pub mod stream;
 pub mod sys;
 pub mod udp;
