@@ -45,6 +45,8 @@ pub enum Command {
     Ips,
     /// Print endless random 32-bit signed integers, one a line.
     Rand,
+    /// Peer-to-peer group chat over UDP.
+    UdpChat(cmd::udp_chat::Args),
 }
 
 /// `sockloop echo ...`

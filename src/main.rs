@@ -32,6 +32,7 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Echo(EchoCommand::Client(args)) => cmd::echo_client::run(args, trace),
         Command::Ips => cmd::ips::run(),
         Command::Rand => cmd::rand::run(),
+        Command::UdpChat(args) => cmd::udp_chat::run(args, trace),
     }
 }
 

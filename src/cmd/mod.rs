@@ -6,3 +6,4 @@ pub mod echo_client;
 pub mod echo_server;
 pub mod ips;
 pub mod rand;
+pub mod udp_chat;
