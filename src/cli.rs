@@ -47,6 +47,10 @@ pub enum Command {
     Rand,
     /// Peer-to-peer group chat over UDP.
     UdpChat(cmd::udp_chat::Args),
+    /// Send N numbered chat messages to every peer, for stress tests.
+    UdpStream(cmd::udp_stream::Args),
+    /// Receive a udp-stream and report loss, reordering, duplication, rate, jitter.
+    UdpSink(cmd::udp_sink::Args),
 }
 
 /// `sockloop echo ...`

@@ -1,9 +1,11 @@
-//! UDP: `udp-chat` as real processes on
+//! UDP: `udp-chat`, `udp-stream` and `udp-sink` as real processes on
 //! 127.0.0.1, port 0.
 //!
 //! The chat tests run several chats (and plain std sockets playing peers)
 //! and read what each prints: messages on stdout, peers joining, leaving and
-//! vanishing on stderr.
+//! vanishing on stderr. The stream tests run a sink and a streamer and read
+//! the sink's JSON report; one puts a relay in between that reorders and
+//! duplicates on purpose, so the sink's counts can be checked exactly.
 //!
 //! Every wait has a deadline; nothing sleeps to synchronise.
 
@@ -199,6 +201,53 @@ fn recv(socket: &UdpSocket) -> (Vec<u8>, SocketAddr) {
 
 fn chat_datagram(name: &str, text: &str) -> Vec<u8> {
     format!("[2024-02-03T12:15:00.000001] {name}:\n\t{text}").into_bytes()
+}
+
+/// Reads an unsigned number field of a one-line JSON object.
+fn field(json: &str, key: &str) -> u64 {
+    let pattern = format!("\"{key}\":");
+    let at = json
+        .find(&pattern)
+        .unwrap_or_else(|| panic!("no {key} in {json}"))
+        + pattern.len();
+    let digits: String = json[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} is not a number in {json}"))
+}
+
+/// Starts `udp-sink --bind 127.0.0.1 --port 0 --json EXTRA...`.
+fn sink(extra: &[&str]) -> (Proc, Stdout, SocketAddr) {
+    let mut args = vec!["udp-sink", "--bind", "127.0.0.1", "--port", "0", "--json"];
+    args.extend_from_slice(extra);
+    let mut proc = Proc::start(sockloop(&args));
+    let addr = proc.listening_addr();
+    let out = Stdout::collect(&mut proc);
+    (proc, out, addr)
+}
+
+/// Waits for the sink to finish and returns its JSON report.
+fn report(mut proc: Proc, mut out: Stdout) -> String {
+    let status = proc.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "udp-sink failed: {status}");
+    out.wait_until("the JSON report", |bytes| bytes.ends_with(b"}\n"));
+    let json = out.text().trim().to_string();
+    assert!(json.starts_with("{\"schema\":1,"), "{json}");
+    json
+}
+
+/// Runs `udp-stream ARGS...` to the end and returns its stderr.
+fn stream(args: &[&str]) -> Vec<String> {
+    let mut all = vec!["udp-stream"];
+    all.extend_from_slice(args);
+    let mut proc = Proc::start(sockloop(&all));
+    let status = proc.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "udp-stream failed: {status}");
+    proc.wait_line("udp-stream: sent", WAIT);
+    proc.seen.clone()
 }
 
 // ----- Chat ------------------------------------------------------------------
@@ -425,6 +474,28 @@ fn user_mistakes_get_one_line_and_exit_code() {
             2,
             "sockloop: bad address",
         ),
+        (
+            &["udp-stream", "--count", "1", "--rate", "0", "127.0.0.1:9"],
+            2,
+            "sockloop: --rate 0",
+        ),
+        (
+            &[
+                "udp-stream",
+                "--count",
+                "1",
+                "--size",
+                "70000",
+                "127.0.0.1:9",
+            ],
+            2,
+            "would not fit in one datagram",
+        ),
+        (
+            &["udp-sink", "--idle-timeout=-1"],
+            2,
+            "sockloop: --idle-timeout",
+        ),
     ];
     for (args, code, message) in cases {
         let mut proc = Proc::start(sockloop(args));
@@ -439,7 +510,7 @@ fn user_mistakes_get_one_line_and_exit_code() {
     let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
     let mut proc = Proc::start(sockloop(&[
-        "udp-chat",
+        "udp-sink",
         "--bind",
         "127.0.0.1",
         "--port",
@@ -447,4 +518,157 @@ fn user_mistakes_get_one_line_and_exit_code() {
     ]));
     assert_eq!(proc.wait_exit(WAIT).code(), Some(1));
     proc.wait_line("sockloop: cannot listen on", WAIT);
+}
+
+// ----- Stream and sink --------------------------------------------------------
+
+#[test]
+fn a_stream_of_10000_is_fully_accounted_for() {
+    let (proc, out, addr) = sink(&["--count", "10000", "--idle-timeout", "1"]);
+    let lines = stream(&["--count", "10000", &addr.to_string()]);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("sent 10000 of 10000 message(s)")),
+        "{lines:?}"
+    );
+    let json = report(proc, out);
+    assert_eq!(
+        field(&json, "received") + field(&json, "lost"),
+        10_000,
+        "{json}"
+    );
+    assert_eq!(field(&json, "duplicated"), 0, "{json}");
+    assert_eq!(field(&json, "reordered"), 0, "{json}");
+    // Whatever loopback lost, the sink's own buffer accounts for it.
+    assert_eq!(
+        field(&json, "lost_to_rcvbuf"),
+        field(&json, "lost"),
+        "{json}"
+    );
+}
+
+#[test]
+fn flooding_a_tiny_receive_buffer_is_counted_as_the_sinks_own_loss() {
+    let (proc, out, addr) = sink(&[
+        "--rcvbuf",
+        "4096",
+        "--count",
+        "20000",
+        "--idle-timeout",
+        "1",
+    ]);
+    stream(&["--count", "20000", "--size", "1000", &addr.to_string()]);
+    let json = report(proc, out);
+    let lost = field(&json, "lost");
+    assert!(lost > 0, "a tiny buffer must drop some of a flood: {json}");
+    assert_eq!(field(&json, "received") + lost, 20_000, "{json}");
+    assert!(field(&json, "rcvbuf_drops") >= lost, "{json}");
+    assert_eq!(field(&json, "lost_to_rcvbuf"), lost, "{json}");
+}
+
+/// What the relay did to the stream it passed on.
+#[derive(Debug, Default)]
+struct RelayLog {
+    received: u64,
+    reordered: u64,
+    max_distance: u64,
+    duplicated: u64,
+}
+
+/// Passes the stream on from `socket` to `to`, reordering and duplicating on
+/// purpose:
+/// * number `i` with `i % 10 == 3` is held and sent after `i + 1` (a swap, distance 1);
+/// * number `i` with `i % 50 == 20` is held and sent after `i + 5` (distance 5);
+/// * number `i` with `i % 10 == 7` is sent twice.
+///
+/// It counts what it did the way the sink should: an arrival after a higher
+/// number is a reorder (its distance below the highest so far); a repeat is
+/// a duplicate.
+fn relay(socket: UdpSocket, to: SocketAddr, count: u64) -> RelayLog {
+    let mut log = RelayLog::default();
+    let mut highest: Option<u64> = None;
+    let mut send = |datagram: &[u8], i: u64, log: &mut RelayLog, first: bool| {
+        socket.send_to(datagram, to).expect("relay send");
+        if !first {
+            log.duplicated += 1;
+        } else if let Some(h) = highest.filter(|h| *h > i) {
+            log.reordered += 1;
+            log.max_distance = log.max_distance.max(h - i);
+        } else {
+            highest = Some(i);
+        }
+    };
+    let mut swap: Option<(Vec<u8>, u64)> = None;
+    let mut long: Option<(Vec<u8>, u64)> = None;
+    while log.received < count {
+        let (datagram, _) = recv(&socket);
+        let text = String::from_utf8(datagram.clone()).unwrap();
+        let number = text.rsplit("\tNumber ").next().unwrap();
+        let i: u64 = number.split(' ').next().unwrap().parse().unwrap();
+        log.received += 1;
+        if i % 10 == 3 {
+            swap = Some((datagram, i));
+            continue;
+        }
+        if i % 50 == 20 {
+            long = Some((datagram, i));
+            continue;
+        }
+        send(&datagram, i, &mut log, true);
+        if i % 10 == 7 {
+            send(&datagram, i, &mut log, false);
+        }
+        for (slot, after) in [(&mut swap, 1), (&mut long, 5)] {
+            if slot.as_ref().is_some_and(|(_, j)| j + after == i) {
+                let (held, j) = slot.take().unwrap();
+                send(&held, j, &mut log, true);
+            }
+        }
+    }
+    assert!(
+        swap.is_none() && long.is_none(),
+        "the relay held something back"
+    );
+    log
+}
+
+#[test]
+fn a_reordering_duplicating_relay_is_measured_exactly() {
+    const COUNT: u64 = 400;
+    let (proc, out, sink_addr) = sink(&["--idle-timeout", "1"]);
+    let (relay_socket, relay_addr) = std_peer();
+    let relay = thread::spawn(move || relay(relay_socket, sink_addr, COUNT));
+    stream(&[
+        "--count",
+        &COUNT.to_string(),
+        "--rate",
+        "4000",
+        &relay_addr.to_string(),
+    ]);
+    let did = relay.join().expect("relay");
+    // 40 swaps plus 8 long holds; 40 duplicates.
+    assert_eq!(
+        (did.reordered, did.max_distance, did.duplicated),
+        (48, 5, 40)
+    );
+    let json = report(proc, out);
+    assert_eq!(field(&json, "reordered"), did.reordered, "{json}");
+    assert_eq!(
+        field(&json, "max_reorder_distance"),
+        did.max_distance,
+        "{json}"
+    );
+    assert_eq!(field(&json, "duplicated"), did.duplicated, "{json}");
+    assert_eq!(field(&json, "lost"), 0, "{json}");
+    assert_eq!(field(&json, "received"), COUNT + did.duplicated, "{json}");
+    assert_eq!(field(&json, "unique"), COUNT, "{json}");
+}
+
+#[test]
+fn the_stream_reaches_a_chat_as_chat_messages() {
+    let mut chat = Chat::named("reader", &[]);
+    stream(&["--count", "3", "--size", "12", &chat.addr.to_string()]);
+    chat.out.wait_message("streamer", "Number 0 ...");
+    chat.out.wait_message("streamer", "Number 2 ...");
 }
