@@ -9,6 +9,7 @@
 //!   connection table, the listeners, the UDP socket, stdin, signals and
 //!   deadlines. Start reading here.
 //! * [`conn`] — one TCP connection: socket, bounded output buffer, state.
+//! * [`framing`], [`lines`] — the length-prefix and newline codecs; no I/O.
 //! * [`addr`], [`chat_msg`] — address parsing and the chat message text; no I/O.
 //! * [`stream`] — the UDP stream's `Number I` text, exact loss/reorder/duplicate
 //!   accounting and jitter; no I/O.
@@ -26,6 +27,8 @@ pub mod cli;
 pub mod cmd;
 pub mod conn;
 pub mod error;
+pub mod framing;
+pub mod lines;
 pub mod net;
 pub mod reactor;
 pub mod stream;
