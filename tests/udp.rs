@@ -357,6 +357,19 @@ fn a_maximal_datagram_arrives_whole_both_ways() {
 }
 
 #[test]
+fn a_line_too_long_for_any_datagram_ends_the_input_cleanly() {
+    let (peer, _) = std_peer();
+    let mut alice = Chat::named("alice", &[peer.local_addr().unwrap()]);
+    alice.say(&"x".repeat(70_000));
+    // Nothing of the long line is sent; the peer hears that alice leaves.
+    let (got, _) = recv(&peer);
+    let got = String::from_utf8(got).unwrap();
+    assert!(has_message(&format!("{got}\n"), "alice", LEAVE), "{got:?}");
+    assert_eq!(alice.proc.wait_exit(WAIT).code(), Some(1));
+    alice.log("sockloop: standard input: line longer than");
+}
+
+#[test]
 fn invalid_utf8_is_shown_and_is_not_fatal() {
     let mut alice = Chat::named("alice", &[]);
     let (mallory, _) = std_peer();

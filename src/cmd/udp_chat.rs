@@ -15,6 +15,11 @@
 //! stdin is not read meanwhile, so the outbox never holds more than one
 //! message per peer (plus the leave message).
 //!
+//! Stdin is split into lines by the shared [`LineDecoder`]. A line longer
+//! than the largest datagram can never be sent, and the decoder cannot find
+//! where the next line starts, so such a line ends the input: the chat
+//! leaves and exits 1 saying why.
+//!
 //! What this file must not do: touch readiness, parse addresses by hand, or
 //! format messages itself — those live in the reactor, [`addr`] and
 //! [`chat_msg`].
@@ -29,6 +34,7 @@ use clap::Args as ClapArgs;
 use crate::addr;
 use crate::chat_msg::{self, LEAVE_TEXT, NAME_PROMPT};
 use crate::error::{Error, Result};
+use crate::lines::LineDecoder;
 use crate::net;
 use crate::reactor::{Config, Ctx, Event, Handler, Reactor};
 use crate::sys;
@@ -153,73 +159,19 @@ impl Peers {
     }
 }
 
-/// Splits stdin into lines (without the `\n`, or a `\r\n`). Lines longer
-/// than a datagram can carry are skipped with a warning, which bounds the
-/// buffer. A stand-in until the crate's shared line decoder lands.
-#[derive(Debug, Default)]
-struct StdinLines {
-    buf: Vec<u8>,
-    /// Bytes of `buf` already handed out.
-    consumed: usize,
-    /// Inside an over-long line: drop bytes up to the next newline.
-    skipping: bool,
-}
-
-impl StdinLines {
-    fn push(&mut self, bytes: &[u8]) {
-        if self.consumed > 0 {
-            self.buf.drain(..self.consumed);
-            self.consumed = 0;
-        }
-        self.buf.extend_from_slice(bytes);
-    }
-
-    /// At end of input an unterminated last line still counts.
-    fn finish(&mut self) {
-        if self.skipping {
-            self.consumed = self.buf.len();
-        } else if self.consumed < self.buf.len() {
-            self.buf.push(b'\n');
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.consumed == self.buf.len()
-    }
-
-    fn next_line(&mut self) -> Option<String> {
-        loop {
-            let rest = &self.buf[self.consumed..];
-            let Some(end) = rest.iter().position(|&b| b == b'\n') else {
-                if rest.len() > MAX_DATAGRAM {
-                    if !self.skipping {
-                        log::warn!("a line longer than {MAX_DATAGRAM} bytes cannot be sent in one datagram; skipped");
-                    }
-                    self.skipping = true;
-                    self.consumed = self.buf.len();
-                }
-                return None;
-            };
-            let mut line = &rest[..end];
-            self.consumed += end + 1;
-            if std::mem::take(&mut self.skipping) {
-                continue;
-            }
-            if let Some(stripped) = line.strip_suffix(b"\r") {
-                line = stripped;
-            }
-            return Some(String::from_utf8_lossy(line).into_owned());
-        }
-    }
-}
-
 /// The chat: peers, the name, stdin's lines and what waits to be sent.
 struct UdpChat {
     /// `None` until the user typed it (no `--name`).
     name: Option<String>,
     peers: Peers,
-    input: StdinLines,
+    /// Splits stdin into lines; a line longer than a datagram ends the input.
+    input: LineDecoder,
+    /// Lines read but not handled yet: they wait while a message waits in
+    /// the outbox (stdin is paused then, so this holds at most one read's worth).
+    pending: VecDeque<String>,
     stdin_ended: bool,
+    /// How the chat ends: `Err` when the input could not be used.
+    outcome: Result<()>,
     /// Datagrams the kernel did not take yet, oldest first.
     outbox: VecDeque<(Rc<[u8]>, SocketAddr)>,
     /// The leave messages are queued; the chat ends once they are sent.
@@ -235,15 +187,20 @@ impl UdpChat {
     /// a message still waits in the outbox, the next line waits too.
     fn take_lines(&mut self, cx: &mut Ctx<()>) {
         while self.outbox.is_empty() && !self.leaving {
-            let Some(line) = self.input.next_line() else {
+            let Some(line) = self.pending.pop_front() else {
                 break;
             };
             self.on_line(cx, line);
         }
         if !self.outbox.is_empty() {
             cx.pause_stdin();
-        } else if self.stdin_ended && self.input.is_empty() {
-            self.leave(cx, "end of input");
+        } else if self.stdin_ended && self.pending.is_empty() {
+            let why = if self.outcome.is_err() {
+                "unusable input"
+            } else {
+                "end of input"
+            };
+            self.leave(cx, why);
         }
     }
 
@@ -413,12 +370,26 @@ impl Handler for UdpChat {
     fn handle(&mut self, cx: &mut Ctx<()>, event: Event<'_>) {
         match event {
             Event::Stdin(bytes) => {
-                self.input.push(bytes);
+                let fed = self.input.feed(bytes, |line| {
+                    self.pending
+                        .push_back(String::from_utf8_lossy(line).into_owned())
+                });
+                if let Err(e) = fed {
+                    // The decoder cannot find the next line's start: no more input.
+                    self.outcome = Err(Error::Failed(format!(
+                        "standard input: {e}, and a message must fit in one datagram"
+                    )));
+                    self.stdin_ended = true;
+                    cx.pause_stdin();
+                }
                 self.take_lines(cx);
             }
             Event::StdinEof => {
                 self.stdin_ended = true;
-                self.input.finish();
+                if let Some(line) = self.input.finish() {
+                    self.pending
+                        .push_back(String::from_utf8_lossy(&line).into_owned());
+                }
                 self.take_lines(cx);
             }
             Event::Datagram(bytes, from) => self.on_datagram(cx, bytes, from),
@@ -511,8 +482,10 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     let mut chat = UdpChat {
         name: args.name.clone(),
         peers,
-        input: StdinLines::default(),
+        input: LineDecoder::new(MAX_DATAGRAM),
+        pending: VecDeque::new(),
         stdin_ended: false,
+        outcome: Ok(()),
         outbox: VecDeque::new(),
         leaving: false,
         stdout_gone: false,
@@ -532,7 +505,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
             chat.n_waits
         );
     }
-    Ok(())
+    chat.outcome
 }
 
 #[cfg(test)]
@@ -555,28 +528,5 @@ mod tests {
         assert!(peers.remove(addr(1)));
         assert!(!peers.remove(addr(1)));
         assert_eq!(peers.len(), 1);
-    }
-
-    #[test]
-    fn splits_lines_and_skips_ones_too_long_for_a_datagram() {
-        let mut lines = StdinLines::default();
-        lines.push(b"hello\r\nwor");
-        assert_eq!(lines.next_line().as_deref(), Some("hello"));
-        assert_eq!(lines.next_line(), None);
-        lines.push(b"ld\n\n\xffx\n");
-        assert_eq!(lines.next_line().as_deref(), Some("world"));
-        assert_eq!(lines.next_line().as_deref(), Some(""));
-        assert_eq!(lines.next_line().as_deref(), Some("\u{fffd}x"));
-        lines.push(&vec![b'a'; MAX_DATAGRAM + 1]);
-        assert_eq!(lines.next_line(), None);
-        lines.push(b"aaa\nnext");
-        assert_eq!(
-            lines.next_line(),
-            None,
-            "the rest of the long line is skipped"
-        );
-        lines.finish();
-        assert_eq!(lines.next_line().as_deref(), Some("next"));
-        assert!(lines.is_empty());
     }
 }
