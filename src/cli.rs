@@ -47,6 +47,12 @@ pub enum Command {
     Rand,
     /// Make a self-signed certificate and key for local TLS tests.
     TlsSelfsigned(crate::tls::SelfSignedArgs),
+    /// Peer-to-peer group chat over UDP.
+    UdpChat(cmd::udp_chat::Args),
+    /// Send N numbered chat messages to every peer, for stress tests.
+    UdpStream(cmd::udp_stream::Args),
+    /// Receive a udp-stream and report loss, reordering, duplication, rate, jitter.
+    UdpSink(cmd::udp_sink::Args),
 }
 
 /// `sockloop echo ...`

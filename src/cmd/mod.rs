@@ -7,3 +7,6 @@ pub mod echo_client;
 pub mod echo_server;
 pub mod ips;
 pub mod rand;
+pub mod udp_chat;
+pub mod udp_sink;
+pub mod udp_stream;

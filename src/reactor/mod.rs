@@ -41,6 +41,12 @@
 //!   connection; the reaper removes it after the batch, so a slab key (the
 //!   token) is never reused while an event for the old connection may still
 //!   be in hand.
+//! * **A UDP error is a queue, not a flag.** With `IP_RECVERR` set (see
+//!   [`crate::udp`]), each ICMP report about a datagram we sent waits on the
+//!   socket's error queue and raises EPOLLERR. `read_udp_errors` drains that
+//!   queue, one [`Event::PeerUnreachable`] or [`Event::UdpError`] per report;
+//!   an ordinary read would only have returned the bare errno, once, without
+//!   saying which peer.
 //! * **No source is read twice at once.** One handler runs at a time, which
 //!   is why one scratch buffer serves every read.
 
@@ -67,6 +73,7 @@ use crate::access::AccessList;
 use crate::conn::{CloseReason, Conn, State};
 use crate::ratelimit::{RateLimit, Throttle};
 use crate::trace;
+use crate::udp;
 use signals::SignalSource;
 use stdin::{StdinKind, StdinSource};
 use timer::Timers;
@@ -178,7 +185,12 @@ pub enum Event<'a> {
     StdinEof,
     /// A datagram arrived on the UDP socket.
     Datagram(&'a [u8], SocketAddr),
-    /// The UDP socket reported an error (e.g. ICMP unreachable). Never fatal.
+    /// An ICMP "port unreachable" came back for a datagram sent to this peer:
+    /// nothing listens there any more. Read from the socket's error queue
+    /// (see [`crate::udp`]), so the address is exact. Never fatal.
+    PeerUnreachable(SocketAddr),
+    /// The UDP socket reported another error (say, host unreachable, named in
+    /// the message when the kernel said which peer). Never fatal.
     UdpError(io::Error),
     /// The UDP socket can take more datagrams (asked for with [`Ctx::udp_want_writable`]).
     UdpWritable,
@@ -306,6 +318,9 @@ pub struct Ctx<S> {
     spare_fd: Option<File>,
     udp: Option<UdpSocket>,
     udp_writable_wanted: bool,
+    /// The kernel's running count of datagrams the UDP socket dropped for
+    /// want of receive-buffer room, as last reported with a datagram.
+    udp_dropped: u32,
     stdin: Option<StdinSource>,
     stdin_paused: bool,
     stdin_eof: bool,
@@ -358,6 +373,7 @@ impl<S: Default> Reactor<S> {
                 spare_fd: File::open("/dev/null").ok(),
                 udp: None,
                 udp_writable_wanted: false,
+                udp_dropped: 0,
                 stdin,
                 stdin_paused: false,
                 stdin_eof: false,
@@ -499,8 +515,13 @@ impl<S> Ctx<S> {
         self.ready.retain(|s| !matches!(s, Source::Listener(_)));
     }
 
-    /// Sets the UDP socket (one per reactor).
+    /// Sets the UDP socket (one per reactor), asking the kernel to report
+    /// unreachable peers and dropped datagrams (see [`crate::udp`]).
     pub fn set_udp(&mut self, mut socket: UdpSocket) -> io::Result<()> {
+        let ipv6 = socket.local_addr()?.is_ipv6();
+        if let Err(e) = udp::enable_reports(&socket, ipv6) {
+            log::warn!("udp: vanished peers and dropped datagrams will not be reported: {e}");
+        }
         self.poll
             .registry()
             .register(&mut socket, Source::Udp.token(), Interest::READABLE)?;
@@ -511,6 +532,14 @@ impl<S> Ctx<S> {
     /// The UDP socket, to send with.
     pub fn udp(&self) -> Option<&UdpSocket> {
         self.udp.as_ref()
+    }
+
+    /// The kernel's running count of datagrams the UDP socket dropped because
+    /// its receive buffer was full (`SO_RXQ_OVFL`), as of the latest datagram
+    /// that carried it. Drops after the last datagram show up only with the
+    /// next one; [`udp::drops_now`] reads the counter directly.
+    pub fn udp_dropped(&self) -> u32 {
+        self.udp_dropped
     }
 
     /// Asks for [`Event::UdpWritable`] when the UDP socket can take more (after a
@@ -1346,19 +1375,31 @@ impl<S> Ctx<S> {
         if event.is_writable() && self.udp_writable_wanted {
             handler.handle(self, Event::UdpWritable);
         }
+        if event.is_error() {
+            self.read_udp_errors(handler);
+        }
         if event.is_readable() || event.is_error() {
             self.read_udp(handler, scratch);
         }
     }
 
+    /// Reads datagrams until `WouldBlock` or the read budget (then: the ready list).
     fn read_udp<H: Handler<Conn = S>>(&mut self, handler: &mut H, scratch: &mut [u8]) {
         let mut budget = self.config.read_budget;
         loop {
             let Some(socket) = self.udp.as_ref() else {
                 return;
             };
-            match socket.recv_from(scratch) {
-                Ok((n, from)) => {
+            match udp::recv_datagram(socket, scratch) {
+                Ok(datagram) => {
+                    let n = datagram.len;
+                    let from = datagram.from;
+                    if let Some(dropped) = datagram.drops {
+                        self.udp_dropped = dropped;
+                    }
+                    if datagram.truncated {
+                        log::warn!("udp: a datagram from {from} was cut to {n} B");
+                    }
                     trace!(self.tracer, "udp: {n} B from {from}");
                     handler.handle(self, Event::Datagram(&scratch[..n], from));
                     budget = budget.saturating_sub(n.max(1));
@@ -1369,9 +1410,55 @@ impl<S> Ctx<S> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if udp::is_icmp_error(&e) => {
+                    // An ICMP report was pending; its details wait on the error queue.
+                    if !self.read_udp_errors(handler) {
+                        handler.handle(self, Event::UdpError(e));
+                    }
+                }
                 Err(e) => {
                     trace!(self.tracer, "udp: error {e}");
                     handler.handle(self, Event::UdpError(e));
+                    // Do not spin on an error that repeats; come back next turn.
+                    self.ready.push(Source::Udp);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Drains the UDP socket's error queue (ICMP reports); returns whether it held any.
+    fn read_udp_errors<H: Handler<Conn = S>>(&mut self, handler: &mut H) -> bool {
+        let mut any = false;
+        loop {
+            let Some(socket) = self.udp.as_ref() else {
+                return any;
+            };
+            match udp::recv_error(socket) {
+                Ok(None) => return any,
+                Ok(Some(report)) => {
+                    any = true;
+                    trace!(
+                        self.tracer,
+                        "udp: error queue: {} about {:?} (ICMP from {:?})",
+                        report.error,
+                        report.peer,
+                        report.offender
+                    );
+                    let event = match report.peer {
+                        Some(peer) if report.port_unreachable => Event::PeerUnreachable(peer),
+                        Some(peer) => Event::UdpError(io::Error::new(
+                            report.error.kind(),
+                            format!("{peer}: {}", report.error),
+                        )),
+                        None => Event::UdpError(report.error),
+                    };
+                    handler.handle(self, event);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    trace!(self.tracer, "udp: reading the error queue: {e}");
+                    return any;
                 }
             }
         }
