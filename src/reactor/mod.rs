@@ -827,22 +827,27 @@ impl<S> Ctx<S> {
             return false;
         };
         drop(spare);
-        let accepted = self.listeners[index].socket.accept();
-        self.spare_fd = File::open("/dev/null").ok();
-        match accepted {
+        let go_on = match self.listeners[index].socket.accept() {
             Ok((stream, peer)) => {
                 self.stats.refused += 1;
                 log::warn!("refused {peer}: out of file descriptors ({error})");
                 refuse(stream, &self.config.full_notice);
                 true
             }
-            Err(_) => {
-                if self.spare_fd.is_none() {
-                    self.listeners[index].paused = true;
-                }
-                false
-            }
+            Err(_) => false,
+        };
+        // Only now, with the refused client's descriptor closed, is there one
+        // to take back; taken earlier, the refused socket would still hold it
+        // and the next client would find no spare.
+        self.spare_fd = File::open("/dev/null").ok();
+        if self.spare_fd.is_none() {
+            log::warn!(
+                "out of file descriptors ({error}); accepting paused until a connection closes"
+            );
+            self.listeners[index].paused = true;
+            return false;
         }
+        go_on
     }
 
     fn on_conn_event<H: Handler<Conn = S>>(
