@@ -9,7 +9,8 @@
 //!   connection table, the listeners, the UDP socket, stdin, signals and
 //!   deadlines. Start reading here.
 //! * [`conn`] — one TCP connection: socket, bounded output buffer, state.
-//! * [`addr`], [`chat_msg`] — address parsing and the chat message text; no I/O.
+//! * [`addr`], [`chat_msg`], [`framing`], [`lines`] — address parsing, the chat
+//!   message text, the TCP chat's length-prefixed frames and stdin lines; no I/O.
 //! * [`cmd`] — the commands; each is a [`reactor::Handler`].
 //! * [`error`] — the error a command can end with, and its exit code.
 //! * [`sys`] — the few raw system calls std and mio do not offer.
@@ -22,6 +23,8 @@ pub mod cli;
 pub mod cmd;
 pub mod conn;
 pub mod error;
+pub mod framing;
+pub mod lines;
 pub mod net;
 pub mod reactor;
 pub mod sys;
