@@ -2,6 +2,7 @@
 //! [`Handler`](crate::reactor::Handler) plus the function that sets up its
 //! reactor; none of them touches readiness or `WouldBlock`.
 
+pub mod chat;
 pub mod echo_client;
 pub mod echo_server;
 pub mod ips;
