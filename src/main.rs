@@ -31,6 +31,7 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Echo(EchoCommand::Server(args)) => cmd::echo_server::run(args, trace),
         Command::Echo(EchoCommand::Client(args)) => cmd::echo_client::run(args, trace),
         Command::Chat(ChatCommand::Server(args)) => cmd::chat_server::run(args, trace),
+        Command::Chat(ChatCommand::Client(args)) => cmd::chat_client::run(args, trace),
         Command::Ips => cmd::ips::run(),
         Command::Rand => cmd::rand::run(),
     }
