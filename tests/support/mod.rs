@@ -161,21 +161,29 @@ pub fn echo_server(extra: &[&str]) -> (Proc, SocketAddr) {
 /// Connects with a deadline on every read and write, so a test cannot hang.
 pub fn connect(addr: SocketAddr) -> TcpStream {
     let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    stream.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     stream
 }
 
 /// Reads exactly `n` bytes (the stream's read timeout is the deadline).
 pub fn read_exact(stream: &mut TcpStream, n: usize) -> Vec<u8> {
     let mut buf = vec![0; n];
-    stream.read_exact(&mut buf).expect("read_exact within the timeout");
+    stream
+        .read_exact(&mut buf)
+        .expect("read_exact within the timeout");
     buf
 }
 
 /// Writes everything (the stream's write timeout is the deadline).
 pub fn write_all(stream: &mut TcpStream, bytes: &[u8]) {
-    stream.write_all(bytes).expect("write_all within the timeout");
+    stream
+        .write_all(bytes)
+        .expect("write_all within the timeout");
 }
 
 /// Deterministic pseudo-random bytes (xorshift), for payloads a test can regenerate.
