@@ -49,6 +49,10 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 const HINT: &str =
     "Type a message and press Enter to send it to everyone; end input (Ctrl+D) to stop the server.";
 
+/// Printed messages are written to stdout at the end of each read, or
+/// sooner when this many bytes are waiting.
+const STDOUT_BATCH: usize = 64 * 1024;
+
 /// Timer: look for idle clients.
 const TIMER_IDLE_SWEEP: u64 = 1;
 /// Timer: the shutdown grace period is over.
@@ -206,7 +210,8 @@ struct Hub {
     n_members: usize,
     /// Scratch list of connection ids for fan-out; reused, never shrunk.
     ids: Vec<ConnId>,
-    /// Scratch buffer for one stdout line; reused.
+    /// Messages to print, written at the end of each read (see `flush_stdout`);
+    /// reused.
     stdout: Vec<u8>,
     /// False once stdout failed (say, a closed pipe): the relay goes on, silently.
     printing: bool,
@@ -283,6 +288,7 @@ impl Hub {
             Frame::Message { text, wire } => self.relay(cx, conn, text, wire),
             Frame::Close => leaving = true,
         });
+        self.flush_stdout();
         if let Some(member) = cx.state_mut(conn) {
             member.decoder = Some(decoder);
         }
@@ -577,18 +583,29 @@ impl Hub {
         cx.set_timer_in(SHUTDOWN_GRACE, TIMER_GRACE);
     }
 
-    /// Prints one message on stdout, then a newline.
+    /// Adds one message and a newline to what goes to stdout after this read.
     fn print(&mut self, text: &str) {
         if !self.printing {
             return;
         }
-        self.stdout.clear();
+        if self.stdout.len() + text.len() >= STDOUT_BATCH {
+            self.flush_stdout();
+        }
         self.stdout.extend_from_slice(text.as_bytes());
         self.stdout.push(b'\n');
+    }
+
+    /// Writes the messages printed since the last call: one `write` per
+    /// read from a client, not one per message.
+    fn flush_stdout(&mut self) {
+        if self.stdout.is_empty() {
+            return;
+        }
         if let Err(error) = sys::write_all_fd(1, &self.stdout) {
             self.printing = false;
             log::warn!("stdout: {error}; messages are relayed but no longer printed");
         }
+        self.stdout.clear();
     }
 }
 
