@@ -869,28 +869,48 @@ fn idle_clients_are_closed_and_talkative_ones_kept() {
 
 #[test]
 fn sigterm_flushes_closes_and_exits_zero_within_the_grace() {
-    let (mut server, addr) = chat_server(&["--max-backlog", "128K"]);
+    let (mut server, addr) = chat_server(&["--max-backlog", "8M"]);
     let mut reader = Peer::connect(addr);
     let stuck = Peer::connect_small_rcvbuf(addr); // never reads
+    let stuck_addr = stuck.local_addr().to_string();
     let mut sender = Peer::connect(addr);
     wait_clients(&mut server, 3);
-    // Fill the stuck client's backlog without exceeding it.
-    for i in 0..20 {
-        sender.say("s", &format!("m{i} {}", "z".repeat(4000)));
+    // Send until the kernel holds no more for the stuck client and the
+    // server has to keep some of it (well under the backlog).
+    let mut sent = 0;
+    loop {
+        for _ in 0..10 {
+            sender.send(&format!("m{sent} {}", "z".repeat(60_000)));
+            sent += 1;
+        }
+        for _ in 0..10 {
+            reader.recv();
+        }
+        let table = connection_table(&mut server);
+        if table
+            .iter()
+            .any(|(peer, queued)| *peer == stuck_addr && *queued > 0)
+        {
+            break;
+        }
+        assert!(
+            sent < 120,
+            "the kernel took 7 MB for a client that never reads?"
+        );
     }
-    for _ in 0..20 {
-        reader.recv_chat();
-    }
-    let sent = Instant::now();
+    let signalled = Instant::now();
     server.signal(libc::SIGTERM);
     let status = server.wait_exit(Duration::from_secs(5));
-    let took = sent.elapsed();
+    let took = signalled.elapsed();
     assert!(status.success(), "{status:?}");
-    assert!(took < Duration::from_millis(3500), "stopped after {took:?}");
-    // The reader got the closing frame, then the end of the stream.
+    assert!(
+        took < Duration::from_millis(3500),
+        "stopped only after {took:?}"
+    );
+    server.wait_line("did not take their output within 2s", LONG);
+    // The reader, flushed in time, got the closing frame and the end of the stream.
     assert_eq!(reader.next(), Got::CloseFrame);
     assert_eq!(reader.next(), Got::Eof);
-    drop(stuck);
 }
 
 #[test]
