@@ -440,11 +440,17 @@ impl Hub {
             Some(name) => format!("{name} ({}, {conn})", c.peer()),
             None => format!("{} ({conn})", c.peer()),
         };
-        let left = member.leaving || matches!(reason, CloseReason::Done);
         let n = Clients(self.n_members);
-        let announcement = if left {
+        if self.stopping {
+            log::info!("{who} closed at shutdown: {reason} ({n})");
+            if self.n_members == 0 {
+                cx.stop();
+            }
+            return;
+        }
+        let announcement = if member.leaving || matches!(reason, CloseReason::Done) {
             log::info!("{who} left ({n})");
-            "left the chat".to_string()
+            "left the chat"
         } else {
             match reason {
                 CloseReason::Backlog { .. } | CloseReason::Protocol(_) => {
@@ -453,17 +459,13 @@ impl Hub {
                 _ => log::info!("{who} disconnected: {reason} ({n})"),
             }
             match reason {
-                CloseReason::Backlog { .. } => "was disconnected: not reading fast enough".into(),
-                CloseReason::Protocol(_) => "was disconnected: protocol error".into(),
-                CloseReason::Idle => "was disconnected: idle for too long".into(),
-                _ => "left the chat (connection lost)".into(),
+                CloseReason::Backlog { .. } => "was disconnected: not reading fast enough",
+                CloseReason::Protocol(_) => "was disconnected: protocol error",
+                CloseReason::Idle => "was disconnected: idle for too long",
+                _ => "left the chat (connection lost)",
             }
         };
-        if self.stopping {
-            if self.n_members == 0 {
-                cx.stop();
-            }
-        } else if let Some(name) = name {
+        if let Some(name) = name {
             self.announce(cx, Some(conn), &format!("{name} {announcement}"));
         }
     }
