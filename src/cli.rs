@@ -41,6 +41,9 @@ pub enum Command {
     /// TCP echo: a server for many clients, and a client that never deadlocks.
     #[command(subcommand)]
     Echo(EchoCommand),
+    /// TCP group chat: a hub that relays framed messages, and a participant.
+    #[command(subcommand)]
+    Chat(ChatCommand),
     /// Print this machine's IPv4 addresses, one a line.
     Ips,
     /// Print endless random 32-bit signed integers, one a line.
@@ -62,4 +65,15 @@ pub enum EchoCommand {
     Server(cmd::echo_server::Args),
     /// Send stdin to an echo server and print the echo.
     Client(cmd::echo_client::Args),
+}
+
+/// `sockloop chat ...`
+#[derive(Debug, Subcommand)]
+pub enum ChatCommand {
+    /// Run a TCP group chat server (one client: the lecture's 1-to-1 chat).
+    #[command(long_about = cmd::chat_server::LONG_ABOUT)]
+    Server(cmd::chat_server::Args),
+    /// Join a chat server: stdin lines out, messages to stdout.
+    #[command(long_about = cmd::chat_client::LONG_ABOUT)]
+    Client(cmd::chat_client::Args),
 }

@@ -13,6 +13,8 @@
 //! * [`addr`], [`chat_msg`] — address parsing and the chat message text; no I/O.
 //! * [`stream`] — the UDP stream's `Number I` text, exact loss/reorder/duplicate
 //!   accounting and jitter; no I/O.
+//! * [`addr`], [`chat_msg`], [`framing`], [`lines`] — address parsing, the chat
+//!   message text, the TCP chat's length-prefixed frames and stdin lines; no I/O.
 //! * [`cmd`] — the commands; each is a [`reactor::Handler`].
 //! * [`error`] — the error a command can end with, and its exit code.
 //! * [`sys`] — the few raw system calls std and mio do not offer.

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use sockloop::cli::{Cli, Command, EchoCommand};
+use sockloop::cli::{ChatCommand, Cli, Command, EchoCommand};
 use sockloop::cmd;
 use sockloop::error::Result;
 
@@ -30,6 +30,8 @@ fn run(cli: &Cli) -> Result<()> {
     match &cli.command {
         Command::Echo(EchoCommand::Server(args)) => cmd::echo_server::run(args, trace),
         Command::Echo(EchoCommand::Client(args)) => cmd::echo_client::run(args, trace),
+        Command::Chat(ChatCommand::Server(args)) => cmd::chat_server::run(args, trace),
+        Command::Chat(ChatCommand::Client(args)) => cmd::chat_client::run(args, trace),
         Command::Ips => cmd::ips::run(),
         Command::Rand => cmd::rand::run(),
         Command::TlsSelfsigned(args) => sockloop::tls::run_self_signed(args),

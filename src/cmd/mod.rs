@@ -3,6 +3,9 @@
 //! reactor; none of them touches readiness or `WouldBlock`.
 
 pub mod access_args;
+pub mod chat;
+pub mod chat_client;
+pub mod chat_server;
 pub mod echo_client;
 pub mod echo_server;
 pub mod ips;

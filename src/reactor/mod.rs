@@ -704,6 +704,12 @@ impl<S> Ctx<S> {
     /// Queues a shared frame for a connection, to be written at the end of the
     /// turn together with everything else queued for it (one `writev`). The
     /// frame is not copied: many connections can hold the same one.
+    ///
+    /// A frame that would take the connection over the output limit first
+    /// makes the reactor write what is already queued (as much as the kernel
+    /// takes, never blocking); only if it does not take enough is the
+    /// answer [`Queued::OverLimit`]. So a peer that reads is never called slow
+    /// just because one turn queued more than the limit for it.
     pub fn queue(&mut self, id: ConnId, frame: &Rc<[u8]>) -> Queued {
         let limit = self.config.out_limit;
         let Some(conn) = self.conns.get_mut(id.0) else {
@@ -711,6 +717,35 @@ impl<S> Ctx<S> {
         };
         if conn.doomed || conn.state == State::Flushing && conn.out.is_empty() {
             return Queued::Gone;
+        }
+        if conn.out.len() + frame.len() > limit
+            && frame.len() <= limit
+            && conn.state != State::Connecting
+        {
+            // Frames queued earlier in this turn have not been offered to the
+            // kernel yet. Offer them now, so that `OverLimit` means the peer
+            // is not reading, not merely that the turn is long. What is left
+            // stays queued (the connection is dirty or watched for WRITABLE,
+            // and it is not empty, so the usual flush takes it from here).
+            match conn.write_out() {
+                Ok(n) => {
+                    conn.bytes_out += n as u64;
+                    trace!(
+                        self.tracer,
+                        "{id}: at the output limit, wrote {n} B early, {} B still queued",
+                        conn.out.len()
+                    );
+                }
+                Err(e) => {
+                    let reason = if conn.state == State::ReadClosed {
+                        CloseReason::PeerGone
+                    } else {
+                        CloseReason::Io(e)
+                    };
+                    self.close(id, reason);
+                    return Queued::Gone;
+                }
+            }
         }
         let queued = conn.out.len();
         if queued + frame.len() > limit {
@@ -985,22 +1020,27 @@ impl<S> Ctx<S> {
             return false;
         };
         drop(spare);
-        let accepted = self.listeners[index].socket.accept();
-        self.spare_fd = File::open("/dev/null").ok();
-        match accepted {
+        let go_on = match self.listeners[index].socket.accept() {
             Ok((stream, peer)) => {
                 self.stats.refused += 1;
                 log::warn!("refused {peer}: out of file descriptors ({error})");
                 refuse(stream, &self.config.full_notice);
                 true
             }
-            Err(_) => {
-                if self.spare_fd.is_none() {
-                    self.listeners[index].paused = true;
-                }
-                false
-            }
+            Err(_) => false,
+        };
+        // Only now, with the refused client's descriptor closed, is there one
+        // to take back; taken earlier, the refused socket would still hold it
+        // and the next client would find no spare.
+        self.spare_fd = File::open("/dev/null").ok();
+        if self.spare_fd.is_none() {
+            log::warn!(
+                "out of file descriptors ({error}); accepting paused until a connection closes"
+            );
+            self.listeners[index].paused = true;
+            return false;
         }
+        go_on
     }
 
     fn on_conn_event<H: Handler<Conn = S>>(
