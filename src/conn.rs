@@ -142,12 +142,17 @@ const MAX_IOVECS: usize = 64;
 /// A connection's queued output: bytes the kernel did not take yet.
 ///
 /// Bounded by whoever pushes into it (see `Ctx::send` and `Ctx::queue`); it
-/// holds no allocation while empty.
+/// holds no allocation while empty. The oldest segment is held inline, so a
+/// connection with one frame pending (the common case in a chat fan-out)
+/// needs no allocation either; only a second segment opens the queue behind it.
 #[derive(Default)]
 pub struct OutBuf {
-    segments: VecDeque<Segment>,
-    /// Bytes of the front segment already written.
-    front_written: usize,
+    /// The oldest segment, the one being written.
+    head: Option<Segment>,
+    /// The segments behind `head`, oldest first (empty when `head` is `None`).
+    tail: VecDeque<Segment>,
+    /// Bytes of `head` already written.
+    head_written: usize,
     /// Bytes queued and not yet written.
     len: usize,
 }
@@ -165,7 +170,15 @@ impl OutBuf {
 
     /// Number of whole segments waiting (frames, for a chat connection).
     pub fn segments(&self) -> usize {
-        self.segments.len()
+        usize::from(self.head.is_some()) + self.tail.len()
+    }
+
+    fn push(&mut self, segment: Segment) {
+        if self.head.is_none() {
+            self.head = Some(segment);
+        } else {
+            self.tail.push_back(segment);
+        }
     }
 
     /// Copies `bytes` onto the end, extending the last owned segment when it has room.
@@ -174,11 +187,15 @@ impl OutBuf {
             return;
         }
         self.len += bytes.len();
-        if let Some(Segment::Owned(last)) = self.segments.back_mut() {
+        let last = match self.tail.back_mut() {
+            Some(last) => Some(last),
+            None => self.head.as_mut(),
+        };
+        if let Some(Segment::Owned(last)) = last {
             last.extend_from_slice(bytes);
             return;
         }
-        self.segments.push_back(Segment::Owned(bytes.to_vec()));
+        self.push(Segment::Owned(bytes.to_vec()));
     }
 
     /// Queues a shared frame without copying it.
@@ -187,25 +204,33 @@ impl OutBuf {
             return;
         }
         self.len += frame.len();
-        self.segments.push_back(Segment::Shared(frame));
+        self.push(Segment::Shared(frame));
     }
 
     /// Drops queued segments that have not started to go out, oldest first,
     /// until at least `need` bytes are free under `limit`. Returns how many
-    /// segments were dropped. The front segment is kept if it is partly
-    /// written, so the peer never sees half a frame.
+    /// segments were dropped. A partly written head is kept, so the peer
+    /// never sees half a frame.
     pub fn drop_oldest(&mut self, need: usize, limit: usize) -> usize {
-        let keep_front = usize::from(self.front_written > 0);
         let mut dropped = 0;
-        while self.len + need > limit && self.segments.len() > keep_front {
-            let seg = self
-                .segments
-                .remove(keep_front)
-                .expect("index is below the segment count");
-            self.len -= seg.bytes().len();
+        while self.len + need > limit {
+            if self.head_written > 0 {
+                match self.tail.pop_front() {
+                    Some(seg) => self.len -= seg.bytes().len(),
+                    None => break,
+                }
+            } else {
+                match self.head.take() {
+                    Some(seg) => {
+                        self.len -= seg.bytes().len();
+                        self.head = self.tail.pop_front();
+                    }
+                    None => break,
+                }
+            }
             dropped += 1;
         }
-        if self.segments.is_empty() {
+        if self.head.is_none() {
             self.release();
         }
         dropped
@@ -216,17 +241,13 @@ impl OutBuf {
     /// written (0 when the socket was full); what is left stays queued.
     pub fn write_to(&mut self, stream: &mut impl Write) -> io::Result<usize> {
         let mut total = 0;
-        while self.len > 0 {
+        while let Some(head) = &self.head {
             let n = {
                 let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
-                let mut count = 0;
-                for (i, seg) in self.segments.iter().take(MAX_IOVECS).enumerate() {
-                    let bytes = if i == 0 {
-                        &seg.bytes()[self.front_written..]
-                    } else {
-                        seg.bytes()
-                    };
-                    slices[i] = IoSlice::new(bytes);
+                slices[0] = IoSlice::new(&head.bytes()[self.head_written..]);
+                let mut count = 1;
+                for seg in self.tail.iter().take(MAX_IOVECS - 1) {
+                    slices[count] = IoSlice::new(seg.bytes());
                     count += 1;
                 }
                 match stream.write_vectored(&slices[..count]) {
@@ -246,25 +267,27 @@ impl OutBuf {
     fn advance(&mut self, mut n: usize) {
         self.len -= n;
         while n > 0 {
-            let front_left = self.segments[0].bytes().len() - self.front_written;
-            if n >= front_left {
-                n -= front_left;
-                self.segments.pop_front();
-                self.front_written = 0;
+            let Some(head) = &self.head else { break };
+            let head_left = head.bytes().len() - self.head_written;
+            if n >= head_left {
+                n -= head_left;
+                self.head = self.tail.pop_front();
+                self.head_written = 0;
             } else {
-                self.front_written += n;
+                self.head_written += n;
                 n = 0;
             }
         }
-        if self.segments.is_empty() {
+        if self.head.is_none() {
             self.release();
         }
     }
 
     /// Gives the memory back: an idle connection holds no buffer.
     fn release(&mut self) {
-        self.segments = VecDeque::new();
-        self.front_written = 0;
+        self.head = None;
+        self.tail = VecDeque::new();
+        self.head_written = 0;
         self.len = 0;
     }
 }
@@ -308,10 +331,6 @@ pub struct Conn<S> {
     pub(crate) tls_eof: bool,
     /// Our TLS close_notify has been queued.
     pub(crate) tls_close_sent: bool,
-    /// Bytes read and written over the connection's life.
-    pub(crate) bytes_in: u64,
-    /// See `bytes_in`.
-    pub(crate) bytes_out: u64,
     /// The command's per-connection state.
     pub state_of_app: S,
 }
@@ -336,8 +355,6 @@ impl<S> Conn<S> {
             tls: None,
             tls_eof: false,
             tls_close_sent: false,
-            bytes_in: 0,
-            bytes_out: 0,
             state_of_app: app,
         }
     }
@@ -497,7 +514,19 @@ mod tests {
         assert_eq!(out.write_to(&mut pipe).unwrap(), 10);
         assert_eq!(pipe.taken, b"hello shared world");
         assert!(out.is_empty());
-        assert_eq!(out.segments.capacity(), 0);
+        assert!(out.head.is_none());
+        assert_eq!(out.tail.capacity(), 0);
+    }
+
+    #[test]
+    fn one_pending_frame_needs_no_queue_allocation() {
+        let mut out = OutBuf::default();
+        out.push_shared(Rc::from(&b"frame"[..]));
+        assert_eq!(out.segments(), 1);
+        assert_eq!(out.tail.capacity(), 0);
+        out.push_shared(Rc::from(&b"second"[..]));
+        assert_eq!(out.segments(), 2);
+        assert_eq!(out.len(), 11);
     }
 
     #[test]

@@ -670,7 +670,6 @@ impl<S> Ctx<S> {
             loop {
                 match conn.stream.write(rest) {
                     Ok(n) => {
-                        conn.bytes_out += n as u64;
                         rest = &rest[n..];
                         if rest.is_empty() {
                             break;
@@ -729,7 +728,6 @@ impl<S> Ctx<S> {
             // and it is not empty, so the usual flush takes it from here).
             match conn.write_out() {
                 Ok(n) => {
-                    conn.bytes_out += n as u64;
                     trace!(
                         self.tracer,
                         "{id}: at the output limit, wrote {n} B early, {} B still queued",
@@ -1146,7 +1144,6 @@ impl<S> Ctx<S> {
                     return;
                 }
                 Ok(n) => {
-                    conn.bytes_in += n as u64;
                     if let Some(bytes) = conn.throttle.as_mut().and_then(|t| t.bytes.as_mut()) {
                         bytes.take(n as f64, Instant::now());
                     }
@@ -1207,7 +1204,6 @@ impl<S> Ctx<S> {
         }
         match conn.write_out() {
             Ok(n) => {
-                conn.bytes_out += n as u64;
                 trace!(
                     self.tracer,
                     "{id}: wrote {n} B, {} B still queued",
