@@ -5,7 +5,7 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -27,7 +27,7 @@ fn certificate(tag: &str) -> (PathBuf, PathBuf) {
     (dir.join("cert.pem"), dir.join("key.pem"))
 }
 
-fn tls_echo_server(cert: &PathBuf, key: &PathBuf) -> (Proc, std::net::SocketAddr) {
+fn tls_echo_server(cert: &Path, key: &Path) -> (Proc, std::net::SocketAddr) {
     echo_server(&[
         "--tls-cert",
         cert.to_str().unwrap(),
