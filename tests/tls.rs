@@ -4,10 +4,9 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::thread;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -38,48 +37,9 @@ fn tls_echo_server(cert: &Path, key: &Path) -> (Proc, std::net::SocketAddr) {
 
 /// Runs `echo client ARGS` with `input` on stdin; returns (exit code, stdout, stderr).
 fn client(args: &[&str], input: Vec<u8>, within: Duration) -> (i32, Vec<u8>, String) {
-    let mut child = Command::new(bin())
-        .args(["echo", "client"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = thread::spawn(move || {
-        let mut out = Vec::new();
-        let _ = stdout.read_to_end(&mut out);
-        out
-    });
-    let mut stderr = child.stderr.take().unwrap();
-    let err_reader = thread::spawn(move || {
-        let mut err = String::new();
-        let _ = stderr.read_to_string(&mut err);
-        err
-    });
-    let deadline = Instant::now() + within;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("echo client did not finish within {within:?}");
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
-    writer.join().unwrap();
-    (
-        status.code().unwrap_or(-1),
-        reader.join().unwrap(),
-        err_reader.join().unwrap(),
-    )
+    let mut all = vec!["echo", "client"];
+    all.extend_from_slice(args);
+    run_with_input(&all, input, within)
 }
 
 #[test]

@@ -118,15 +118,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     args.access.apply(&mut config);
     config.tls_server = args.tls.config()?;
     let mut reactor = Reactor::new(config).map_err(|e| Error::io("starting the event loop", e))?;
-    let listener = net::listen_tcp(args.bind, args.port)?;
-    let index = reactor
-        .cx()
-        .add_listener(listener)
-        .map_err(|e| Error::io("registering the listener", e))?;
-    let addr = reactor
-        .cx()
-        .listener_addr(index)
-        .map_err(|e| Error::io("reading the listener address", e))?;
+    let (_, addr) = reactor.cx().listen(args.bind, args.port)?;
     log::debug!(
         "open-file limit {limit}: up to about {} clients",
         limit.saturating_sub(16)

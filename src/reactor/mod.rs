@@ -502,6 +502,20 @@ impl<S> Ctx<S> {
         Ok(index)
     }
 
+    /// Binds a TCP listener on `bind:port` (see [`crate::net::listen_tcp`]) and adds
+    /// it; returns its number and the address it got (the port, when 0 was asked).
+    pub fn listen(&mut self, bind: IpAddr, port: u16) -> crate::error::Result<(usize, SocketAddr)> {
+        use crate::error::Error;
+        let socket = crate::net::listen_tcp(bind, port)?;
+        let index = self
+            .add_listener(socket)
+            .map_err(|e| Error::io("registering the listener", e))?;
+        let addr = self
+            .listener_addr(index)
+            .map_err(|e| Error::io("reading the listener address", e))?;
+        Ok((index, addr))
+    }
+
     /// The local address of listener `index`.
     pub fn listener_addr(&self, index: usize) -> io::Result<SocketAddr> {
         self.listeners[index].socket.local_addr()
@@ -735,11 +749,7 @@ impl<S> Ctx<S> {
                     );
                 }
                 Err(e) => {
-                    let reason = if conn.state == State::ReadClosed {
-                        CloseReason::PeerGone
-                    } else {
-                        CloseReason::Io(e)
-                    };
+                    let reason = write_failure(conn.state, e);
                     self.close(id, reason);
                     return Queued::Gone;
                 }
@@ -1217,11 +1227,7 @@ impl<S> Ctx<S> {
                 self.after_output_change(key);
             }
             Err(e) => {
-                let reason = if conn.state == State::ReadClosed {
-                    CloseReason::PeerGone
-                } else {
-                    CloseReason::Io(e)
-                };
+                let reason = write_failure(conn.state, e);
                 self.close(id, reason);
             }
         }
@@ -1619,6 +1625,16 @@ impl<S> Ctx<S> {
         }
         self.tracer
             .line(format_args!("event {role}: {}", flags.join("|")));
+    }
+}
+
+/// Why a connection ends when a write fails: a peer that already closed its
+/// side simply left before taking everything; otherwise it is an I/O error.
+fn write_failure(state: State, error: io::Error) -> CloseReason {
+    if state == State::ReadClosed {
+        CloseReason::PeerGone
+    } else {
+        CloseReason::Io(error)
     }
 }
 
