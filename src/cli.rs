@@ -41,10 +41,21 @@ pub enum Command {
     /// TCP echo: a server for many clients, and a client that never deadlocks.
     #[command(subcommand)]
     Echo(EchoCommand),
+    /// TCP group chat: a hub that relays framed messages, and a participant.
+    #[command(subcommand)]
+    Chat(ChatCommand),
     /// Print this machine's IPv4 addresses, one a line.
     Ips,
     /// Print endless random 32-bit signed integers, one a line.
     Rand,
+    /// Make a self-signed certificate and key for local TLS tests.
+    TlsSelfsigned(crate::tls::SelfSignedArgs),
+    /// Peer-to-peer group chat over UDP.
+    UdpChat(cmd::udp_chat::Args),
+    /// Send N numbered chat messages to every peer, for stress tests.
+    UdpStream(cmd::udp_stream::Args),
+    /// Receive a udp-stream and report loss, reordering, duplication, rate, jitter.
+    UdpSink(cmd::udp_sink::Args),
     /// Load generator: thousands of connections from one thread, honest numbers.
     #[command(subcommand)]
     Stress(StressCommand),
@@ -57,6 +68,17 @@ pub enum EchoCommand {
     Server(cmd::echo_server::Args),
     /// Send stdin to an echo server and print the echo.
     Client(cmd::echo_client::Args),
+}
+
+/// `sockloop chat ...`
+#[derive(Debug, Subcommand)]
+pub enum ChatCommand {
+    /// Run a TCP group chat server (one client: the lecture's 1-to-1 chat).
+    #[command(long_about = cmd::chat_server::LONG_ABOUT)]
+    Server(cmd::chat_server::Args),
+    /// Join a chat server: stdin lines out, messages to stdout.
+    #[command(long_about = cmd::chat_client::LONG_ABOUT)]
+    Client(cmd::chat_client::Args),
 }
 
 /// `sockloop stress ...`: the load generator's modes.

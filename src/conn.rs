@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::io::{self, IoSlice, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
@@ -119,18 +119,40 @@ impl Segment {
     }
 }
 
+/// Plaintext into a TLS session: "buffer full" (a write of 0) reads as
+/// `WouldBlock`, so [`OutBuf::write_to`] stops instead of failing.
+struct TlsPlaintext<'a>(rustls::Writer<'a>);
+
+impl Write for TlsPlaintext<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.0.write(buf)? {
+            0 if !buf.is_empty() => Err(io::ErrorKind::WouldBlock.into()),
+            n => Ok(n),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The most segments handed to one `writev`.
 const MAX_IOVECS: usize = 64;
 
 /// A connection's queued output: bytes the kernel did not take yet.
 ///
 /// Bounded by whoever pushes into it (see `Ctx::send` and `Ctx::queue`); it
-/// holds no allocation while empty.
+/// holds no allocation while empty. The oldest segment is held inline, so a
+/// connection with one frame pending (the common case in a chat fan-out)
+/// needs no allocation either; only a second segment opens the queue behind it.
 #[derive(Default)]
 pub struct OutBuf {
-    segments: VecDeque<Segment>,
-    /// Bytes of the front segment already written.
-    front_written: usize,
+    /// The oldest segment, the one being written.
+    head: Option<Segment>,
+    /// The segments behind `head`, oldest first (empty when `head` is `None`).
+    tail: VecDeque<Segment>,
+    /// Bytes of `head` already written.
+    head_written: usize,
     /// Bytes queued and not yet written.
     len: usize,
 }
@@ -148,7 +170,15 @@ impl OutBuf {
 
     /// Number of whole segments waiting (frames, for a chat connection).
     pub fn segments(&self) -> usize {
-        self.segments.len()
+        usize::from(self.head.is_some()) + self.tail.len()
+    }
+
+    fn push(&mut self, segment: Segment) {
+        if self.head.is_none() {
+            self.head = Some(segment);
+        } else {
+            self.tail.push_back(segment);
+        }
     }
 
     /// Copies `bytes` onto the end, extending the last owned segment when it has room.
@@ -157,11 +187,15 @@ impl OutBuf {
             return;
         }
         self.len += bytes.len();
-        if let Some(Segment::Owned(last)) = self.segments.back_mut() {
+        let last = match self.tail.back_mut() {
+            Some(last) => Some(last),
+            None => self.head.as_mut(),
+        };
+        if let Some(Segment::Owned(last)) = last {
             last.extend_from_slice(bytes);
             return;
         }
-        self.segments.push_back(Segment::Owned(bytes.to_vec()));
+        self.push(Segment::Owned(bytes.to_vec()));
     }
 
     /// Queues a shared frame without copying it.
@@ -170,25 +204,33 @@ impl OutBuf {
             return;
         }
         self.len += frame.len();
-        self.segments.push_back(Segment::Shared(frame));
+        self.push(Segment::Shared(frame));
     }
 
     /// Drops queued segments that have not started to go out, oldest first,
     /// until at least `need` bytes are free under `limit`. Returns how many
-    /// segments were dropped. The front segment is kept if it is partly
-    /// written, so the peer never sees half a frame.
+    /// segments were dropped. A partly written head is kept, so the peer
+    /// never sees half a frame.
     pub fn drop_oldest(&mut self, need: usize, limit: usize) -> usize {
-        let keep_front = usize::from(self.front_written > 0);
         let mut dropped = 0;
-        while self.len + need > limit && self.segments.len() > keep_front {
-            let seg = self
-                .segments
-                .remove(keep_front)
-                .expect("index is below the segment count");
-            self.len -= seg.bytes().len();
+        while self.len + need > limit {
+            if self.head_written > 0 {
+                match self.tail.pop_front() {
+                    Some(seg) => self.len -= seg.bytes().len(),
+                    None => break,
+                }
+            } else {
+                match self.head.take() {
+                    Some(seg) => {
+                        self.len -= seg.bytes().len();
+                        self.head = self.tail.pop_front();
+                    }
+                    None => break,
+                }
+            }
             dropped += 1;
         }
-        if self.segments.is_empty() {
+        if self.head.is_none() {
             self.release();
         }
         dropped
@@ -199,17 +241,13 @@ impl OutBuf {
     /// written (0 when the socket was full); what is left stays queued.
     pub fn write_to(&mut self, stream: &mut impl Write) -> io::Result<usize> {
         let mut total = 0;
-        while self.len > 0 {
+        while let Some(head) = &self.head {
             let n = {
                 let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
-                let mut count = 0;
-                for (i, seg) in self.segments.iter().take(MAX_IOVECS).enumerate() {
-                    let bytes = if i == 0 {
-                        &seg.bytes()[self.front_written..]
-                    } else {
-                        seg.bytes()
-                    };
-                    slices[i] = IoSlice::new(bytes);
+                slices[0] = IoSlice::new(&head.bytes()[self.head_written..]);
+                let mut count = 1;
+                for seg in self.tail.iter().take(MAX_IOVECS - 1) {
+                    slices[count] = IoSlice::new(seg.bytes());
                     count += 1;
                 }
                 match stream.write_vectored(&slices[..count]) {
@@ -229,25 +267,27 @@ impl OutBuf {
     fn advance(&mut self, mut n: usize) {
         self.len -= n;
         while n > 0 {
-            let front_left = self.segments[0].bytes().len() - self.front_written;
-            if n >= front_left {
-                n -= front_left;
-                self.segments.pop_front();
-                self.front_written = 0;
+            let Some(head) = &self.head else { break };
+            let head_left = head.bytes().len() - self.head_written;
+            if n >= head_left {
+                n -= head_left;
+                self.head = self.tail.pop_front();
+                self.head_written = 0;
             } else {
-                self.front_written += n;
+                self.head_written += n;
                 n = 0;
             }
         }
-        if self.segments.is_empty() {
+        if self.head.is_none() {
             self.release();
         }
     }
 
     /// Gives the memory back: an idle connection holds no buffer.
     fn release(&mut self) {
-        self.segments = VecDeque::new();
-        self.front_written = 0;
+        self.head = None;
+        self.tail = VecDeque::new();
+        self.head_written = 0;
         self.len = 0;
     }
 }
@@ -284,10 +324,13 @@ pub struct Conn<S> {
     /// The connection's `--rate-limit` buckets (boxed: most servers have none,
     /// and an idle connection should stay small).
     pub(crate) throttle: Option<Box<crate::ratelimit::Throttle>>,
-    /// Bytes read and written over the connection's life.
-    pub(crate) bytes_in: u64,
-    /// See `bytes_in`.
-    pub(crate) bytes_out: u64,
+    /// The TLS session, when this connection speaks TLS. Plaintext goes
+    /// through it; see [`Conn::read_plain`] and [`Conn::write_out`].
+    pub(crate) tls: Option<Box<rustls::Connection>>,
+    /// The TLS peer's raw stream ended (its records may still hold plaintext).
+    pub(crate) tls_eof: bool,
+    /// Our TLS close_notify has been queued.
+    pub(crate) tls_close_sent: bool,
     /// The command's per-connection state.
     pub state_of_app: S,
 }
@@ -309,8 +352,9 @@ impl<S> Conn<S> {
             counted_per_ip: false,
             throttled: false,
             throttle: None,
-            bytes_in: 0,
-            bytes_out: 0,
+            tls: None,
+            tls_eof: false,
+            tls_close_sent: false,
             state_of_app: app,
         }
     }
@@ -351,10 +395,87 @@ impl<S> Conn<S> {
         matches!(self.state, State::Open) && !self.read_paused && !self.throttled
     }
 
-    /// True while the socket must be watched for WRITABLE: output is pending,
-    /// or an outgoing connect waits for its result.
+    /// True while the socket must be watched for WRITABLE: output is pending
+    /// (ours, or TLS records), or an outgoing connect waits for its result.
     pub(crate) fn wants_write(&self) -> bool {
-        self.state == State::Connecting || !self.out.is_empty()
+        self.state == State::Connecting || self.has_pending_output()
+    }
+
+    /// True while bytes wait to be written: queued plaintext, or TLS records.
+    pub(crate) fn has_pending_output(&self) -> bool {
+        !self.out.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+
+    /// True while a TLS handshake is under way.
+    pub fn tls_handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.is_handshaking())
+    }
+
+    /// Reads the peer's next bytes into `buf`: straight from the socket, or,
+    /// for TLS, by feeding records to the session until it yields plaintext.
+    /// `Ok(0)` is end of stream; `WouldBlock` means nothing more for now.
+    /// A TLS protocol failure is `InvalidData` (the alert is sent first).
+    pub(crate) fn read_plain(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(tls) = self.tls.as_mut() else {
+            return self.stream.read(buf);
+        };
+        loop {
+            match tls.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // The peer closed without a close_notify: an end of stream all the same.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+            if self.tls_eof {
+                return Ok(0);
+            }
+            if tls.read_tls(&mut self.stream)? == 0 {
+                self.tls_eof = true;
+            }
+            if let Err(e) = tls.process_new_packets() {
+                let _ = tls.write_tls(&mut self.stream); // the alert, best effort
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("tls: {e}"),
+                ));
+            }
+            // Handshake messages to answer go out now, not at the next writable edge.
+            while tls.wants_write() {
+                match tls.write_tls(&mut self.stream) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
+    /// Writes what is queued: straight to the socket, or, for TLS, through the
+    /// session (its own buffer bounded) and out as records. Returns how many
+    /// queued bytes were consumed; stops at `WouldBlock`.
+    pub(crate) fn write_out(&mut self) -> io::Result<usize> {
+        let Some(tls) = self.tls.as_mut() else {
+            return self.out.write_to(&mut self.stream);
+        };
+        let mut consumed = 0;
+        loop {
+            while tls.wants_write() {
+                match tls.write_tls(&mut self.stream) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(consumed),
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.out.is_empty() {
+                return Ok(consumed);
+            }
+            let n = self.out.write_to(&mut TlsPlaintext(tls.writer()))?;
+            if n == 0 {
+                return Ok(consumed);
+            }
+            consumed += n;
+        }
     }
 }
 
@@ -399,7 +520,19 @@ mod tests {
         assert_eq!(out.write_to(&mut pipe).unwrap(), 10);
         assert_eq!(pipe.taken, b"hello shared world");
         assert!(out.is_empty());
-        assert_eq!(out.segments.capacity(), 0);
+        assert!(out.head.is_none());
+        assert_eq!(out.tail.capacity(), 0);
+    }
+
+    #[test]
+    fn one_pending_frame_needs_no_queue_allocation() {
+        let mut out = OutBuf::default();
+        out.push_shared(Rc::from(&b"frame"[..]));
+        assert_eq!(out.segments(), 1);
+        assert_eq!(out.tail.capacity(), 0);
+        out.push_shared(Rc::from(&b"second"[..]));
+        assert_eq!(out.segments(), 2);
+        assert_eq!(out.len(), 11);
     }
 
     #[test]

@@ -11,9 +11,15 @@
 //! * [`conn`] — one TCP connection: socket, bounded output buffer, state.
 //! * [`framing`], [`lines`] — the length-prefix and newline codecs; no I/O.
 //! * [`addr`], [`chat_msg`] — address parsing and the chat message text; no I/O.
+//! * [`stream`] — the UDP stream's `Number I` text, exact loss/reorder/duplicate
+//!   accounting and jitter; no I/O.
+//! * [`addr`], [`chat_msg`], [`framing`], [`lines`] — address parsing, the chat
+//!   message text, the TCP chat's length-prefixed frames and stdin lines; no I/O.
 //! * [`cmd`] — the commands; each is a [`reactor::Handler`].
 //! * [`error`] — the error a command can end with, and its exit code.
 //! * [`sys`] — the few raw system calls std and mio do not offer.
+//! * [`udp`] — UDP receive details: which peer vanished (ICMP error queue),
+//!   how many datagrams the kernel dropped.
 //!
 //! See ARCHITECTURE.md for the map, the invariants and a byte's journey.
 
@@ -29,4 +35,7 @@ pub mod lines;
 pub mod net;
 pub mod ratelimit;
 pub mod reactor;
+pub mod stream;
 pub mod sys;
+pub mod tls;
+pub mod udp;

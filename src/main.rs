@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use sockloop::cli::{Cli, Command, EchoCommand, StressCommand};
+use sockloop::cli::{ChatCommand, Cli, Command, EchoCommand, StressCommand};
 use sockloop::cmd;
 use sockloop::error::Result;
 
@@ -30,8 +30,14 @@ fn run(cli: &Cli) -> Result<()> {
     match &cli.command {
         Command::Echo(EchoCommand::Server(args)) => cmd::echo_server::run(args, trace),
         Command::Echo(EchoCommand::Client(args)) => cmd::echo_client::run(args, trace),
+        Command::Chat(ChatCommand::Server(args)) => cmd::chat_server::run(args, trace),
+        Command::Chat(ChatCommand::Client(args)) => cmd::chat_client::run(args, trace),
         Command::Ips => cmd::ips::run(),
         Command::Rand => cmd::rand::run(),
+        Command::TlsSelfsigned(args) => sockloop::tls::run_self_signed(args),
+        Command::UdpChat(args) => cmd::udp_chat::run(args, trace),
+        Command::UdpStream(args) => cmd::udp_stream::run(args, trace),
+        Command::UdpSink(args) => cmd::udp_sink::run(args, trace),
         Command::Stress(StressCommand::Echo(args)) => cmd::stress::echo::run(args, trace),
         Command::Stress(StressCommand::Chat(args)) => cmd::stress::chat::run(args, trace),
         Command::Stress(StressCommand::Conns(args)) => cmd::stress::conns::run(args, trace),

@@ -1,8 +1,9 @@
 //! The few raw system calls that std and mio do not expose, each wrapped once.
 //!
-//! Everything `unsafe` in sockloop lives here, behind small safe functions:
+//! Everything `unsafe` in sockloop lives here, behind small safe functions —
 //! descriptor flags, kernel queue sizes, the open-file limit and blocking
-//! writes to stdout. No socket is serviced here.
+//! writes to stdout — except the UDP receive path, which has its own
+//! `udp.rs`. No socket is serviced here.
 
 use std::io;
 use std::os::fd::RawFd;

@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::net;
 use crate::reactor::{Config, ConnId, Ctx, Event, Handler, Reactor};
 use crate::sys;
+use crate::tls::{self, ClientTlsArgs};
 
 /// Bytes sent and not yet echoed that `--verify` keeps before it pauses stdin.
 pub const VERIFY_WINDOW: usize = 16 * 1024 * 1024;
@@ -50,6 +51,9 @@ pub struct Args {
     /// then read. With enough input it deadlocks; a watchdog explains why.
     #[arg(long)]
     pub naive: bool,
+    /// TLS.
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
     /// With --naive: seconds without progress before the watchdog steps in.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub watchdog: u64,
@@ -171,8 +175,14 @@ impl Handler for EchoClient {
 /// Runs the echo client until the server closes after the end of stdin.
 pub fn run(args: &Args, trace: bool) -> Result<()> {
     if args.naive {
+        if args.tls.tls {
+            return Err(Error::Usage(
+                "--naive speaks plain TCP only; drop --tls".into(),
+            ));
+        }
         return run_naive(args);
     }
+    let tls_config = args.tls.config()?;
     let config = Config {
         stdin: true,
         trace,
@@ -189,6 +199,13 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         .cx()
         .adopt(stream, server, (), false)
         .map_err(|e| Error::io("registering the connection", e))?;
+    if let Some(config) = tls_config {
+        let name = tls::server_name(&args.server)?;
+        reactor
+            .cx()
+            .start_tls(conn, config, name)
+            .map_err(|e| Error::Failed(format!("tls: {e}")))?;
+    }
     let mut client = EchoClient {
         conn,
         verify: args.verify,

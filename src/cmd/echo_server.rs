@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::net;
 use crate::reactor::{Config, Ctx, Event, Handler, Reactor};
 use crate::sys;
+use crate::tls::ServerTlsArgs;
 
 /// Command-line options of `echo server`.
 #[derive(Debug, Clone, ClapArgs)]
@@ -52,6 +53,9 @@ pub struct Args {
     /// Who may connect.
     #[command(flatten)]
     pub access: AccessArgs,
+    /// TLS.
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
 }
 
 /// The echo handler. It keeps no per-connection state at all.
@@ -112,16 +116,9 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         ..Config::default()
     };
     args.access.apply(&mut config);
+    config.tls_server = args.tls.config()?;
     let mut reactor = Reactor::new(config).map_err(|e| Error::io("starting the event loop", e))?;
-    let listener = net::listen_tcp(args.bind, args.port)?;
-    let index = reactor
-        .cx()
-        .add_listener(listener)
-        .map_err(|e| Error::io("registering the listener", e))?;
-    let addr = reactor
-        .cx()
-        .listener_addr(index)
-        .map_err(|e| Error::io("reading the listener address", e))?;
+    let (_, addr) = reactor.cx().listen(args.bind, args.port)?;
     log::debug!(
         "open-file limit {limit}: up to about {} clients",
         limit.saturating_sub(16)
@@ -131,7 +128,14 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
             "--unbounded: no output limit; a client that never reads makes this process grow"
         );
     }
-    net::announce("echo server", addr);
+    net::announce(
+        if config_is_tls(args) {
+            "echo server (TLS)"
+        } else {
+            "echo server"
+        },
+        addr,
+    );
     let mut echo = Echo { served: 0 };
     reactor
         .run(&mut echo)
@@ -164,4 +168,8 @@ pub fn raise_fd_limit() -> u64 {
             sys::nofile_limit().map(|(soft, _)| soft).unwrap_or(1024)
         }
     }
+}
+
+fn config_is_tls(args: &Args) -> bool {
+    args.tls.tls_cert.is_some()
 }

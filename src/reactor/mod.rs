@@ -41,6 +41,12 @@
 //!   connection; the reaper removes it after the batch, so a slab key (the
 //!   token) is never reused while an event for the old connection may still
 //!   be in hand.
+//! * **A UDP error is a queue, not a flag.** With `IP_RECVERR` set (see
+//!   [`crate::udp`]), each ICMP report about a datagram we sent waits on the
+//!   socket's error queue and raises EPOLLERR. `read_udp_errors` drains that
+//!   queue, one [`Event::PeerUnreachable`] or [`Event::UdpError`] per report;
+//!   an ordinary read would only have returned the bare errno, once, without
+//!   saying which peer.
 //! * **No source is read twice at once.** One handler runs at a time, which
 //!   is why one scratch buffer serves every read.
 
@@ -53,9 +59,10 @@ pub mod trace;
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream, UdpSocket};
@@ -66,6 +73,7 @@ use crate::access::AccessList;
 use crate::conn::{CloseReason, Conn, State};
 use crate::ratelimit::{RateLimit, Throttle};
 use crate::trace;
+use crate::udp;
 use signals::SignalSource;
 use stdin::{StdinKind, StdinSource};
 use timer::Timers;
@@ -82,6 +90,15 @@ const EVENT_CAPACITY: usize = 1024;
 /// Deadline ids with this bit set belong to the reactor itself (the rest are
 /// the command's): "connection KEY may read again" after a rate-limit pause.
 const RESUME_READING_TIMER: u64 = 1 << 63;
+
+/// Reactor deadline: "connection KEY must have finished its TLS handshake".
+const HANDSHAKE_TIMER: u64 = 1 << 62;
+
+/// The bits of a deadline id that are the reactor's.
+const REACTOR_TIMERS: u64 = RESUME_READING_TIMER | HANDSHAKE_TIMER;
+
+/// Plaintext a TLS session may hold before it refuses more (our `out` holds the rest).
+const TLS_BUFFER_LIMIT: usize = 64 * 1024;
 
 /// A connection's identity: its slab key, which is also its `mio::Token`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -120,6 +137,8 @@ pub struct Config {
     pub max_conns_per_ip: usize,
     /// Per-client rate limit for accepted connections (`--rate-limit`). Default none.
     pub rate_limit: Option<RateLimit>,
+    /// Speak TLS on every accepted connection (`--tls-cert`/`--tls-key`). Default none.
+    pub tls_server: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for Config {
@@ -135,6 +154,7 @@ impl Default for Config {
             access: AccessList::default(),
             max_conns_per_ip: 0,
             rate_limit: None,
+            tls_server: None,
         }
     }
 }
@@ -165,7 +185,12 @@ pub enum Event<'a> {
     StdinEof,
     /// A datagram arrived on the UDP socket.
     Datagram(&'a [u8], SocketAddr),
-    /// The UDP socket reported an error (e.g. ICMP unreachable). Never fatal.
+    /// An ICMP "port unreachable" came back for a datagram sent to this peer:
+    /// nothing listens there any more. Read from the socket's error queue
+    /// (see [`crate::udp`]), so the address is exact. Never fatal.
+    PeerUnreachable(SocketAddr),
+    /// The UDP socket reported another error (say, host unreachable, named in
+    /// the message when the kernel said which peer). Never fatal.
     UdpError(io::Error),
     /// The UDP socket can take more datagrams (asked for with [`Ctx::udp_want_writable`]).
     UdpWritable,
@@ -293,6 +318,9 @@ pub struct Ctx<S> {
     spare_fd: Option<File>,
     udp: Option<UdpSocket>,
     udp_writable_wanted: bool,
+    /// The kernel's running count of datagrams the UDP socket dropped for
+    /// want of receive-buffer room, as last reported with a datagram.
+    udp_dropped: u32,
     stdin: Option<StdinSource>,
     stdin_paused: bool,
     stdin_eof: bool,
@@ -345,6 +373,7 @@ impl<S: Default> Reactor<S> {
                 spare_fd: File::open("/dev/null").ok(),
                 udp: None,
                 udp_writable_wanted: false,
+                udp_dropped: 0,
                 stdin,
                 stdin_paused: false,
                 stdin_eof: false,
@@ -440,7 +469,9 @@ impl<S: Default> Reactor<S> {
         let now = Instant::now();
         while let Some(id) = cx.timers.pop_due(now) {
             if id & RESUME_READING_TIMER != 0 {
-                cx.end_throttle((id & !RESUME_READING_TIMER) as usize);
+                cx.end_throttle((id & !REACTOR_TIMERS) as usize);
+            } else if id & HANDSHAKE_TIMER != 0 {
+                cx.check_handshake((id & !REACTOR_TIMERS) as usize);
             } else {
                 handler.handle(cx, Event::Timer(id));
             }
@@ -471,6 +502,20 @@ impl<S> Ctx<S> {
         Ok(index)
     }
 
+    /// Binds a TCP listener on `bind:port` (see [`crate::net::listen_tcp`]) and adds
+    /// it; returns its number and the address it got (the port, when 0 was asked).
+    pub fn listen(&mut self, bind: IpAddr, port: u16) -> crate::error::Result<(usize, SocketAddr)> {
+        use crate::error::Error;
+        let socket = crate::net::listen_tcp(bind, port)?;
+        let index = self
+            .add_listener(socket)
+            .map_err(|e| Error::io("registering the listener", e))?;
+        let addr = self
+            .listener_addr(index)
+            .map_err(|e| Error::io("reading the listener address", e))?;
+        Ok((index, addr))
+    }
+
     /// The local address of listener `index`.
     pub fn listener_addr(&self, index: usize) -> io::Result<SocketAddr> {
         self.listeners[index].socket.local_addr()
@@ -484,8 +529,13 @@ impl<S> Ctx<S> {
         self.ready.retain(|s| !matches!(s, Source::Listener(_)));
     }
 
-    /// Sets the UDP socket (one per reactor).
+    /// Sets the UDP socket (one per reactor), asking the kernel to report
+    /// unreachable peers and dropped datagrams (see [`crate::udp`]).
     pub fn set_udp(&mut self, mut socket: UdpSocket) -> io::Result<()> {
+        let ipv6 = socket.local_addr()?.is_ipv6();
+        if let Err(e) = udp::enable_reports(&socket, ipv6) {
+            log::warn!("udp: vanished peers and dropped datagrams will not be reported: {e}");
+        }
         self.poll
             .registry()
             .register(&mut socket, Source::Udp.token(), Interest::READABLE)?;
@@ -496,6 +546,14 @@ impl<S> Ctx<S> {
     /// The UDP socket, to send with.
     pub fn udp(&self) -> Option<&UdpSocket> {
         self.udp.as_ref()
+    }
+
+    /// The kernel's running count of datagrams the UDP socket dropped because
+    /// its receive buffer was full (`SO_RXQ_OVFL`), as of the latest datagram
+    /// that carried it. Drops after the last datagram show up only with the
+    /// next one; [`udp::drops_now`] reads the counter directly.
+    pub fn udp_dropped(&self) -> u32 {
+        self.udp_dropped
     }
 
     /// Asks for [`Event::UdpWritable`] when the UDP socket can take more (after a
@@ -613,11 +671,19 @@ impl<S> Ctx<S> {
             return;
         }
         let mut rest = bytes;
+        if conn.tls.is_some() {
+            // Through the session: queue, and write it all at the end of the turn.
+            conn.out.push_copy(rest);
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(id.0);
+            }
+            return;
+        }
         if conn.out.is_empty() && conn.state != State::Connecting {
             loop {
                 match conn.stream.write(rest) {
                     Ok(n) => {
-                        conn.bytes_out += n as u64;
                         rest = &rest[n..];
                         if rest.is_empty() {
                             break;
@@ -651,6 +717,12 @@ impl<S> Ctx<S> {
     /// Queues a shared frame for a connection, to be written at the end of the
     /// turn together with everything else queued for it (one `writev`). The
     /// frame is not copied: many connections can hold the same one.
+    ///
+    /// A frame that would take the connection over the output limit first
+    /// makes the reactor write what is already queued (as much as the kernel
+    /// takes, never blocking); only if it does not take enough is the
+    /// answer [`Queued::OverLimit`]. So a peer that reads is never called slow
+    /// just because one turn queued more than the limit for it.
     pub fn queue(&mut self, id: ConnId, frame: &Rc<[u8]>) -> Queued {
         let limit = self.config.out_limit;
         let Some(conn) = self.conns.get_mut(id.0) else {
@@ -658,6 +730,30 @@ impl<S> Ctx<S> {
         };
         if conn.doomed || conn.state == State::Flushing && conn.out.is_empty() {
             return Queued::Gone;
+        }
+        if conn.out.len() + frame.len() > limit
+            && frame.len() <= limit
+            && conn.state != State::Connecting
+        {
+            // Frames queued earlier in this turn have not been offered to the
+            // kernel yet. Offer them now, so that `OverLimit` means the peer
+            // is not reading, not merely that the turn is long. What is left
+            // stays queued (the connection is dirty or watched for WRITABLE,
+            // and it is not empty, so the usual flush takes it from here).
+            match conn.write_out() {
+                Ok(n) => {
+                    trace!(
+                        self.tracer,
+                        "{id}: at the output limit, wrote {n} B early, {} B still queued",
+                        conn.out.len()
+                    );
+                }
+                Err(e) => {
+                    let reason = write_failure(conn.state, e);
+                    self.close(id, reason);
+                    return Queued::Gone;
+                }
+            }
         }
         let queued = conn.out.len();
         if queued + frame.len() > limit {
@@ -697,7 +793,7 @@ impl<S> Ctx<S> {
         let Some(conn) = self.conns.get_mut(id.0) else {
             return;
         };
-        if conn.out.is_empty() {
+        if !conn.has_pending_output() {
             let reason = if conn.state == State::ReadClosed {
                 CloseReason::Done
             } else {
@@ -715,12 +811,41 @@ impl<S> Ctx<S> {
         let Some(conn) = self.conns.get_mut(id.0) else {
             return;
         };
-        if conn.out.is_empty() {
+        if conn.tls.is_some() {
+            // TLS: close_notify goes after the queued plaintext (see on_drained).
+            conn.shutdown_write_when_drained = true;
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(id.0);
+            }
+        } else if conn.out.is_empty() {
             let _ = conn.stream.shutdown(Shutdown::Write);
             trace!(self.tracer, "{id}: write side shut down");
         } else {
             conn.shutdown_write_when_drained = true;
         }
+    }
+
+    /// Makes a connection a TLS client session (after connecting): the
+    /// handshake starts at the end of this turn, and the command sees only
+    /// plaintext from then on.
+    pub fn start_tls(
+        &mut self,
+        id: ConnId,
+        config: Arc<rustls::ClientConfig>,
+        server_name: rustls::pki_types::ServerName<'static>,
+    ) -> Result<(), rustls::Error> {
+        let Some(conn) = self.conns.get_mut(id.0) else {
+            return Ok(());
+        };
+        let mut session = rustls::ClientConnection::new(config, server_name)?;
+        session.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
+        conn.tls = Some(Box::new(session.into()));
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(id.0);
+        }
+        Ok(())
     }
 
     // ----- Stdin, deadlines, the loop itself ---------------------------------
@@ -749,11 +874,11 @@ impl<S> Ctx<S> {
         self.stdin.as_ref().map(|s| s.kind())
     }
 
-    /// Calls back with [`Event::Timer`]`(id)` at `at`. Ids below 2^63 are the command's.
+    /// Calls back with [`Event::Timer`]`(id)` at `at`. Ids below 2^62 are the command's.
     pub fn set_timer(&mut self, at: Instant, id: u64) {
         debug_assert!(
-            id & RESUME_READING_TIMER == 0,
-            "timer ids >= 2^63 are the reactor's"
+            id & REACTOR_TIMERS == 0,
+            "timer ids >= 2^62 are the reactor's"
         );
         self.timers.add(at, id);
     }
@@ -829,6 +954,9 @@ impl<S> Ctx<S> {
                                 *self.per_ip.entry(peer.ip()).or_insert(0) += 1;
                                 self.conns[id.0].counted_per_ip = true;
                             }
+                            if let Some(config) = self.config.tls_server.clone() {
+                                self.start_tls_server(id, config);
+                            }
                             if let Some(limit) = self.config.rate_limit {
                                 self.conns[id.0].throttle =
                                     Some(Box::new(Throttle::new(limit, Instant::now())));
@@ -900,22 +1028,27 @@ impl<S> Ctx<S> {
             return false;
         };
         drop(spare);
-        let accepted = self.listeners[index].socket.accept();
-        self.spare_fd = File::open("/dev/null").ok();
-        match accepted {
+        let go_on = match self.listeners[index].socket.accept() {
             Ok((stream, peer)) => {
                 self.stats.refused += 1;
                 log::warn!("refused {peer}: out of file descriptors ({error})");
                 refuse(stream, &self.config.full_notice);
                 true
             }
-            Err(_) => {
-                if self.spare_fd.is_none() {
-                    self.listeners[index].paused = true;
-                }
-                false
-            }
+            Err(_) => false,
+        };
+        // Only now, with the refused client's descriptor closed, is there one
+        // to take back; taken earlier, the refused socket would still hold it
+        // and the next client would find no spare.
+        self.spare_fd = File::open("/dev/null").ok();
+        if self.spare_fd.is_none() {
+            log::warn!(
+                "out of file descriptors ({error}); accepting paused until a connection closes"
+            );
+            self.listeners[index].paused = true;
+            return false;
         }
+        go_on
     }
 
     fn on_conn_event<H: Handler<Conn = S>>(
@@ -1013,7 +1146,7 @@ impl<S> Ctx<S> {
                 );
                 return;
             }
-            match conn.stream.read(&mut scratch[..room]) {
+            match conn.read_plain(&mut scratch[..room]) {
                 Ok(0) => {
                     conn.state = State::ReadClosed;
                     trace!(self.tracer, "{id}: peer closed its write side (EOF)");
@@ -1021,11 +1154,11 @@ impl<S> Ctx<S> {
                     return;
                 }
                 Ok(n) => {
-                    conn.bytes_in += n as u64;
                     if let Some(bytes) = conn.throttle.as_mut().and_then(|t| t.bytes.as_mut()) {
                         bytes.take(n as f64, Instant::now());
                     }
-                    let short = n < room && !conn.peer_hup;
+                    // TLS yields plaintext record by record: a short read says nothing there.
+                    let short = n < room && !conn.peer_hup && conn.tls.is_none();
                     trace!(self.tracer, "{id}: read {n} B");
                     handler.handle(self, Event::Data(id, &scratch[..n]));
                     if short {
@@ -1039,8 +1172,22 @@ impl<S> Ctx<S> {
                         return;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // TLS may have answered a handshake message: watch for
+                    // writability; a half-close that waited for the handshake may go now.
+                    if conn.tls.is_some() {
+                        if conn.shutdown_write_when_drained && !conn.tls_handshaking() {
+                            self.mark_dirty(key);
+                        }
+                        self.after_output_change(key);
+                    }
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    self.close(id, CloseReason::Protocol(e.to_string()));
+                    return;
+                }
                 Err(e) => {
                     self.close(id, CloseReason::Io(e));
                     return;
@@ -1056,18 +1203,23 @@ impl<S> Ctx<S> {
             return;
         };
         conn.dirty = false;
-        if conn.doomed || conn.out.is_empty() {
+        if conn.doomed {
             return;
         }
-        match conn.out.write_to(&mut conn.stream) {
+        if !conn.has_pending_output() {
+            if conn.shutdown_write_when_drained {
+                self.on_drained(handler, key);
+            }
+            return;
+        }
+        match conn.write_out() {
             Ok(n) => {
-                conn.bytes_out += n as u64;
                 trace!(
                     self.tracer,
                     "{id}: wrote {n} B, {} B still queued",
                     conn.out.len()
                 );
-                if conn.out.is_empty() {
+                if !conn.has_pending_output() {
                     self.on_drained(handler, key);
                 } else if conn.read_paused && conn.out.len() < self.config.out_limit {
                     self.resume_reading(key);
@@ -1075,11 +1227,7 @@ impl<S> Ctx<S> {
                 self.after_output_change(key);
             }
             Err(e) => {
-                let reason = if conn.state == State::ReadClosed {
-                    CloseReason::PeerGone
-                } else {
-                    CloseReason::Io(e)
-                };
+                let reason = write_failure(conn.state, e);
                 self.close(id, reason);
             }
         }
@@ -1092,14 +1240,62 @@ impl<S> Ctx<S> {
         }
         let conn = &mut self.conns[key];
         if conn.shutdown_write_when_drained {
-            conn.shutdown_write_when_drained = false;
-            let _ = conn.stream.shutdown(Shutdown::Write);
-            trace!(self.tracer, "conn#{key}: drained, write side shut down");
+            match conn.tls.as_mut() {
+                // Not before the handshake ends: its last flight drains again.
+                Some(tls) if tls.is_handshaking() => {}
+                // TLS says goodbye after the last plaintext; the socket follows once that is out.
+                Some(tls) if !conn.tls_close_sent => {
+                    tls.send_close_notify();
+                    conn.tls_close_sent = true;
+                    if !conn.dirty {
+                        conn.dirty = true;
+                        self.dirty.push(key);
+                    }
+                    return;
+                }
+                _ => {
+                    conn.shutdown_write_when_drained = false;
+                    let _ = conn.stream.shutdown(Shutdown::Write);
+                    trace!(self.tracer, "conn#{key}: drained, write side shut down");
+                }
+            }
         }
         if conn.state == State::Flushing {
             self.close(ConnId(key), CloseReason::Done);
         } else {
             handler.handle(self, Event::Drained(ConnId(key)));
+        }
+    }
+
+    /// Makes an accepted connection a TLS server session, with a deadline for its handshake.
+    fn start_tls_server(&mut self, id: ConnId, config: Arc<rustls::ServerConfig>) {
+        match rustls::ServerConnection::new(config) {
+            Ok(mut session) => {
+                session.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
+                self.conns[id.0].tls = Some(Box::new(session.into()));
+                self.timers.add(
+                    Instant::now() + crate::tls::HANDSHAKE_TIMEOUT,
+                    HANDSHAKE_TIMER | id.0 as u64,
+                );
+            }
+            Err(e) => self.close(id, CloseReason::Protocol(format!("tls: {e}"))),
+        }
+    }
+
+    /// A TLS handshake deadline passed: a connection still handshaking is closed
+    /// (a stalled client costs one descriptor for a bounded time, and nobody waits for it).
+    fn check_handshake(&mut self, key: usize) {
+        let stalled = self.conns.get(key).is_some_and(|c| {
+            c.tls_handshaking() && (Instant::now() - c.since) >= crate::tls::HANDSHAKE_TIMEOUT
+        });
+        if stalled {
+            self.close(
+                ConnId(key),
+                CloseReason::Protocol(format!(
+                    "tls handshake not finished within {} s",
+                    crate::tls::HANDSHAKE_TIMEOUT.as_secs()
+                )),
+            );
         }
     }
 
@@ -1115,6 +1311,16 @@ impl<S> Ctx<S> {
                     self.tracer,
                     "conn#{key}: rate-limit pause over, reads resumed"
                 );
+            }
+        }
+    }
+
+    /// Puts a connection on the list written at the end of this turn.
+    fn mark_dirty(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(key);
             }
         }
     }
@@ -1211,19 +1417,31 @@ impl<S> Ctx<S> {
         if event.is_writable() && self.udp_writable_wanted {
             handler.handle(self, Event::UdpWritable);
         }
+        if event.is_error() {
+            self.read_udp_errors(handler);
+        }
         if event.is_readable() || event.is_error() {
             self.read_udp(handler, scratch);
         }
     }
 
+    /// Reads datagrams until `WouldBlock` or the read budget (then: the ready list).
     fn read_udp<H: Handler<Conn = S>>(&mut self, handler: &mut H, scratch: &mut [u8]) {
         let mut budget = self.config.read_budget;
         loop {
             let Some(socket) = self.udp.as_ref() else {
                 return;
             };
-            match socket.recv_from(scratch) {
-                Ok((n, from)) => {
+            match udp::recv_datagram(socket, scratch) {
+                Ok(datagram) => {
+                    let n = datagram.len;
+                    let from = datagram.from;
+                    if let Some(dropped) = datagram.drops {
+                        self.udp_dropped = dropped;
+                    }
+                    if datagram.truncated {
+                        log::warn!("udp: a datagram from {from} was cut to {n} B");
+                    }
                     trace!(self.tracer, "udp: {n} B from {from}");
                     handler.handle(self, Event::Datagram(&scratch[..n], from));
                     budget = budget.saturating_sub(n.max(1));
@@ -1234,9 +1452,55 @@ impl<S> Ctx<S> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if udp::is_icmp_error(&e) => {
+                    // An ICMP report was pending; its details wait on the error queue.
+                    if !self.read_udp_errors(handler) {
+                        handler.handle(self, Event::UdpError(e));
+                    }
+                }
                 Err(e) => {
                     trace!(self.tracer, "udp: error {e}");
                     handler.handle(self, Event::UdpError(e));
+                    // Do not spin on an error that repeats; come back next turn.
+                    self.ready.push(Source::Udp);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Drains the UDP socket's error queue (ICMP reports); returns whether it held any.
+    fn read_udp_errors<H: Handler<Conn = S>>(&mut self, handler: &mut H) -> bool {
+        let mut any = false;
+        loop {
+            let Some(socket) = self.udp.as_ref() else {
+                return any;
+            };
+            match udp::recv_error(socket) {
+                Ok(None) => return any,
+                Ok(Some(report)) => {
+                    any = true;
+                    trace!(
+                        self.tracer,
+                        "udp: error queue: {} about {:?} (ICMP from {:?})",
+                        report.error,
+                        report.peer,
+                        report.offender
+                    );
+                    let event = match report.peer {
+                        Some(peer) if report.port_unreachable => Event::PeerUnreachable(peer),
+                        Some(peer) => Event::UdpError(io::Error::new(
+                            report.error.kind(),
+                            format!("{peer}: {}", report.error),
+                        )),
+                        None => Event::UdpError(report.error),
+                    };
+                    handler.handle(self, event);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    trace!(self.tracer, "udp: reading the error queue: {e}");
+                    return any;
                 }
             }
         }
@@ -1361,6 +1625,16 @@ impl<S> Ctx<S> {
         }
         self.tracer
             .line(format_args!("event {role}: {}", flags.join("|")));
+    }
+}
+
+/// Why a connection ends when a write fails: a peer that already closed its
+/// side simply left before taking everything; otherwise it is an I/O error.
+fn write_failure(state: State, error: io::Error) -> CloseReason {
+    if state == State::ReadClosed {
+        CloseReason::PeerGone
+    } else {
+        CloseReason::Io(error)
     }
 }
 

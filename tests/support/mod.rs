@@ -147,6 +147,49 @@ impl Drop for Proc {
     }
 }
 
+/// Runs `sockloop ARGS` with `input` piped to stdin, collecting stdout and
+/// stderr; returns (exit code, stdout, stderr). Kills it and fails the test
+/// after `within`.
+pub fn run_with_input(args: &[&str], input: Vec<u8>, within: Duration) -> (i32, Vec<u8>, String) {
+    let mut cmd = sockloop(args);
+    cmd.stdin(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn sockloop");
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = stdout.read_to_end(&mut out);
+        out
+    });
+    let mut stderr = child.stderr.take().unwrap();
+    let err_reader = thread::spawn(move || {
+        let mut err = String::new();
+        let _ = stderr.read_to_string(&mut err);
+        err
+    });
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("sockloop {args:?} did not finish within {within:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    writer.join().unwrap();
+    (
+        status.code().unwrap_or(-1),
+        reader.join().unwrap(),
+        err_reader.join().unwrap(),
+    )
+}
+
 /// Parses the last word of a line as a socket address.
 pub fn last_word_addr(line: &str) -> SocketAddr {
     line.split_whitespace()

@@ -1,0 +1,285 @@
+//! `sockloop chat client`: one participant of the TCP chat.
+//!
+//! Stdin and the socket are sources of one poll: every line typed goes out
+//! as a framed chat message as soon as it is complete, and every message
+//! that arrives is printed at once, whichever comes first. At the end of
+//! stdin the client says it leaves (the `<LEAVES THE CHAT>` message, then the
+//! zero-length frame), shuts down its sending side, prints whatever still
+//! arrives and exits 0 when the server closes. If the server goes first, the
+//! client says so on stderr and exits 0.
+//!
+//! It never holds more than [`OUT_LIMIT`] bytes of unsent messages: reading
+//! stdin pauses until the server takes them.
+
+use std::time::Duration;
+
+use clap::Args as ClapArgs;
+
+use super::chat::{hint, ChatInput, FramingArgs, Typed};
+use crate::addr;
+use crate::chat_msg;
+use crate::conn::CloseReason;
+use crate::error::{Error, Result};
+use crate::framing::{self, Decoder, Frame, FrameConfig};
+use crate::net;
+use crate::reactor::{Config, ConnId, Ctx, Event, Handler, Reactor};
+use crate::sys;
+
+/// Unsent output at which reading stdin pauses.
+pub const OUT_LIMIT: usize = 1024 * 1024;
+
+/// How long to wait, after leaving, for the server to close the connection.
+pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Shown once the name is known (at a terminal only).
+const HINT: &str = "Type a message and press Enter to send it; end input (Ctrl+D) to leave.";
+
+/// Timer: the server did not close after we left.
+const TIMER_LEAVE: u64 = 1;
+
+/// The long `--help` text of `chat client` (also used by `cli.rs`, whose doc
+/// comment on the subcommand would otherwise replace it).
+pub const LONG_ABOUT: &str =
+    "TCP chat client: sends each line typed on stdin to a chat server as a framed \
+    chat message '[TIMESTAMP] NAME:\\n\\tTEXT', and prints every message that arrives on \
+    stdout, as soon as it arrives.\n\n\
+    Without --name it asks for one ('Enter your username to start the chat:') and takes \
+    the first line. Empty lines are not sent. At the end of input (Ctrl+D) it sends \
+    '<LEAVES THE CHAT>' and the zero-length frame, prints what still arrives and exits 0 \
+    once the server closes. When the server goes away first it says so and exits 0.";
+
+/// Command-line options of `chat client`.
+#[derive(Debug, Clone, ClapArgs)]
+#[command(
+    about = "TCP chat client: your lines to the chat, everyone's messages to stdout",
+    long_about = LONG_ABOUT,
+    after_help = "Examples:\n  sockloop chat client localhost:8080 --name Bob\n  \
+        printf 'hello\\nbye\\n' | sockloop chat client 127.0.0.1:8080 --name script\n  \
+        sockloop chat client [::1]:8080 --length-bytes 4"
+)]
+pub struct Args {
+    /// The server: HOST:PORT, [IPv6]:PORT or IPv4:PORT.
+    pub server: String,
+    /// Your name in the chat (asked for on stdin when missing).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The framing both ends agreed on.
+    #[command(flatten)]
+    pub framing: FramingArgs,
+}
+
+/// The client's handler: one connection, stdin and stdout.
+struct ChatClient {
+    conn: ConnId,
+    frames: FrameConfig,
+    /// Splits what the server sends into frames.
+    decoder: Decoder,
+    /// The user's name and lines.
+    input: ChatInput,
+    /// Scratch buffer for one outgoing frame; reused.
+    wire: Vec<u8>,
+    /// Scratch buffer for one stdout line; reused.
+    stdout: Vec<u8>,
+    /// We said goodbye: the zero-length frame is sent, our side shut down.
+    leaving: bool,
+    outcome: Result<()>,
+}
+
+impl Handler for ChatClient {
+    type Conn = ();
+
+    fn handle(&mut self, cx: &mut Ctx<()>, event: Event<'_>) {
+        match event {
+            Event::Stdin(bytes) => {
+                if self.leaving {
+                    return;
+                }
+                let ChatClient {
+                    conn,
+                    frames,
+                    input,
+                    wire,
+                    ..
+                } = self;
+                input.feed(bytes, |typed| on_typed(cx, *conn, *frames, wire, typed));
+                self.regulate_stdin(cx);
+            }
+            Event::Drained(_) => self.regulate_stdin(cx),
+            Event::StdinEof => self.leave(cx),
+            Event::Data(_, bytes) => self.on_data(cx, bytes),
+            Event::PeerClosed(conn) => {
+                if !self.leaving {
+                    log::warn!("the server closed the connection");
+                }
+                cx.close(conn, CloseReason::Done);
+                cx.stop();
+            }
+            Event::Closed(_, reason) => {
+                match reason {
+                    CloseReason::Done | CloseReason::Protocol(_) => {}
+                    other if self.leaving => log::debug!("connection closed: {other}"),
+                    other => log::warn!("connection to the server lost: {other}"),
+                }
+                cx.stop();
+            }
+            Event::Timer(TIMER_LEAVE) => {
+                log::warn!(
+                    "the server did not close the connection within {LEAVE_TIMEOUT:?} of our leaving; closing it"
+                );
+                cx.stop();
+            }
+            Event::Signal(_) => {
+                self.leave(cx);
+                cx.stop();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One thing typed: a name is remembered by the input; a line is sent.
+fn on_typed(cx: &mut Ctx<()>, conn: ConnId, frames: FrameConfig, wire: &mut Vec<u8>, typed: Typed) {
+    match typed {
+        Typed::Name(_) => hint(HINT),
+        Typed::Text { name, text } => send_message(cx, conn, frames, wire, name, text),
+    }
+}
+
+/// Frames `[now] NAME:\n\tTEXT` and sends it; a message over `--max-frame` is not sent.
+fn send_message(
+    cx: &mut Ctx<()>,
+    conn: ConnId,
+    frames: FrameConfig,
+    wire: &mut Vec<u8>,
+    name: &str,
+    text: &str,
+) {
+    let message = chat_msg::format_now(name, text);
+    wire.clear();
+    match framing::encode_into(wire, message.as_bytes(), frames) {
+        Ok(()) => cx.send(conn, wire),
+        Err(error) => log::warn!("not sent: {error} (--max-frame)"),
+    }
+}
+
+impl ChatClient {
+    /// Messages from the server: print each; a zero-length frame means it is closing.
+    fn on_data(&mut self, cx: &mut Ctx<()>, bytes: &[u8]) {
+        let mut closing = false;
+        let mut print_error = None;
+        let ChatClient {
+            decoder, stdout, ..
+        } = self;
+        let result = decoder.feed(bytes, |frame| match frame {
+            Frame::Message { text, .. } => {
+                if print_error.is_none() {
+                    stdout.clear();
+                    stdout.extend_from_slice(text.as_bytes());
+                    stdout.push(b'\n');
+                    if let Err(e) = sys::write_all_fd(1, stdout) {
+                        print_error = Some(e);
+                    }
+                }
+            }
+            Frame::Close => closing = true,
+        });
+        if let Some(error) = print_error {
+            if error.kind() != std::io::ErrorKind::BrokenPipe {
+                self.outcome = Err(Error::io("writing to stdout", error));
+            }
+            // A closed pipe: whoever read our output has had enough.
+            cx.close(self.conn, CloseReason::Local("stdout closed"));
+            cx.stop();
+            return;
+        }
+        if let Err(error) = result {
+            self.outcome = Err(Error::Failed(format!(
+                "the server sent a bad frame: {error}"
+            )));
+            cx.close(self.conn, CloseReason::Protocol(error.to_string()));
+            cx.stop();
+            return;
+        }
+        if closing {
+            if !self.leaving {
+                log::warn!("the server closed the chat");
+            }
+            cx.close(self.conn, CloseReason::Done);
+            cx.stop();
+        }
+    }
+
+    /// Says goodbye: the last unterminated line, the leave message, the
+    /// zero-length frame; then shuts down our sending side and waits for the
+    /// server to close (at most [`LEAVE_TIMEOUT`]).
+    fn leave(&mut self, cx: &mut Ctx<()>) {
+        if self.leaving {
+            return;
+        }
+        self.leaving = true;
+        let ChatClient {
+            conn,
+            frames,
+            input,
+            wire,
+            ..
+        } = self;
+        input.finish(|typed| on_typed(cx, *conn, *frames, wire, typed));
+        if let Some(name) = input.name() {
+            send_message(cx, *conn, *frames, wire, name, chat_msg::LEAVE_TEXT);
+        }
+        cx.send(self.conn, framing::close_frame(self.frames));
+        cx.shutdown_write(self.conn);
+        cx.set_timer_in(LEAVE_TIMEOUT, TIMER_LEAVE);
+    }
+
+    /// Pauses stdin while too much is waiting to go out.
+    fn regulate_stdin(&mut self, cx: &mut Ctx<()>) {
+        let queued = cx.conn(self.conn).map_or(0, |c| c.out_len());
+        if queued >= OUT_LIMIT {
+            cx.pause_stdin();
+        } else {
+            cx.resume_stdin();
+        }
+    }
+}
+
+/// Runs the chat client until the chat ends (see the module docs).
+pub fn run(args: &Args, trace: bool) -> Result<()> {
+    let frames = args.framing.config()?;
+    let config = Config {
+        stdin: true,
+        trace,
+        out_limit: OUT_LIMIT,
+        // Messages from the server are read and printed whatever our own
+        // output does: reading is what lets the server make progress.
+        pause_reads_when_full: false,
+        ..Config::default()
+    };
+    let mut reactor = Reactor::new(config).map_err(|e| Error::io("starting the event loop", e))?;
+    let server = addr::resolve(&args.server)?;
+    let stream = net::connect_tcp(server)?;
+    log::info!("connected to {server}");
+    let conn = reactor
+        .cx()
+        .adopt(stream, server, (), false)
+        .map_err(|e| Error::io("registering the connection", e))?;
+    let input = ChatInput::new(args.name.as_deref(), frames.max_frame);
+    if input.name().is_some() {
+        hint(HINT);
+    }
+    let mut client = ChatClient {
+        conn,
+        frames,
+        decoder: Decoder::new(frames),
+        input,
+        wire: Vec::new(),
+        stdout: Vec::new(),
+        leaving: false,
+        outcome: Ok(()),
+    };
+    reactor
+        .run(&mut client)
+        .map_err(|e| Error::io("polling", e))?;
+    client.outcome
+}
