@@ -8,7 +8,7 @@
 mod support;
 
 use std::io::{BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -473,10 +473,10 @@ fn ctrl_c_ends_the_run_early_and_still_prints_the_summary() {
     stress.wait_line("(interrupted)", Duration::from_secs(2));
 }
 
-/// A chat relay (a thread per client, 2-byte length prefix): every frame goes
-/// to every other client. With `drop_frame: Some(n)`, the n-th frame relayed
-/// is not delivered to one of its recipients.
-fn relay(drop_frame: Option<u64>) -> SocketAddr {
+/// A chat relay (a thread per client, 2-byte length prefix) that relays
+/// every frame to every other client, except that the `drop_frame`-th frame
+/// it relays is not delivered to one of its recipients.
+fn lossy_relay(drop_frame: u64) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let clients: Arc<Mutex<Vec<(usize, TcpStream)>>> = Arc::default();
@@ -507,7 +507,7 @@ fn relay(drop_frame: Option<u64>) -> SocketAddr {
                         break;
                     }
                     let number = relayed.fetch_add(1, Ordering::SeqCst);
-                    let mut skip = drop_frame == Some(number);
+                    let mut skip = drop_frame == number;
                     for (other, stream) in clients.lock().unwrap().iter_mut() {
                         if *other == id {
                             continue;
@@ -548,7 +548,16 @@ fn chat_run(addr: SocketAddr) -> Outcome {
 
 #[test]
 fn chat_delivers_every_frame_to_every_other_client_in_order() {
-    let outcome = chat_run(relay(None));
+    let mut server = Proc::start(sockloop(&[
+        "chat",
+        "server",
+        "--relay-only",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        "0",
+    ]));
+    let outcome = chat_run(server.listening_addr());
     assert_eq!(outcome.code, Some(0), "stderr:\n{}", outcome.stderr);
     assert_fields(
         &outcome,
@@ -579,7 +588,7 @@ fn chat_delivers_every_frame_to_every_other_client_in_order() {
 
 #[test]
 fn chat_catches_a_relay_that_drops_one_frame() {
-    let outcome = chat_run(relay(Some(200)));
+    let outcome = chat_run(lossy_relay(200));
     assert_eq!(outcome.code, Some(1), "stderr:\n{}", outcome.stderr);
     assert_eq!(outcome.num("lost"), 1.0);
     assert_eq!(outcome.num("out_of_order"), 1.0);
@@ -609,38 +618,21 @@ fn udp_to_its_own_socket_sees_every_datagram() {
     assert!(outcome.num("generator/loop_utilisation") >= 0.0);
 }
 
-/// `I` of a `[TIMESTAMP] NAME:\n\tNumber I` datagram, read independently of sockloop.
-fn number_in(datagram: &[u8]) -> Option<u64> {
-    let text = std::str::from_utf8(datagram).ok()?;
-    let (_, rest) = text.split_once("\n\tNumber ")?;
-    rest.split(' ').next()?.parse().ok()
-}
-
 #[test]
-fn udp_to_a_receiver_agrees_with_what_the_receiver_counted() {
-    // The receiver: a plain socket with a large buffer on a thread, counting distinct numbers.
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
-    let _ = socket.set_recv_buffer_size(8 << 20);
-    socket
-        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    let receiver: UdpSocket = socket.into();
-    receiver
-        .set_read_timeout(Some(Duration::from_millis(1500)))
-        .unwrap();
-    let addr = receiver.local_addr().unwrap();
-    let counter = thread::spawn(move || {
-        let mut seen = std::collections::HashSet::new();
-        let mut datagrams = 0u64;
-        let mut buf = [0u8; 2048];
-        while let Ok(n) = receiver.recv(&mut buf) {
-            datagrams += 1;
-            if let Some(i) = number_in(&buf[..n]) {
-                seen.insert(i);
-            }
-        }
-        (datagrams, seen.len() as u64)
-    });
+fn udp_to_sockloop_udp_sink_agrees_with_the_sink_report() {
+    let mut sink = Proc::start(sockloop(&[
+        "udp-sink",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--count",
+        "10000",
+        "--rcvbuf",
+        "4000000",
+        "--json",
+    ]));
+    let addr = sink.listening_addr();
     let outcome = run(
         &[
             "stress",
@@ -649,7 +641,7 @@ fn udp_to_a_receiver_agrees_with_what_the_receiver_counted() {
             "--count",
             "10000",
             "--rate",
-            "20000",
+            "10000",
             "--size",
             "100",
             "--json",
@@ -657,11 +649,29 @@ fn udp_to_a_receiver_agrees_with_what_the_receiver_counted() {
         Duration::from_secs(20),
     );
     assert_eq!(outcome.code, Some(0), "stderr:\n{}", outcome.stderr);
-    let (datagrams, unique) = counter.join().unwrap();
+    assert_documented(outcome.json());
     assert_eq!(outcome.json()["to_self"], false);
-    assert_eq!(outcome.num("sent"), 10000.0);
-    assert_eq!(datagrams, 10000, "the receiver's count");
-    assert_eq!(unique, 10000, "distinct numbers the receiver saw");
+    assert_eq!(outcome.json()["sink"], Value::Null);
     assert_eq!(outcome.num("send_errors/total"), 0.0);
-    assert!(outcome.stderr.contains("reports what arrived there"));
+    // The sink ends by itself once all 10,000 numbers arrived.
+    let status = sink.wait_exit(Duration::from_secs(10));
+    assert!(status.success());
+    let mut report = String::new();
+    sink.child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut report)
+        .unwrap();
+    let report: Value = serde_json::from_str(report.trim()).expect("udp-sink JSON");
+    let sent = outcome.num("sent");
+    assert_eq!(sent, 10000.0);
+    assert_eq!(report["received"].as_f64(), Some(sent), "{report}");
+    assert_eq!(report["unique"].as_f64(), Some(sent), "{report}");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["duplicated"], 0, "{report}");
+    assert_eq!(
+        report["not_stream"], 0,
+        "the sink read every message: {report}"
+    );
 }

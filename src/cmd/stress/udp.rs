@@ -3,21 +3,20 @@
 //! Sends `--count` numbered chat messages (`[TIMESTAMP] stress:\n\tNumber I`,
 //! the format `udp-stream` uses, so `udp-chat` and `udp-sink` understand
 //! them) to a target at `--rate` per second, from the reactor's one UDP
-//! socket. Every datagram that arrives on that socket goes through a small
-//! sink that reports received, unique, lost, reordered (with the largest
-//! distance) and duplicated. Without a target the stream is sent to the
+//! socket. Every datagram that arrives on that socket is counted the way
+//! `udp-sink` counts ([`crate::stream::Sequences`]): received, unique, lost,
+//! reordered (with the largest distance) and duplicated. Without a target the stream is sent to the
 //! socket itself, so one command measures a whole UDP path on this machine;
 //! with a target (say `sockloop udp-sink`), the target's own report tells
 //! what arrived, and this one tells what was sent.
 //!
-//! The sender keeps one message buffer and rewrites it per datagram; the
-//! sink keeps one bit per message number. Neither allocates per datagram.
+//! The sender keeps one message buffer and rewrites it per datagram (the
+//! timestamp part once per batch); the sink keeps one bit per message number.
 
-use std::io::{self, Write as _};
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use chrono::Local;
 use clap::Args as ClapArgs;
 
 use super::report::{self, Json, Tally};
@@ -29,7 +28,9 @@ use crate::chat_msg;
 use crate::error::{Error, Result};
 use crate::net;
 use crate::reactor::{Ctx, Event, Handler, LoopStats};
+use crate::stream::{self, Sequences};
 use crate::sys;
+use crate::udp::{self, Sent};
 
 /// The sender name in every message.
 const NAME: &str = "stress";
@@ -71,8 +72,7 @@ pub struct Args {
     /// Messages per second (0: as fast as the socket takes them).
     #[arg(long, value_name = "R", default_value_t = 10_000.0)]
     pub rate: f64,
-    /// Pad each datagram to this many bytes (0: no padding; the text becomes
-    /// "Number I ....").
+    /// Pad each message's TEXT to this many bytes ('Number 7 ......'), as udp-stream does.
     #[arg(long, value_name = "B", default_value_t = 0)]
     pub size: usize,
     /// Seconds to wait after the last datagram for stragglers.
@@ -83,85 +83,10 @@ pub struct Args {
     pub json: bool,
 }
 
-/// The built-in sink: which message numbers arrived, and in what order.
-#[derive(Debug)]
-pub struct Sink {
-    /// One bit per message number.
-    seen: Vec<u64>,
-    /// Numbers 0 .. count are ours.
-    count: u64,
-    /// Datagrams that carried one of our numbers.
-    pub received: u64,
-    /// Distinct numbers among them.
-    pub unique: u64,
-    /// Numbers that arrived again.
-    pub duplicated: u64,
-    /// Arrived after a higher number.
-    pub reordered: u64,
-    /// The largest (highest seen − number) of a reordered datagram.
-    pub max_distance: u64,
-    /// Datagrams that were not ours.
-    pub other: u64,
-    highest: Option<u64>,
-}
-
-impl Sink {
-    /// A sink for messages numbered `0 .. count`.
-    pub fn new(count: u64) -> Sink {
-        Sink {
-            seen: vec![0; count.div_ceil(64) as usize],
-            count,
-            received: 0,
-            unique: 0,
-            duplicated: 0,
-            reordered: 0,
-            max_distance: 0,
-            other: 0,
-            highest: None,
-        }
-    }
-
-    /// Takes one datagram.
-    pub fn on_datagram(&mut self, bytes: &[u8]) {
-        match message_number(bytes).filter(|i| *i < self.count) {
-            Some(i) => self.record(i),
-            None => self.other += 1,
-        }
-    }
-
-    fn record(&mut self, i: u64) {
-        self.received += 1;
-        let (word, bit) = ((i / 64) as usize, 1u64 << (i % 64));
-        if self.seen[word] & bit != 0 {
-            self.duplicated += 1;
-            return;
-        }
-        self.seen[word] |= bit;
-        self.unique += 1;
-        match self.highest {
-            Some(high) if i < high => {
-                self.reordered += 1;
-                self.max_distance = self.max_distance.max(high - i);
-            }
-            _ => self.highest = Some(i),
-        }
-    }
-
-    /// Numbers up to `sent` that never arrived (never negative).
-    pub fn lost(&self, sent: u64) -> u64 {
-        sent.saturating_sub(self.unique)
-    }
-}
-
 /// `I` out of `[TIMESTAMP] NAME:\n\tNumber I[ padding]`.
 pub fn message_number(bytes: &[u8]) -> Option<u64> {
     let text = std::str::from_utf8(bytes).ok()?;
-    let rest = chat_msg::parse(text)?.text.strip_prefix("Number ")?;
-    let digits = rest.split(' ').next()?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
+    stream::parse_number(chat_msg::parse(text)?.text)
 }
 
 /// The `stress udp` handler.
@@ -182,9 +107,14 @@ struct Udp {
     waits: u64,
     blocked: bool,
     timer_armed: bool,
-    sink: Sink,
+    /// The built-in sink: numbers that came back, counted as `udp-sink` counts.
+    sink: Sequences,
+    /// Datagrams that came back and were not ours.
+    other: u64,
+    /// ICMP reports that nothing listens at the target.
+    unreachable: u64,
     /// The one message buffer, rewritten per datagram.
-    buf: Vec<u8>,
+    buf: String,
     interrupted: bool,
     loop_start: LoopStats,
     loop_end: Option<LoopStats>,
@@ -205,7 +135,8 @@ impl Udp {
             return;
         }
         let now = self.elapsed_ns();
-        let stamp = chat_msg::isoformat(&Local::now().naive_local());
+        // "[TIMESTAMP] stress:\n\t", formatted once for the whole batch.
+        let head = chat_msg::format_now(NAME, "");
         let mut n = 0;
         while self.next < self.count {
             if let Some(period) = self.period_ns {
@@ -219,25 +150,26 @@ impl Udp {
                 self.arm(cx, Instant::now());
                 return;
             }
-            self.compose(&stamp, self.next);
-            let result = match cx.udp() {
-                Some(socket) => socket.send_to(&self.buf, self.target),
+            self.buf.clear();
+            self.buf.push_str(&head);
+            stream::write_text(&mut self.buf, self.next, self.size);
+            let sent = match cx.udp() {
+                Some(socket) => udp::send_to(socket, self.buf.as_bytes(), self.target),
                 None => return,
             };
-            match result {
-                Ok(_) => {
+            match sent {
+                Sent::Yes => {
                     self.sent += 1;
                     self.next += 1;
                     n += 1;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Sent::Full => {
                     self.waits += 1;
                     self.blocked = true;
                     cx.udp_want_writable(true);
                     return;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
+                Sent::Failed(e) => {
                     self.send_error(&e);
                     self.next += 1;
                     n += 1;
@@ -251,16 +183,6 @@ impl Udp {
         if !self.timer_armed {
             self.timer_armed = true;
             cx.set_timer(at, TIMER_SEND);
-        }
-    }
-
-    /// Writes message `i` into the buffer: chat format, padded to `--size`.
-    fn compose(&mut self, stamp: &str, i: u64) {
-        self.buf.clear();
-        let _ = write!(self.buf, "[{stamp}] {NAME}:\n\tNumber {i}");
-        if self.buf.len() < self.size {
-            self.buf.push(b' ');
-            self.buf.resize(self.size, b'.');
         }
     }
 
@@ -288,7 +210,7 @@ impl Udp {
         self.sending_done = Some(Instant::now());
         self.loop_end = Some(cx.stats());
         self.cpu_end = Some(sys::cpu_time());
-        if self.all_arrived() || (!self.to_self && self.sink.received == 0) {
+        if self.all_arrived() || (!self.to_self && self.sink.received() == 0) {
             cx.stop();
         } else {
             cx.set_timer_in(self.drain, TIMER_END);
@@ -296,7 +218,12 @@ impl Udp {
     }
 
     fn all_arrived(&self) -> bool {
-        self.sink.unique >= self.sent
+        self.sink.unique() >= self.sent
+    }
+
+    /// Numbers sent that have not come back (never negative).
+    fn lost(&self) -> u64 {
+        self.sent.saturating_sub(self.sink.unique())
     }
 
     fn progress(&mut self, cx: &mut Ctx<()>) {
@@ -306,20 +233,27 @@ impl Udp {
             TIMER_PROGRESS,
         );
         let (sent_before, received_before) = self.progress_last;
-        self.progress_last = (self.sent, self.sink.received);
+        self.progress_last = (self.sent, self.sink.received());
+        let arrivals = if self.to_self || self.sink.received() > 0 {
+            format!(
+                "received {}/s, not arrived (yet) {}",
+                report::count(self.sink.received() - received_before),
+                report::count(self.lost())
+            )
+        } else {
+            "arrivals are counted at the target".to_string()
+        };
         eprintln!(
-            "[{:>6.1}s] udp: sent {} of {} ({}/s), received {}/s, not arrived (yet) {}, errors {}",
+            "[{:>6.1}s] udp: sent {} of {} ({}/s), {arrivals}, errors {}",
             self.started.elapsed().as_secs_f64(),
             report::count(self.sent),
             report::count(self.count),
             report::count(self.sent - sent_before),
-            report::count(self.sink.received - received_before),
-            report::count(self.sink.lost(self.sent)),
             self.send_errors.total()
         );
     }
 
-    fn summary(&self, cx: &Ctx<()>, rcvbuf_before: Option<u64>, json_wanted: bool) -> Result<()> {
+    fn summary(&self, cx: &Ctx<()>, json_wanted: bool) -> Result<()> {
         let sending = self
             .sending_done
             .unwrap_or_else(Instant::now)
@@ -375,8 +309,16 @@ impl Udp {
         }
         self.send_errors.json(&mut json, "send_errors");
         json.u64("socket_full", self.waits);
+        json.u64("unreachable", self.unreachable);
+        if self.unreachable > 0 {
+            lines.push(format!(
+                "  {} ICMP report(s) that nothing listens at {}",
+                report::count(self.unreachable),
+                self.target
+            ));
+        }
         let sink = &self.sink;
-        if sink.received == 0 && !self.to_self {
+        if sink.received() == 0 && !self.to_self {
             lines.push(format!(
                 "  built-in sink: nothing came back to this socket; {} reports what arrived there",
                 self.target
@@ -385,42 +327,39 @@ impl Udp {
             lines.push(format!(
                 "  built-in sink: received {} (unique {}), lost {}, reordered {} (largest \
                  distance {}), duplicated {}, not ours {}",
-                report::count(sink.received),
-                report::count(sink.unique),
-                report::count(sink.lost(self.sent)),
-                report::count(sink.reordered),
-                report::count(sink.max_distance),
-                report::count(sink.duplicated),
-                report::count(sink.other)
+                report::count(sink.received()),
+                report::count(sink.unique()),
+                report::count(self.lost()),
+                report::count(sink.reordered()),
+                report::count(sink.max_reorder_distance()),
+                report::count(sink.duplicated()),
+                report::count(self.other)
             ));
         }
-        if sink.received == 0 && !self.to_self {
+        if sink.received() == 0 && !self.to_self {
             // Nothing came back: what arrived is the target's to say, not ours to call lost.
             json.null("sink");
         } else {
             json.begin("sink");
-            json.u64("received", sink.received);
-            json.u64("unique", sink.unique);
-            json.u64("lost", sink.lost(self.sent));
-            json.u64("reordered", sink.reordered);
-            json.u64("max_reorder_distance", sink.max_distance);
-            json.u64("duplicated", sink.duplicated);
-            json.u64("other", sink.other);
+            json.u64("received", sink.received());
+            json.u64("unique", sink.unique());
+            json.u64("lost", self.lost());
+            json.u64("reordered", sink.reordered());
+            json.u64("max_reorder_distance", sink.max_reorder_distance());
+            json.u64("duplicated", sink.duplicated());
+            json.u64("other", self.other);
             json.end();
         }
-        let drops = rcvbuf_before
-            .zip(rcvbuf_errors())
-            .map(|(before, after)| after.saturating_sub(before));
-        if let Some(drops) = drops {
+        let drops = cx.udp().and_then(|socket| udp::drops_now(socket).ok());
+        if let Some(drops) = drops.filter(|d| *d > 0 || self.to_self) {
             lines.push(format!(
-                "  kernel: {} datagram(s) dropped by full receive buffers on this machine \
-                 meanwhile (Udp RcvbufErrors, all sockets)",
-                report::count(drops)
+                "  this socket's full receive buffer dropped {} datagram(s) (SO_MEMINFO)",
+                report::count(u64::from(drops))
             ));
         }
         match drops {
-            Some(d) => json.u64("rcvbuf_errors", d),
-            None => json.null("rcvbuf_errors"),
+            Some(d) => json.u64("rcvbuf_drops", u64::from(d)),
+            None => json.null("rcvbuf_drops"),
         }
         let loop_end = self.loop_end.unwrap_or_else(|| cx.stats());
         let cpu_end = self.cpu_end.unwrap_or_else(sys::cpu_time);
@@ -454,7 +393,12 @@ impl Handler for Udp {
     fn handle(&mut self, cx: &mut Ctx<()>, event: Event<'_>) {
         match event {
             Event::Datagram(bytes, _) => {
-                self.sink.on_datagram(bytes);
+                match message_number(bytes) {
+                    Some(i) => {
+                        self.sink.record(i);
+                    }
+                    None => self.other += 1,
+                }
                 if self.sending_done.is_some() && self.all_arrived() {
                     cx.stop();
                 }
@@ -463,6 +407,12 @@ impl Handler for Udp {
                 self.blocked = false;
                 cx.udp_want_writable(false);
                 self.pump(cx);
+            }
+            Event::PeerUnreachable(peer) => {
+                if self.unreachable == 0 {
+                    log::warn!("{peer}: port unreachable (ICMP): nothing listens there");
+                }
+                self.unreachable += 1;
             }
             Event::UdpError(e) => self.send_error(&e),
             Event::Timer(TIMER_SEND) => {
@@ -485,16 +435,6 @@ impl Handler for Udp {
     }
 }
 
-/// The machine's `Udp: RcvbufErrors` counter, from `/proc/net/snmp`.
-fn rcvbuf_errors() -> Option<u64> {
-    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
-    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
-    let names = udp.next()?;
-    let values = udp.next()?;
-    let column = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
-    values.split_whitespace().nth(column)?.parse().ok()
-}
-
 /// Runs `stress udp`: stream, then wait for stragglers, then report.
 pub fn run(args: &Args, trace: bool) -> Result<()> {
     if !(args.rate >= 0.0 && args.rate.is_finite()) {
@@ -509,9 +449,11 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
             args.drain
         )));
     }
-    if args.size > MAX_DATAGRAM {
+    let longest = chat_msg::format_now(NAME, &stream::text(args.count - 1, args.size)).len();
+    if longest > MAX_DATAGRAM {
         return Err(Error::Usage(format!(
-            "--size must be at most {MAX_DATAGRAM} bytes (the largest UDP datagram), not {}",
+            "--size {}: a message would take {longest} bytes, more than one UDP datagram \
+             carries ({MAX_DATAGRAM})",
             args.size
         )));
     }
@@ -531,7 +473,6 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         .cx()
         .set_udp(socket)
         .map_err(|e| Error::io("registering the UDP socket", e))?;
-    let rcvbuf_before = rcvbuf_errors();
     let mut udp = Udp {
         target: target.unwrap_or(local),
         to_self: target.is_none(),
@@ -547,8 +488,10 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         waits: 0,
         blocked: false,
         timer_armed: false,
-        sink: Sink::new(args.count),
-        buf: Vec::with_capacity(args.size.max(128)),
+        sink: Sequences::expecting(args.count),
+        other: 0,
+        unreachable: 0,
+        buf: String::with_capacity(args.size + 64),
         interrupted: false,
         loop_start: reactor.cx().stats(),
         loop_end: None,
@@ -563,29 +506,12 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         .set_timer(udp.started + Duration::from_secs(1), TIMER_PROGRESS);
     udp.pump(reactor.cx());
     reactor.run(&mut udp).map_err(|e| Error::io("polling", e))?;
-    udp.summary(reactor.cx(), rcvbuf_before, args.json)
+    udp.summary(reactor.cx(), args.json)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_sink_counts_loss_reordering_and_duplicates_exactly() {
-        let mut sink = Sink::new(10);
-        for i in [0, 1, 3, 2, 2, 9, 5] {
-            sink.record(i);
-        }
-        sink.on_datagram(b"not a chat message");
-        assert_eq!(sink.received, 7);
-        assert_eq!(sink.unique, 6);
-        assert_eq!(sink.duplicated, 1);
-        assert_eq!(sink.reordered, 2); // 2 after 3, 5 after 9
-        assert_eq!(sink.max_distance, 4);
-        assert_eq!(sink.other, 1);
-        assert_eq!(sink.lost(10), 4);
-        assert_eq!(sink.lost(3), 0);
-    }
 
     #[test]
     fn message_numbers_are_read_from_the_chat_text() {
