@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use chrono::NaiveDate;
 use clap::{Args as ClapArgs, ValueEnum};
 
+use super::access_args::AccessArgs;
 use super::chat::{hint, ChatInput, FramingArgs, Typed};
 use crate::chat_msg;
 use crate::conn::CloseReason;
@@ -37,6 +38,7 @@ use crate::framing::{self, Decoder, Frame, FrameConfig};
 use crate::net;
 use crate::reactor::{signals, Config, ConnId, Ctx, Event, Handler, Queued, Reactor};
 use crate::sys;
+use crate::tls::ServerTlsArgs;
 
 /// The name the server speaks with when it has none of its own (`--relay-only`,
 /// or before its user has typed one).
@@ -115,6 +117,12 @@ pub struct Args {
     /// The framing both ends agreed on.
     #[command(flatten)]
     pub framing: FramingArgs,
+    /// Who may connect, and how fast each client may send.
+    #[command(flatten)]
+    pub access: AccessArgs,
+    /// TLS (applies to every TCP port of the server).
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
 }
 
 /// The policy for a client that does not keep up.
@@ -285,7 +293,10 @@ impl Hub {
         };
         let mut leaving = false;
         let result = decoder.feed(bytes, |frame| match frame {
-            Frame::Message { text, wire } => self.relay(cx, conn, text, wire),
+            Frame::Message { text, wire } => {
+                cx.charge_messages(conn, 1);
+                self.relay(cx, conn, text, wire)
+            }
             Frame::Close => leaving = true,
         });
         self.flush_stdout();
@@ -658,7 +669,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         Ok(frame) => frame.to_vec(),
         Err(_) => framing::close_frame(frames).to_vec(),
     };
-    let config = Config {
+    let mut config = Config {
         out_limit: args.max_backlog,
         pause_reads_when_full: false,
         max_conns: args.max_conns as usize,
@@ -667,6 +678,9 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         full_notice,
         ..Config::default()
     };
+    args.access.apply(&mut config);
+    config.tls_server = args.tls.config()?;
+    let tls = config.tls_server.is_some();
     let mut reactor = Reactor::new(config).map_err(|e| Error::io("starting the event loop", e))?;
     let listener = net::listen_tcp(args.bind, args.port)?;
     let index = reactor
@@ -689,7 +703,14 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     if let Some((_, every)) = idle {
         reactor.cx().set_timer_in(every, TIMER_IDLE_SWEEP);
     }
-    net::announce("chat server", addr);
+    net::announce(
+        if tls {
+            "chat server (TLS)"
+        } else {
+            "chat server"
+        },
+        addr,
+    );
     let input = if args.relay_only {
         None
     } else {
