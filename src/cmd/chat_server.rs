@@ -87,6 +87,9 @@ const TIMER_IDLE_SWEEP: u64 = 1;
 const TIMER_GRACE: u64 = 2;
 /// Timer: look for UDP peers silent for `--udp-peer-timeout`.
 const TIMER_UDP_SWEEP: u64 = 3;
+/// Timer bit: connection KEY (the low bits) may relay messages it had held
+/// back for being over its `--rate-limit`.
+const TIMER_RELEASE: u64 = 1 << 40;
 
 /// Receive buffer asked for the UDP socket when the system default is smaller.
 const MIN_UDP_RECV_BUFFER: usize = 256 * 1024;
@@ -266,6 +269,14 @@ pub struct Member {
     /// A notice may still be in its queue: no second one until the queue
     /// drains, so a client that does not read is not sent a stream of notices.
     notice_queued: bool,
+    /// Whole frames (or lines, each with its newline) that arrived while it
+    /// was over its `--rate-limit`, in order, to be relayed as its rate
+    /// allows. Reads are held while this is not empty, so it never holds more
+    /// than one read's worth; empty and unallocated otherwise.
+    held: Vec<u8>,
+    /// It ended its stream (or sent the zero-length frame) with messages
+    /// still held: it leaves once they are relayed.
+    leave_after_held: bool,
 }
 
 impl Default for Member {
@@ -279,6 +290,8 @@ impl Default for Member {
             missed: 0,
             reported: 0,
             notice_queued: false,
+            held: Vec::new(),
+            leave_after_held: false,
         }
     }
 }
@@ -423,6 +436,9 @@ impl Handler for Hub {
             }
             Event::Timer(TIMER_IDLE_SWEEP) => self.sweep_idle(cx),
             Event::Timer(TIMER_UDP_SWEEP) => self.sweep_udp(cx),
+            Event::Timer(id) if id & TIMER_RELEASE != 0 => {
+                self.release_held(cx, ConnId((id & !TIMER_RELEASE) as usize))
+            }
             Event::Timer(TIMER_GRACE) => {
                 log::warn!(
                     "shutdown: {} did not take their output within {:?}; closing anyway",
@@ -477,7 +493,8 @@ impl Hub {
         }
     }
 
-    /// Bytes from a client: decode its frames or lines and relay each one.
+    /// Bytes from a client: decode its frames or lines and relay each one
+    /// its `--rate-limit` allows; hold back the rest, in order.
     fn on_data(&mut self, cx: &mut Ctx<Member>, conn: ConnId, bytes: &[u8]) {
         let Some(member) = cx.state_mut(conn) else {
             return;
@@ -488,32 +505,121 @@ impl Hub {
         let Some(mut input) = member.input.take() else {
             return;
         };
+        let mut held = std::mem::take(&mut member.held);
+        let was_holding = !held.is_empty();
+        let mut wait = None;
         let mut leaving = false;
         let result = match &mut input {
             Input::Framed(decoder) => decoder
                 .feed(bytes, |frame| match frame {
                     Frame::Message { text, wire } => {
-                        cx.charge_messages(conn, 1);
-                        self.relay(cx, conn, text, wire)
+                        if held.is_empty() {
+                            match cx.take_message(conn) {
+                                Ok(()) => return self.relay(cx, conn, text, wire),
+                                Err(until) => wait = Some(until),
+                            }
+                        }
+                        held.extend_from_slice(wire);
                     }
                     Frame::Close => leaving = true,
                 })
                 .map_err(|error| error.to_string()),
             Input::Lines(lines) => lines
                 .feed(bytes, |line| {
-                    cx.charge_messages(conn, 1);
-                    self.on_line(cx, conn, line);
+                    if held.is_empty() {
+                        match cx.take_message(conn) {
+                            Ok(()) => return self.on_line(cx, conn, line),
+                            Err(until) => wait = Some(until),
+                        }
+                    }
+                    held.extend_from_slice(line);
+                    held.push(b'\n');
                 })
                 .map_err(|error| format!("{error} (--max-frame)")),
         };
         self.flush_stdout();
+        let holding = !held.is_empty();
         if let Some(member) = cx.state_mut(conn) {
             member.input = Some(input);
+            member.held = held;
+            member.leave_after_held |= leaving && holding;
+        }
+        if holding && !was_holding {
+            self.start_holding(cx, conn, wait.unwrap_or(Duration::ZERO));
         }
         match result {
             Err(why) => cx.close(conn, CloseReason::Protocol(why)),
-            Ok(()) if leaving => self.on_leaving(cx, conn),
+            Ok(()) if leaving && !holding => self.on_leaving(cx, conn),
             Ok(()) => {}
+        }
+    }
+
+    /// `conn` is over its `--rate-limit` with messages held: read nothing
+    /// more from it, and come back when its next message is due.
+    fn start_holding(&mut self, cx: &mut Ctx<Member>, conn: ConnId, wait: Duration) {
+        cx.hold_reads(conn);
+        cx.set_timer_in(wait, TIMER_RELEASE | conn.0 as u64);
+        if log::log_enabled!(log::Level::Debug) {
+            log::debug!("{conn}: over its --rate-limit; messages held for {wait:?}");
+        }
+    }
+
+    /// Relays the messages `conn` had held back, as many as its rate allows
+    /// now; reads resume once none are left.
+    fn release_held(&mut self, cx: &mut Ctx<Member>, conn: ConnId) {
+        let Some(member) = cx.state_mut(conn) else {
+            return;
+        };
+        if member.held.is_empty() {
+            return; // A stale deadline: the key may even belong to a newer client.
+        }
+        let mut held = std::mem::take(&mut member.held);
+        let line = member.line;
+        let prefix = self.frames.prefix.bytes();
+        let mut done = 0;
+        let mut wait = None;
+        while done < held.len() {
+            let rest = &held[done..];
+            // Whole items only: each was checked when it arrived.
+            let end = if line {
+                rest.iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(rest.len(), |i| i + 1)
+            } else {
+                let len = rest[..prefix]
+                    .iter()
+                    .fold(0usize, |n, &b| (n << 8) | usize::from(b));
+                (prefix + len).min(rest.len())
+            };
+            if let Err(until) = cx.take_message(conn) {
+                wait = Some(until);
+                break;
+            }
+            let item = &rest[..end];
+            if line {
+                self.on_line(cx, conn, &item[..item.len() - 1]);
+            } else if let Ok(text) = std::str::from_utf8(&item[prefix..]) {
+                self.relay(cx, conn, text, item);
+            }
+            done += end;
+        }
+        self.flush_stdout();
+        held.drain(..done);
+        let Some(member) = cx.state_mut(conn) else {
+            return;
+        };
+        if held.is_empty() {
+            let leave = std::mem::take(&mut member.leave_after_held);
+            cx.release_reads(conn);
+            if leave {
+                self.on_leaving(cx, conn);
+            }
+        } else {
+            member.held = held;
+            cx.set_timer_in(
+                wait.unwrap_or(Duration::ZERO),
+                TIMER_RELEASE | conn.0 as u64,
+            );
         }
     }
 
@@ -716,14 +822,38 @@ impl Hub {
     /// The peer shut down its sending side. A line client's last line may
     /// have had no newline: it still counts.
     fn on_peer_closed(&mut self, cx: &mut Ctx<Member>, conn: ConnId) {
-        let last = match cx.state_mut(conn).and_then(|m| m.input.as_mut()) {
+        let Some(member) = cx.state_mut(conn) else {
+            return;
+        };
+        let last = match member.input.as_mut() {
             Some(Input::Lines(lines)) => lines.finish(),
             _ => None,
         };
+        if !member.held.is_empty() {
+            // It leaves after what it said, at the pace its rate allows.
+            if let Some(line) = last {
+                member.held.extend_from_slice(&line);
+                member.held.push(b'\n');
+            }
+            member.leave_after_held = true;
+            return;
+        }
         if let Some(line) = last {
-            cx.charge_messages(conn, 1);
-            self.on_line(cx, conn, &line);
-            self.flush_stdout();
+            match cx.take_message(conn) {
+                Ok(()) => {
+                    self.on_line(cx, conn, &line);
+                    self.flush_stdout();
+                }
+                Err(wait) => {
+                    if let Some(member) = cx.state_mut(conn) {
+                        member.held = line;
+                        member.held.push(b'\n');
+                        member.leave_after_held = true;
+                    }
+                    self.start_holding(cx, conn, wait);
+                    return;
+                }
+            }
         }
         self.on_leaving(cx, conn);
     }
