@@ -505,3 +505,99 @@ fn a_denied_address_is_refused_while_another_chats() {
     ann.say("Ann", "served");
     bob.wait_for("Ann", "served");
 }
+
+#[test]
+fn a_client_over_its_rate_is_slowed_to_it_while_another_client_flows() {
+    const RATE: usize = 10;
+    const WINDOW: Duration = Duration::from_secs(3);
+    let rate = format!("{RATE}/s");
+    let (mut server, doors) = room_server(&["--rate-limit", &rate]);
+    let mut reader = Framed::connect(doors.tcp);
+    let mut fast = Framed::connect(doors.tcp);
+    let mut ann = Framed::connect(doors.tcp);
+    server.wait_line(", 3 clients)", LONG);
+
+    // Fast sends 300 messages at once, far over its rate; Ann sends a few,
+    // within hers, right after.
+    let burst: Vec<u8> = (0..300)
+        .flat_map(|i| {
+            let text = chat_msg::format_now("Fast", &format!("m{i}"));
+            let mut frame = (text.len() as u16).to_be_bytes().to_vec();
+            frame.extend_from_slice(text.as_bytes());
+            frame
+        })
+        .collect();
+    let started = Instant::now();
+    fast.writer.write_all(&burst).unwrap();
+    for i in 0..5 {
+        ann.say("Ann", &format!("a{i}"));
+    }
+
+    // Count what reaches the reader within the window.
+    reader
+        .reader
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let (mut from_fast, mut ann_last) = (Vec::new(), None);
+    let mut n_ann = 0;
+    while started.elapsed() < WINDOW {
+        let mut prefix = [0u8; 2];
+        match reader.reader.read_exact(&mut prefix) {
+            Ok(()) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(e) => panic!("reader: {e}"),
+        }
+        let mut payload = vec![0; u16::from_be_bytes(prefix) as usize];
+        reader
+            .reader
+            .get_ref()
+            .set_read_timeout(Some(LONG))
+            .unwrap();
+        reader.reader.read_exact(&mut payload).unwrap();
+        reader
+            .reader
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let text = String::from_utf8(payload).unwrap();
+        let parsed = chat_msg::parse(&text).expect("chat format");
+        match parsed.sender {
+            "Fast" => from_fast.push(parsed.text.to_string()),
+            "Ann" => {
+                assert_eq!(parsed.text, format!("a{n_ann}"));
+                n_ann += 1;
+                ann_last = Some(started.elapsed());
+            }
+            _ => {}
+        }
+    }
+    // In order, none lost so far, and no more than a full bucket plus the
+    // rate over the window (with a little room for timing).
+    let expected: Vec<String> = (0..from_fast.len()).map(|i| format!("m{i}")).collect();
+    assert_eq!(from_fast, expected);
+    let most = RATE + RATE * WINDOW.as_secs() as usize + 3;
+    let least = RATE * WINDOW.as_secs() as usize - 5;
+    assert!(
+        (least..=most).contains(&from_fast.len()),
+        "{} of Fast's messages in {WINDOW:?}: expected {least}..={most} at {RATE}/s",
+        from_fast.len()
+    );
+    // Ann was not held up behind Fast.
+    assert_eq!(n_ann, 5, "Ann's messages did not all arrive");
+    let ann_last = ann_last.unwrap();
+    assert!(
+        ann_last < Duration::from_secs(1),
+        "Ann's messages took {ann_last:?}"
+    );
+    // Fast is slowed, not disconnected: its next messages are still coming.
+    assert!(fast.writer.peer_addr().is_ok());
+    reader.wait_for("Fast", &format!("m{}", from_fast.len()));
+}
