@@ -56,6 +56,9 @@ pub enum Command {
     UdpStream(cmd::udp_stream::Args),
     /// Receive a udp-stream and report loss, reordering, duplication, rate, jitter.
     UdpSink(cmd::udp_sink::Args),
+    /// Load generator: thousands of connections from one thread, honest numbers.
+    #[command(subcommand)]
+    Stress(StressCommand),
 }
 
 /// `sockloop echo ...`
@@ -76,4 +79,17 @@ pub enum ChatCommand {
     /// Join a chat server: stdin lines out, messages to stdout.
     #[command(long_about = cmd::chat_client::LONG_ABOUT)]
     Client(cmd::chat_client::Args),
+}
+
+/// `sockloop stress ...`: the load generator's modes.
+#[derive(Debug, Subcommand)]
+pub enum StressCommand {
+    /// Request/response load on an echo server, every byte verified.
+    Echo(cmd::stress::echo::Args),
+    /// Framed group-chat load: senders at a fixed rate, fan-out latency at every receiver.
+    Chat(cmd::stress::chat::Args),
+    /// Open and hold many idle connections, then check the server still answers.
+    Conns(cmd::stress::conns::Args),
+    /// UDP streamer with a built-in sink: sent, received, lost, reordered, duplicated.
+    Udp(cmd::stress::udp::Args),
 }

@@ -368,6 +368,12 @@ impl<S> Conn<S> {
         self.peer
     }
 
+    /// Our own end's address (for a client: the source address and port the
+    /// kernel chose), to name a connection the way the peer's logs do.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.stream.local_addr()
+    }
+
     /// Where the connection is in its life.
     pub fn state(&self) -> State {
         self.state

@@ -114,7 +114,7 @@ impl std::error::Error for Error {
 
 /// The OS message in lower case without the "(os error N)" tail, so lines read
 /// "cannot connect to 127.0.0.1:9: connection refused".
-fn plain(err: &io::Error) -> String {
+pub fn plain(err: &io::Error) -> String {
     let text = err.to_string();
     let text = match text.find(" (os error") {
         Some(cut) => text[..cut].to_string(),

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use sockloop::cli::{ChatCommand, Cli, Command, EchoCommand};
+use sockloop::cli::{ChatCommand, Cli, Command, EchoCommand, StressCommand};
 use sockloop::cmd;
 use sockloop::error::Result;
 
@@ -38,6 +38,10 @@ fn run(cli: &Cli) -> Result<()> {
         Command::UdpChat(args) => cmd::udp_chat::run(args, trace),
         Command::UdpStream(args) => cmd::udp_stream::run(args, trace),
         Command::UdpSink(args) => cmd::udp_sink::run(args, trace),
+        Command::Stress(StressCommand::Echo(args)) => cmd::stress::echo::run(args, trace),
+        Command::Stress(StressCommand::Chat(args)) => cmd::stress::chat::run(args, trace),
+        Command::Stress(StressCommand::Conns(args)) => cmd::stress::conns::run(args, trace),
+        Command::Stress(StressCommand::Udp(args)) => cmd::stress::udp::run(args, trace),
     }
 }
 

@@ -2,13 +2,16 @@
 //! the address: listeners with a deep accept queue, and the "ready" line
 //! scripts wait for.
 
+use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream as StdTcpStream};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::error::{Error, Result};
+use crate::sys;
 
 /// Accept-queue length asked of the kernel (it caps it at `net.core.somaxconn`).
 /// Deep enough that a burst of thousands of connects is not answered with SYN retries.
@@ -61,6 +64,29 @@ pub fn connect_to(input: &str) -> Result<(TcpStream, SocketAddr)> {
         }
     }
     Err(last.expect("resolve_all never returns an empty list"))
+}
+
+/// Starts a non-blocking connect to `addr` for the reactor to finish
+/// (`Ctx::adopt` with `connecting`), optionally from a chosen `source`
+/// address. The source is bound with `IP_BIND_ADDRESS_NO_PORT`: the port is
+/// picked at `connect()` from the whole 4-tuple, so the bind itself uses up
+/// no ephemeral port. `EINPROGRESS` is the normal answer and not an error.
+pub fn connect_nonblocking(addr: SocketAddr, source: Option<SocketAddr>) -> io::Result<TcpStream> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
+    if let Some(source) = source {
+        sys::set_bind_address_no_port(socket.as_raw_fd())?;
+        socket.bind(&source.into())?;
+    }
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(socket.into()))
 }
 
 /// Prints the line scripts wait for: `<what> listening on IP:PORT` (stderr).

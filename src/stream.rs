@@ -36,14 +36,23 @@ const PREFIX: &str = "Number ";
 /// The TEXT of stream message `i`: `Number I`, padded to `size` bytes (when
 /// longer) with a space and then dots, so it still reads as the number.
 pub fn text(i: u64, size: usize) -> String {
-    let mut text = format!("{PREFIX}{i}");
-    if text.len() < size {
-        text.push(' ');
-        while text.len() < size {
-            text.push('.');
+    let mut text = String::new();
+    write_text(&mut text, i, size);
+    text
+}
+
+/// Appends the TEXT of stream message `i` (see [`text`]) to `out`, `size`
+/// counting from where it starts; for senders that reuse one buffer.
+pub fn write_text(out: &mut String, i: u64, size: usize) {
+    use std::fmt::Write as _;
+    let start = out.len();
+    let _ = write!(out, "{PREFIX}{i}");
+    if out.len() - start < size {
+        out.push(' ');
+        while out.len() - start < size {
+            out.push('.');
         }
     }
-    text
 }
 
 /// The number I of a stream message's TEXT (`Number I`, maybe padded after

@@ -126,6 +126,40 @@ fn wait_writable(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Sets `IP_BIND_ADDRESS_NO_PORT` on a socket about to be bound: the bind
+/// then fixes only the source address, and the port is chosen at `connect()`
+/// from the whole 4-tuple, so one source address can serve many destinations
+/// and a bind never uses up an ephemeral port by itself.
+pub fn set_bind_address_no_port(fd: RawFd) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads one int through the pointer and length we pass.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// CPU time this process has used so far (user + system), from `getrusage`.
+pub fn cpu_time() -> std::time::Duration {
+    // SAFETY: an all-zero rusage is a valid value for getrusage to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct we pass.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == -1 {
+        return std::time::Duration::ZERO;
+    }
+    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    std::time::Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
+}
+
 /// The current system-wide value of a `/proc/sys` setting, e.g. `net/core/somaxconn`.
 pub fn proc_sys(path: &str) -> Option<String> {
     std::fs::read_to_string(format!("/proc/sys/{path}"))
