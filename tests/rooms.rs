@@ -19,13 +19,11 @@ mod support;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::thread;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use sockloop::chat_msg;
-use support::{last_word_addr, sockloop, Proc};
+use support::{last_word_addr, sockloop, OutLines, Proc};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -249,30 +247,14 @@ fn is_gone(e: &io::Error) -> bool {
 
 // ----- A child's stdout, line by line -------------------------------------------------
 
-/// Lines from a child's stdout, collected on a thread.
-struct Stdout {
-    rx: Receiver<String>,
-    seen: Vec<String>,
+/// A child's stdout, line by line.
+type Stdout = OutLines;
+
+trait WaitFor {
+    fn wait_for(&mut self, sender: &str, text: &str) -> String;
 }
 
-impl Stdout {
-    fn of(child: &mut Child) -> Stdout {
-        let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Stdout {
-            rx,
-            seen: Vec::new(),
-        }
-    }
-
+impl WaitFor for OutLines {
     /// Waits for the two lines of a message from `sender` saying `text`;
     /// returns the message as printed (`[TIMESTAMP] SENDER:\n\tTEXT`).
     fn wait_for(&mut self, sender: &str, text: &str) -> String {
@@ -289,13 +271,11 @@ impl Stdout {
                 return message;
             }
             start = self.seen.len().saturating_sub(1);
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
-                Err(_) => panic!(
+            if !self.pull(deadline) {
+                panic!(
                     "stdout: no message from {sender:?} saying {text:?}; saw {:?}",
                     self.seen
-                ),
+                );
             }
         }
     }
