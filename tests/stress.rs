@@ -675,3 +675,70 @@ fn udp_to_sockloop_udp_sink_agrees_with_the_sink_report() {
         "the sink read every message: {report}"
     );
 }
+
+#[test]
+fn connects_lost_to_a_full_listen_backlog_time_out_and_are_explained() {
+    // A server that listens with a backlog of 1 and never accepts: once its
+    // accept queue is full, the kernel drops further SYNs.
+    let listener =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    listener
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    listener.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let outcome = run(
+        &[
+            "stress",
+            "conns",
+            &addr.to_string(),
+            "--conns",
+            "20",
+            "--hold",
+            "0",
+            "--connect-timeout",
+            "1",
+            "--probe",
+            "none",
+            "--json",
+        ],
+        Duration::from_secs(20),
+    );
+    // Failed connects are counted, never fatal.
+    assert_eq!(outcome.code, Some(0), "stderr:\n{}", outcome.stderr);
+    let connected = outcome.num("connected");
+    let timed_out = outcome.num("connect/failures/timed_out");
+    assert!(connected >= 1.0 && timed_out >= 1.0, "{}", outcome.stdout);
+    assert_eq!(connected + timed_out, 20.0, "{}", outcome.stdout);
+    let limit = outcome.json()["connect"]["limit"].as_str().unwrap();
+    assert!(
+        limit.contains("listen backlog") && limit.contains("somaxconn is "),
+        "{limit}"
+    );
+    drop(listener);
+}
+
+#[test]
+fn connect_rate_paces_the_opening_of_connections() {
+    let (_server, addr) = echo_server(&[]);
+    let outcome = run(
+        &[
+            "stress",
+            "conns",
+            &addr.to_string(),
+            "--conns",
+            "300",
+            "--connect-rate",
+            "500",
+            "--hold",
+            "0",
+            "--json",
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(outcome.code, Some(0), "stderr:\n{}", outcome.stderr);
+    assert_eq!(outcome.num("connected"), 300.0);
+    // 300 connections at 500/s: the last one may start at 598 ms, not before.
+    let total = outcome.num("connect/total_s");
+    assert!((0.55..3.0).contains(&total), "opened in {total} s");
+}
