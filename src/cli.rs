@@ -48,13 +48,11 @@ pub enum Command {
     Ips,
     /// Print endless random 32-bit signed integers, one a line.
     Rand,
-    /// Make a self-signed certificate and key for local TLS tests.
+    // The commands below declare their own help (about, long about, examples)
+    // on their Args; a doc comment here would replace it.
     TlsSelfsigned(crate::tls::SelfSignedArgs),
-    /// Peer-to-peer group chat over UDP.
     UdpChat(cmd::udp_chat::Args),
-    /// Send N numbered chat messages to every peer, for stress tests.
     UdpStream(cmd::udp_stream::Args),
-    /// Receive a udp-stream and report loss, reordering, duplication, rate, jitter.
     UdpSink(cmd::udp_sink::Args),
     /// Load generator: thousands of connections from one thread, honest numbers.
     #[command(subcommand)]
@@ -64,9 +62,9 @@ pub enum Command {
 /// `sockloop echo ...`
 #[derive(Debug, Subcommand)]
 pub enum EchoCommand {
-    /// Run a TCP echo server.
+    // No doc comments here: they would replace the long help each command's
+    // Args declares for itself.
     Server(cmd::echo_server::Args),
-    /// Send stdin to an echo server and print the echo.
     Client(cmd::echo_client::Args),
 }
 
@@ -84,12 +82,9 @@ pub enum ChatCommand {
 /// `sockloop stress ...`: the load generator's modes.
 #[derive(Debug, Subcommand)]
 pub enum StressCommand {
-    /// Request/response load on an echo server, every byte verified.
+    // Each mode declares its own help on its Args (see `Command`).
     Echo(cmd::stress::echo::Args),
-    /// Framed group-chat load: senders at a fixed rate, fan-out latency at every receiver.
     Chat(cmd::stress::chat::Args),
-    /// Open and hold many idle connections, then check the server still answers.
     Conns(cmd::stress::conns::Args),
-    /// UDP streamer with a built-in sink: sent, received, lost, reordered, duplicated.
     Udp(cmd::stress::udp::Args),
 }

@@ -321,6 +321,9 @@ pub struct Conn<S> {
     pub(crate) counted_per_ip: bool,
     /// Reading paused by the rate limit until a reactor deadline ends it.
     pub(crate) throttled: bool,
+    /// Reading paused by the command (`Ctx::hold_reads`) until it calls
+    /// `Ctx::release_reads`, say while it holds input it may not use yet.
+    pub(crate) held: bool,
     /// The connection's `--rate-limit` buckets (boxed: most servers have none,
     /// and an idle connection should stay small).
     pub(crate) throttle: Option<Box<crate::ratelimit::Throttle>>,
@@ -351,6 +354,7 @@ impl<S> Conn<S> {
             dirty: false,
             counted_per_ip: false,
             throttled: false,
+            held: false,
             throttle: None,
             tls: None,
             tls_eof: false,
@@ -392,7 +396,7 @@ impl<S> Conn<S> {
 
     /// True while the reactor should read from this connection.
     pub(crate) fn wants_read(&self) -> bool {
-        matches!(self.state, State::Open) && !self.read_paused && !self.throttled
+        matches!(self.state, State::Open) && !self.read_paused && !self.throttled && !self.held
     }
 
     /// True while the socket must be watched for WRITABLE: output is pending

@@ -18,18 +18,17 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use sockloop::chat_msg;
-use support::{cpu_seconds, eventually, rss_kib, sockloop, Proc};
+use support::{cpu_seconds, eventually, rss_kib, sockloop, OutLines as Lines, Proc};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -301,52 +300,6 @@ fn number(text: &str) -> usize {
 }
 
 // ----- Output of child processes -------------------------------------------------
-
-/// Lines from a child's stdout, collected on a thread.
-struct Lines {
-    rx: Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Lines {
-    fn of(child: &mut Child) -> Lines {
-        let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Lines {
-            rx,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a line containing `needle`.
-    fn wait(&mut self, needle: &str) {
-        let deadline = Instant::now() + LONG;
-        if self.seen.iter().any(|l| l.contains(needle)) {
-            return;
-        }
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(line) => {
-                    let found = line.contains(needle);
-                    self.seen.push(line);
-                    if found {
-                        return;
-                    }
-                }
-                Err(_) => panic!("no stdout line containing {needle:?}; saw {:?}", self.seen),
-            }
-        }
-    }
-}
 
 // ----- Relaying -----------------------------------------------------------------
 

@@ -23,7 +23,8 @@ pub struct AccessArgs {
     pub max_conns_per_ip: u32,
     /// Per-client limit, MSGS/s[,BYTES/s] (e.g. 100/s,65536/s): a client over it is
     /// slowed (reads paused until it is within its rate), never disconnected.
-    /// Echo counts each read as a message; chat counts frames.
+    /// Echo counts each read as a message; chat counts each frame or line, and
+    /// holds back the ones over the rate (in order) instead of letting a burst through.
     #[arg(long, value_name = "RATE")]
     pub rate_limit: Option<RateLimit>,
 }

@@ -16,7 +16,6 @@ use std::time::Duration;
 use clap::Args as ClapArgs;
 
 use super::chat::{hint, ChatInput, FramingArgs, Typed};
-use crate::addr;
 use crate::chat_msg;
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};
@@ -24,6 +23,7 @@ use crate::framing::{self, Decoder, Frame, FrameConfig};
 use crate::net;
 use crate::reactor::{Config, ConnId, Ctx, Event, Handler, Reactor};
 use crate::sys;
+use crate::tls::{self, ClientTlsArgs};
 
 /// Unsent output at which reading stdin pauses.
 pub const OUT_LIMIT: usize = 1024 * 1024;
@@ -46,7 +46,11 @@ pub const LONG_ABOUT: &str =
     Without --name it asks for one ('Enter your username to start the chat:') and takes \
     the first line. Empty lines are not sent. At the end of input (Ctrl+D) it sends \
     '<LEAVES THE CHAT>' and the zero-length frame, prints what still arrives and exits 0 \
-    once the server closes. When the server goes away first it says so and exits 0.";
+    once the server closes. When the server goes away first it says so and exits 0.\n\n\
+    The server's name may resolve to several addresses (say, ::1 and 127.0.0.1): each is \
+    tried in turn until one accepts. With --tls the chat is encrypted; trust a \
+    self-signed server with --tls-ca DIR/cert.pem (from 'sockloop tls-selfsigned'), or \
+    skip the check with --insecure (local tests only).";
 
 /// Command-line options of `chat client`.
 #[derive(Debug, Clone, ClapArgs)]
@@ -55,7 +59,8 @@ pub const LONG_ABOUT: &str =
     long_about = LONG_ABOUT,
     after_help = "Examples:\n  sockloop chat client localhost:8080 --name Bob\n  \
         printf 'hello\\nbye\\n' | sockloop chat client 127.0.0.1:8080 --name script\n  \
-        sockloop chat client [::1]:8080 --length-bytes 4"
+        sockloop chat client [::1]:8080 --length-bytes 4\n  \
+        sockloop chat client localhost:8443 --name Bob --tls --tls-ca /tmp/tls/cert.pem"
 )]
 pub struct Args {
     /// The server: HOST:PORT, [IPv6]:PORT or IPv4:PORT.
@@ -66,6 +71,9 @@ pub struct Args {
     /// The framing both ends agreed on.
     #[command(flatten)]
     pub framing: FramingArgs,
+    /// TLS.
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
 }
 
 /// The client's handler: one connection, stdin and stdout.
@@ -247,6 +255,11 @@ impl ChatClient {
 /// Runs the chat client until the chat ends (see the module docs).
 pub fn run(args: &Args, trace: bool) -> Result<()> {
     let frames = args.framing.config()?;
+    let tls_config = args.tls.config()?;
+    let server_name = match tls_config {
+        Some(_) => Some(tls::server_name(&args.server)?),
+        None => None,
+    };
     let config = Config {
         stdin: true,
         trace,
@@ -257,13 +270,18 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         ..Config::default()
     };
     let mut reactor = Reactor::new(config).map_err(|e| Error::io("starting the event loop", e))?;
-    let server = addr::resolve(&args.server)?;
-    let stream = net::connect_tcp(server)?;
+    let (stream, server) = net::connect_to(&args.server)?;
     log::info!("connected to {server}");
     let conn = reactor
         .cx()
         .adopt(stream, server, (), false)
         .map_err(|e| Error::io("registering the connection", e))?;
+    if let (Some(config), Some(name)) = (tls_config, server_name) {
+        reactor
+            .cx()
+            .start_tls(conn, config, name)
+            .map_err(|e| Error::Failed(format!("tls: {e}")))?;
+    }
     let input = ChatInput::new(args.name.as_deref(), frames.max_frame);
     if input.name().is_some() {
         hint(HINT);

@@ -32,7 +32,8 @@
 //!   reached the limit stops reading (backpressure). Its readable edge is
 //!   already spent, so when its output drains `flush_conn` puts it on the
 //!   ready list; nothing else would ever wake it. The same holds for stdin
-//!   (`Ctx::resume_stdin`) and for a listener paused when descriptors ran out.
+//!   (`Ctx::resume_stdin`), for a connection the command held
+//!   (`Ctx::release_reads`) and for a listener paused when descriptors ran out.
 //! * **Write interest only while there is output.** A write is tried first;
 //!   only what the kernel does not take is queued, and only then is WRITABLE
 //!   registered (`sync_interest`). It is dropped again once the queue drains,
@@ -896,6 +897,47 @@ impl<S> Ctx<S> {
         }
     }
 
+    /// Takes one message from a connection's `--rate-limit` if one is
+    /// available now; otherwise takes nothing and says how long until one is.
+    /// For a command that counts messages one at a time and holds back the
+    /// ones over the rate (instead of [`Ctx::charge_messages`], which lets a
+    /// whole read through and pauses afterwards). No limit: always `Ok`.
+    pub fn take_message(&mut self, id: ConnId) -> Result<(), Duration> {
+        let Some(throttle) = self.conns.get_mut(id.0).and_then(|c| c.throttle.as_mut()) else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let wait = throttle.msgs.wait(now);
+        if wait.is_zero() {
+            throttle.msgs.take(1.0, now);
+            Ok(())
+        } else {
+            Err(wait)
+        }
+    }
+
+    /// Stops reading from a connection until [`Ctx::release_reads`]: the
+    /// command holds input it cannot use yet, and must not be given more.
+    pub fn hold_reads(&mut self, id: ConnId) {
+        if let Some(conn) = self.conns.get_mut(id.0) {
+            if !conn.held {
+                conn.held = true;
+                trace!(self.tracer, "{id}: reads held by the command");
+            }
+        }
+    }
+
+    /// Reads a held connection again, at once (its readable edge may be long spent).
+    pub fn release_reads(&mut self, id: ConnId) {
+        if let Some(conn) = self.conns.get_mut(id.0) {
+            if conn.held {
+                conn.held = false;
+                self.ready.push(Source::Conn(id.0));
+                trace!(self.tracer, "{id}: reads released by the command");
+            }
+        }
+    }
+
     /// Ends [`Reactor::run`] after this turn.
     pub fn stop(&mut self) {
         self.stopping = true;
@@ -1537,6 +1579,8 @@ impl<S> Ctx<S> {
                     "paused"
                 } else if conn.throttled {
                     "throttled"
+                } else if conn.held {
+                    "held"
                 } else {
                     conn.state.name()
                 },

@@ -190,6 +190,61 @@ pub fn run_with_input(args: &[&str], input: Vec<u8>, within: Duration) -> (i32, 
     )
 }
 
+/// A child's stdout, line by line, collected on a thread (so the pipe never
+/// fills); every wait has a deadline.
+pub struct OutLines {
+    rx: Receiver<String>,
+    /// Every line received so far, in order (tests may drain it).
+    pub seen: Vec<String>,
+}
+
+impl OutLines {
+    /// Takes the child's stdout (it must be piped).
+    pub fn of(child: &mut Child) -> OutLines {
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        OutLines {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Receives the next line into `seen`; false when none came by `deadline`.
+    pub fn pull(&mut self, deadline: Instant) -> bool {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.rx.recv_timeout(left) {
+            Ok(line) => {
+                self.seen.push(line);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Waits (up to 20 s) for a line containing `needle`, seen before or now.
+    pub fn wait(&mut self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut checked = 0;
+        loop {
+            if self.seen[checked..].iter().any(|l| l.contains(needle)) {
+                return;
+            }
+            checked = self.seen.len();
+            if !self.pull(deadline) {
+                panic!("no stdout line containing {needle:?}; saw {:?}", self.seen);
+            }
+        }
+    }
+}
+
 /// Parses the last word of a line as a socket address.
 pub fn last_word_addr(line: &str) -> SocketAddr {
     line.split_whitespace()
