@@ -581,3 +581,22 @@ fn a_client_over_its_rate_is_slowed_to_it_while_another_client_flows() {
     assert!(fast.writer.peer_addr().is_ok());
     reader.wait_for("Fast", &format!("m{}", from_fast.len()));
 }
+
+#[test]
+fn a_line_client_turned_away_when_full_reads_plain_text() {
+    let (mut server, doors) = room_server(&["--line-port", "0", "--max-conns", "1"]);
+    let mut first = Framed::connect(doors.tcp);
+    first.say("Ann", "here first");
+    server.wait_line("Ann joined the chat", LONG);
+    let line = doors.line.expect("line door");
+    // The second client, at the line door, is over --max-conns: it reads one
+    // plain line, with no length prefix in front, and the connection ends.
+    let stream = support::connect(line);
+    let mut reader = BufReader::new(stream);
+    let mut text = String::new();
+    reader.read_line(&mut text).expect("the notice");
+    assert_eq!(text, "server full, try again later\n");
+    let mut rest = Vec::new();
+    let _ = reader.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "more after the notice: {rest:?}");
+}

@@ -1306,26 +1306,14 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     config.tls_server = args.tls.config()?;
     let tls = config.tls_server.is_some();
     let mut reactor = Reactor::new(config).map_err(|e| Error::io("starting the event loop", e))?;
-    let listener = net::listen_tcp(args.bind, args.port)?;
-    let index = reactor
-        .cx()
-        .add_listener(listener)
-        .map_err(|e| Error::io("registering the listener", e))?;
-    let addr = reactor
-        .cx()
-        .listener_addr(index)
-        .map_err(|e| Error::io("reading the listener address", e))?;
+    let (_, addr) = reactor.cx().listen(args.bind, args.port)?;
     let line_door = match args.line_port {
         Some(port) => {
-            let listener = net::listen_tcp(args.bind, port)?;
-            let index = reactor
+            let (index, addr) = reactor.cx().listen(args.bind, port)?;
+            // A line client turned away should read plain text, not a frame.
+            reactor
                 .cx()
-                .add_listener(listener)
-                .map_err(|e| Error::io("registering the line listener", e))?;
-            let addr = reactor
-                .cx()
-                .listener_addr(index)
-                .map_err(|e| Error::io("reading the line listener address", e))?;
+                .set_full_notice(index, b"server full, try again later\n".to_vec());
             Some((index, addr))
         }
         None => None,

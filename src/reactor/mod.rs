@@ -297,6 +297,8 @@ struct Listener {
     socket: TcpListener,
     /// Accepting stopped because descriptors ran out; resumed when a connection closes.
     paused: bool,
+    /// What a client refused at this listener is told, if not `Config::full_notice`.
+    full_notice: Option<Vec<u8>>,
 }
 
 /// Everything a command may touch while it handles an event.
@@ -499,6 +501,7 @@ impl<S> Ctx<S> {
         self.listeners.push(Listener {
             socket,
             paused: false,
+            full_notice: None,
         });
         Ok(index)
     }
@@ -515,6 +518,22 @@ impl<S> Ctx<S> {
             .listener_addr(index)
             .map_err(|e| Error::io("reading the listener address", e))?;
         Ok((index, addr))
+    }
+
+    /// Sets what a client refused at listener `index` is told (a listener
+    /// whose clients speak another protocol than the server's main one).
+    pub fn set_full_notice(&mut self, index: usize, notice: Vec<u8>) {
+        if let Some(listener) = self.listeners.get_mut(index) {
+            listener.full_notice = Some(notice);
+        }
+    }
+
+    /// What a client refused at listener `index` is told.
+    fn full_notice(&self, index: usize) -> &[u8] {
+        self.listeners
+            .get(index)
+            .and_then(|l| l.full_notice.as_deref())
+            .unwrap_or(&self.config.full_notice)
     }
 
     /// The local address of listener `index`.
@@ -985,7 +1004,7 @@ impl<S> Ctx<S> {
                             "refused {peer}: {} connections is the limit (--max-conns)",
                             self.config.max_conns
                         );
-                        refuse(stream, &self.config.full_notice);
+                        refuse(stream, self.full_notice(index));
                         continue;
                     }
                     self.stats.accepted += 1;
@@ -1074,7 +1093,7 @@ impl<S> Ctx<S> {
             Ok((stream, peer)) => {
                 self.stats.refused += 1;
                 log::warn!("refused {peer}: out of file descriptors ({error})");
-                refuse(stream, &self.config.full_notice);
+                refuse(stream, self.full_notice(index));
                 true
             }
             Err(_) => false,
