@@ -97,7 +97,7 @@ impl Outcome {
     }
 }
 
-/// The fields `docs/stress-json.md` promises in every TCP mode's line.
+/// The fields the README's JSON appendix promises in every TCP mode's line.
 const COMMON_FIELDS: &[&str] = &[
     "schema",
     "mode",
@@ -110,10 +110,10 @@ const COMMON_FIELDS: &[&str] = &[
     "generator",
 ];
 
-/// Every field of the JSON line, at any depth, is described in docs/stress-json.md.
+/// Every field of the JSON line, at any depth, is described in the README's JSON appendix.
 fn assert_documented(value: &Value) {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/stress-json.md"))
-        .expect("docs/stress-json.md");
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
     let mut stack = vec![value];
     while let Some(Value::Object(map)) = stack.pop() {
         for (key, inner) in map {
@@ -121,7 +121,7 @@ fn assert_documented(value: &Value) {
                 doc.contains(&format!("`{key}`"))
                     || doc.contains(&format!(".{key}`"))
                     || doc.contains(&format!("`{key}.")),
-                "field {key:?} is not documented in docs/stress-json.md"
+                "field {key:?} is not documented in the README's JSON appendix"
             );
             stack.push(inner);
         }

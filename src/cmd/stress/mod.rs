@@ -108,7 +108,7 @@ pub struct TcpArgs {
     #[arg(long, value_name = "N", default_value_t = 4000,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub per_source: u32,
-    /// Print the summary also as one JSON line on stdout (fields: docs/stress-json.md).
+    /// Print the summary also as one JSON line on stdout (fields: README, appendix).
     #[arg(long)]
     pub json: bool,
 }

@@ -3,7 +3,7 @@
 //!
 //! Nothing here touches a socket or the clock of the run; callers hand in
 //! figures and get text back. The JSON field names are a public interface
-//! (`"schema": 1`, documented in `docs/stress-json.md`): add fields, never
+//! (`"schema": 1`, documented in the README's appendix): add fields, never
 //! rename or drop one without raising the schema number.
 
 use std::fmt::Write as _;

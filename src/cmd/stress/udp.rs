@@ -78,7 +78,7 @@ pub struct Args {
     /// Seconds to wait after the last datagram for stragglers.
     #[arg(long, value_name = "S", default_value_t = 1.0)]
     pub drain: f64,
-    /// Print the summary also as one JSON line on stdout (fields: docs/stress-json.md).
+    /// Print the summary also as one JSON line on stdout (fields: README, appendix).
     #[arg(long)]
     pub json: bool,
 }
