@@ -29,8 +29,8 @@ use clap::Args as ClapArgs;
 use super::connect::Ended;
 use super::report::{self, Json, Latency, Tally};
 use super::{
-    latency_lines, outcome, positive, prepare, print_summary, rate_check, Run, TcpArgs,
-    SEND_TICK_NS, TIMER_CONN, TIMER_DRAIN, TIMER_END, TIMER_PROGRESS, TIMER_START,
+    latency_lines, positive, prepare, rate_check, Run, TcpArgs, SEND_TICK_NS, TIMER_CONN,
+    TIMER_DRAIN, TIMER_END, TIMER_PROGRESS, TIMER_START,
 };
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};
@@ -551,20 +551,14 @@ impl Chat {
             lag.human()
         ));
         lag.json(&mut json, "send_lag");
-        lines.push(format!("  errors: {}", self.errors.human()));
-        if let Some(first) = &self.first_error {
-            lines.push(format!("  first error: {first}"));
-        }
-        self.errors.json(&mut json, "errors");
-        json.opt_str("first_error", self.first_error.as_deref());
-        self.run
-            .generator_report(cx, Some(self.delivered), &mut lines, &mut json);
-        print_summary(&lines, json_wanted.then(|| json.finish()));
-        outcome(
-            "chat",
-            &self.run,
-            self.errors.total(),
+        self.run.close_summary(
+            cx,
+            &self.errors,
             self.first_error.as_deref(),
+            self.delivered,
+            lines,
+            json,
+            json_wanted,
         )
     }
 }

@@ -22,8 +22,8 @@ use clap::Args as ClapArgs;
 use super::connect::Ended;
 use super::report::{self, Json, Latency, Tally};
 use super::{
-    latency_lines, outcome, positive, prepare, print_summary, rate_check, Run, TcpArgs,
-    SEND_TICK_NS, TIMER_CONN, TIMER_DRAIN, TIMER_END, TIMER_PROGRESS,
+    latency_lines, positive, prepare, rate_check, Run, TcpArgs, SEND_TICK_NS, TIMER_CONN,
+    TIMER_DRAIN, TIMER_END, TIMER_PROGRESS,
 };
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};
@@ -501,20 +501,14 @@ impl Echo {
                 }
             ));
         }
-        lines.push(format!("  errors: {}", self.errors.human()));
-        if let Some(first) = &self.first_error {
-            lines.push(format!("  first error: {first}"));
-        }
-        self.errors.json(&mut json, "errors");
-        json.opt_str("first_error", self.first_error.as_deref());
-        self.run
-            .generator_report(cx, Some(self.msgs), &mut lines, &mut json);
-        print_summary(&lines, json_wanted.then(|| json.finish()));
-        outcome(
-            "echo",
-            &self.run,
-            self.errors.total(),
+        self.run.close_summary(
+            cx,
+            &self.errors,
             self.first_error.as_deref(),
+            self.msgs,
+            lines,
+            json,
+            json_wanted,
         )
     }
 

@@ -35,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::reactor::{Config, Ctx, LoopStats, Reactor};
 use crate::sys;
 use connect::{is_v4_loopback, port_range_size, Connector, Plan};
-use report::{Json, Latency};
+use report::{Json, Latency, Tally};
 
 /// Descriptors kept back for what is not a client connection: stdio, the
 /// poll, the signal pipe, the reactor's spare, a probe, log files.
@@ -478,6 +478,31 @@ impl Run {
             lines,
             json,
         );
+    }
+
+    /// Ends a summary the same way in every message-counting mode: the
+    /// errors by kind and the first one, the generator's honesty lines, then
+    /// prints it (and the JSON line with `--json`) and returns the exit.
+    #[allow(clippy::too_many_arguments)]
+    pub fn close_summary<S>(
+        &self,
+        cx: &Ctx<S>,
+        errors: &Tally,
+        first_error: Option<&str>,
+        msgs: u64,
+        mut lines: Vec<String>,
+        mut json: Json,
+        json_wanted: bool,
+    ) -> Result<()> {
+        lines.push(format!("  errors: {}", errors.human()));
+        if let Some(first) = first_error {
+            lines.push(format!("  first error: {first}"));
+        }
+        errors.json(&mut json, "errors");
+        json.opt_str("first_error", first_error);
+        self.generator_report(cx, Some(msgs), &mut lines, &mut json);
+        print_summary(&lines, json_wanted.then(|| json.finish()));
+        outcome(self.mode, self, errors.total(), first_error)
     }
 
     /// The JSON fields every mode starts with; `duration` is the mode's
