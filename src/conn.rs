@@ -334,6 +334,9 @@ pub struct Conn<S> {
     pub(crate) tls_eof: bool,
     /// Our TLS close_notify has been queued.
     pub(crate) tls_close_sent: bool,
+    /// When a closing connection's grace ends, in ms since the reactor
+    /// started (see `Ctx::close_after_flush`).
+    pub(crate) close_deadline_ms: u32,
     /// The command's per-connection state.
     pub state_of_app: S,
 }
@@ -359,6 +362,7 @@ impl<S> Conn<S> {
             tls: None,
             tls_eof: false,
             tls_close_sent: false,
+            close_deadline_ms: 0,
             state_of_app: app,
         }
     }
@@ -396,7 +400,10 @@ impl<S> Conn<S> {
 
     /// True while the reactor should read from this connection.
     pub(crate) fn wants_read(&self) -> bool {
-        matches!(self.state, State::Open) && !self.read_paused && !self.throttled && !self.held
+        match self.state {
+            State::Open => !self.read_paused && !self.throttled && !self.held,
+            _ => false,
+        }
     }
 
     /// True while the socket must be watched for WRITABLE: output is pending

@@ -141,3 +141,20 @@ fn a_client_over_its_rate_is_slowed_to_it_while_another_flows() {
     );
     let _ = writer.join();
 }
+
+#[test]
+fn a_byte_rate_limit_never_lifts_backpressure() {
+    // A generous byte rate that never binds: the client that does not read
+    // must still be stopped by its full output buffer, not read a byte at a time.
+    let (mut server, addr) = echo_server(&["--rate-limit", "100000/s,50000000/s"]);
+    let mut hog = connect(addr);
+    let data = pattern(64 * 1024, 12);
+    let sent = fill_until_blocked(&mut hog, &data, 64 * 1024 * 1024);
+    assert!(sent < 64 * 1024 * 1024, "the server never held back");
+    let before = server.drain_lines().len();
+    server.signal(libc::SIGUSR1);
+    let row = server.wait_line_after(before, "conn#", Duration::from_secs(5));
+    let queued: usize = row.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert!(queued <= 64 * 1024, "over the output limit: {row}");
+    assert!(row.contains("paused"), "not paused by backpressure: {row}");
+}

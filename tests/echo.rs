@@ -204,31 +204,6 @@ fn a_client_that_never_reads_is_held_to_the_output_limit() {
     );
 }
 
-/// Writes without reading until the kernel takes no more (the server has
-/// stopped reading us), bounded by `cap` bytes and 10 s; returns what was sent.
-fn fill_until_blocked(stream: &mut TcpStream, data: &[u8], cap: usize) -> usize {
-    stream.set_nonblocking(true).unwrap();
-    let mut sent = 0usize;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sent < cap && Instant::now() < deadline {
-        let from = sent % data.len();
-        match stream.write(&data[from..]) {
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                // Let the server catch up; if it still takes nothing, it is holding back.
-                thread::sleep(Duration::from_millis(50));
-                match stream.write(&data[from..]) {
-                    Ok(n) => sent += n,
-                    Err(_) => break,
-                }
-            }
-            Err(e) => panic!("write: {e}"),
-        }
-    }
-    stream.set_nonblocking(false).unwrap();
-    sent
-}
-
 #[test]
 fn a_reader_paused_by_backpressure_resumes_when_its_output_drains() {
     // Trap (a): the paused connection's readable edge is spent; only the

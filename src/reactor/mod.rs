@@ -61,7 +61,7 @@ pub mod trace;
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -96,8 +96,15 @@ const RESUME_READING_TIMER: u64 = 1 << 63;
 /// Reactor deadline: "connection KEY must have finished its TLS handshake".
 const HANDSHAKE_TIMER: u64 = 1 << 62;
 
+/// Reactor deadline: "connection KEY, closing, has had its grace".
+const CLOSE_TIMER: u64 = 1 << 61;
+
 /// The bits of a deadline id that are the reactor's.
-const REACTOR_TIMERS: u64 = RESUME_READING_TIMER | HANDSHAKE_TIMER;
+const REACTOR_TIMERS: u64 = RESUME_READING_TIMER | HANDSHAKE_TIMER | CLOSE_TIMER;
+
+/// How long a connection closed with [`Ctx::close_after_flush`] may take to
+/// take its last output and close its side, before it is closed regardless.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Non-blocking polls a turn may add to take in more input before it writes
 /// the frames it queued (see `Ctx::gather`).
@@ -464,6 +471,8 @@ impl<S: Default> Reactor<S> {
                 cx.end_throttle((id & !REACTOR_TIMERS) as usize);
             } else if id & HANDSHAKE_TIMER != 0 {
                 cx.check_handshake((id & !REACTOR_TIMERS) as usize);
+            } else if id & CLOSE_TIMER != 0 {
+                cx.end_close_grace((id & !REACTOR_TIMERS) as usize);
             } else {
                 handler.handle(cx, Event::Timer(id));
             }
@@ -806,16 +815,18 @@ impl<S> Ctx<S> {
         let Some(conn) = self.conns.get_mut(id.0) else {
             return;
         };
-        if !conn.has_pending_output() {
-            let reason = if conn.state == State::ReadClosed {
-                CloseReason::Done
-            } else {
-                CloseReason::Local("closed after flush")
-            };
-            self.close(id, reason);
-        } else {
-            conn.state = State::Flushing;
+        if conn.tls_handshaking() {
+            // Nothing can be delivered before the handshake ends.
+            self.close(id, CloseReason::Local("closed during the tls handshake"));
+            return;
         }
+        let deadline = self.started.elapsed() + CLOSE_GRACE;
+        conn.close_deadline_ms = u32::try_from(deadline.as_millis()).unwrap_or(u32::MAX);
+        conn.state = State::Flushing;
+        self.timers
+            .add(Instant::now() + CLOSE_GRACE, CLOSE_TIMER | id.0 as u64);
+        // Flushing with nothing left goes straight on (close_notify, then a gentle close).
+        self.mark_dirty(id.0);
     }
 
     /// Shuts down our write side once the queued output is written (the
@@ -887,11 +898,11 @@ impl<S> Ctx<S> {
         self.stdin.as_ref().map(|s| s.kind())
     }
 
-    /// Calls back with [`Event::Timer`]`(id)` at `at`. Ids below 2^62 are the command's.
+    /// Calls back with [`Event::Timer`]`(id)` at `at`. Ids below 2^61 are the command's.
     pub fn set_timer(&mut self, at: Instant, id: u64) {
         debug_assert!(
             id & REACTOR_TIMERS == 0,
-            "timer ids >= 2^62 are the reactor's"
+            "timer ids >= 2^61 are the reactor's"
         );
         self.timers.add(at, id);
     }
@@ -1193,6 +1204,9 @@ impl<S> Ctx<S> {
             if !self.finish_connect(handler, key) {
                 return;
             }
+            // The writable edge that announced the connect is spent: write
+            // what was queued before it (a request, a ClientHello) now.
+            self.flush_conn(handler, key);
         } else if event.is_writable() || event.is_error() {
             self.flush_conn(handler, key);
         }
@@ -1256,7 +1270,10 @@ impl<S> Ctx<S> {
                     return;
                 }
                 if let Some(bytes) = throttle.bytes.as_mut() {
-                    room = room.min(bytes.available(now) as usize).max(1);
+                    // Never lift a backpressure pause (room 0): only narrow the room.
+                    if room > 0 {
+                        room = room.min(bytes.available(now) as usize).max(1);
+                    }
                 }
             }
             if room == 0 {
@@ -1271,6 +1288,7 @@ impl<S> Ctx<S> {
             match conn.read_plain(&mut scratch[..room]) {
                 Ok(0) => {
                     conn.state = State::ReadClosed;
+                    conn.peer_hup = true;
                     trace!(self.tracer, "{id}: peer closed its write side (EOF)");
                     handler.handle(self, Event::PeerClosed(id));
                     return;
@@ -1298,7 +1316,10 @@ impl<S> Ctx<S> {
                     // TLS may have answered a handshake message: watch for
                     // writability; a half-close that waited for the handshake may go now.
                     if conn.tls.is_some() {
-                        if conn.shutdown_write_when_drained && !conn.tls_handshaking() {
+                        let waiting = conn.shutdown_write_when_drained || !conn.out.is_empty();
+                        if waiting && !conn.tls_handshaking() {
+                            // The handshake may have just ended inside read_plain: what
+                            // waited for it goes out now, not at an edge that may not come.
                             self.mark_dirty(key);
                         }
                         self.after_output_change(key);
@@ -1329,7 +1350,7 @@ impl<S> Ctx<S> {
             return;
         }
         if !conn.has_pending_output() {
-            if conn.shutdown_write_when_drained {
+            if conn.shutdown_write_when_drained || conn.state == State::Flushing {
                 self.on_drained(handler, key);
             }
             return;
@@ -1361,6 +1382,22 @@ impl<S> Ctx<S> {
             self.resume_reading(key);
         }
         let conn = &mut self.conns[key];
+        if conn.tls_handshaking() {
+            // Plaintext written during the handshake waits inside rustls: not drained yet.
+            return;
+        }
+        if conn.state == State::Flushing {
+            if conn.tls.is_some() && !conn.tls_close_sent {
+                if let Some(tls) = conn.tls.as_mut() {
+                    tls.send_close_notify();
+                }
+                conn.tls_close_sent = true;
+                self.mark_dirty(key);
+                return;
+            }
+            self.close_gently(key);
+            return;
+        }
         if conn.shutdown_write_when_drained {
             match conn.tls.as_mut() {
                 // Not before the handshake ends: its last flight drains again.
@@ -1382,10 +1419,41 @@ impl<S> Ctx<S> {
                 }
             }
         }
-        if conn.state == State::Flushing {
-            self.close(ConnId(key), CloseReason::Done);
-        } else {
-            handler.handle(self, Event::Drained(ConnId(key)));
+        handler.handle(self, Event::Drained(ConnId(key)));
+    }
+
+    /// Everything owed to the peer has been handed to the kernel: shut our
+    /// write side, read and drop whatever the peer sent that nobody will
+    /// read, then close. Closing with unread bytes in the receive queue
+    /// would make the kernel send a reset, and a reset makes the peer's
+    /// kernel throw away what the peer has not read yet: our last words.
+    fn close_gently(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        let _ = conn.stream.shutdown(Shutdown::Write);
+        let mut sink = [0u8; 4096];
+        let mut budget = self.config.read_budget;
+        while budget > 0 {
+            match conn.stream.read(&mut sink) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => budget = budget.saturating_sub(n),
+            }
+        }
+        self.close(ConnId(key), CloseReason::Done);
+    }
+
+    /// A closing connection's grace ran out: close it now, whatever is left.
+    fn end_close_grace(&mut self, key: usize) {
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        let late = u64::from(conn.close_deadline_ms) <= now_ms;
+        match conn.state {
+            State::Flushing if late => self.close(
+                ConnId(key),
+                CloseReason::Local("the peer did not take its last output in time"),
+            ),
+            _ => {}
         }
     }
 

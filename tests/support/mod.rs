@@ -290,6 +290,31 @@ pub fn write_all(stream: &mut TcpStream, bytes: &[u8]) {
         .expect("write_all within the timeout");
 }
 
+/// Writes without reading until the kernel takes no more (the server has
+/// stopped reading us), bounded by `cap` bytes and 10 s; returns what was sent.
+pub fn fill_until_blocked(stream: &mut TcpStream, data: &[u8], cap: usize) -> usize {
+    stream.set_nonblocking(true).unwrap();
+    let mut sent = 0usize;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sent < cap && Instant::now() < deadline {
+        let from = sent % data.len();
+        match stream.write(&data[from..]) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // Let the server catch up; if it still takes nothing, it is holding back.
+                thread::sleep(Duration::from_millis(50));
+                match stream.write(&data[from..]) {
+                    Ok(n) => sent += n,
+                    Err(_) => break,
+                }
+            }
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    stream.set_nonblocking(false).unwrap();
+    sent
+}
+
 /// Deterministic pseudo-random bytes (xorshift), for payloads a test can regenerate.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
