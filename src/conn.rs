@@ -24,7 +24,9 @@ use mio::net::TcpStream;
 ///                              │                          │
 ///                   close_after_flush               close_after_flush
 ///                              ▼                          ▼
-///                           Flushing ───output empty───▶ (closed)
+///                           Flushing ───output empty───▶ (closed gently: write side
+///                              │                        shut, unread input drained)
+///                              └──CLOSE_GRACE passed──▶ (closed)
 ///   any state ──error, protocol error, close()──▶ (closed, with a CloseReason)
 /// ```
 /// "Closed" is not a state a live `Conn` is in: a closed connection is
