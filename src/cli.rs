@@ -48,11 +48,19 @@ pub enum Command {
     Ips,
     /// Print endless random 32-bit signed integers, one a line.
     Rand,
-    // The commands below declare their own help (about, long about, examples)
-    // on their Args; a doc comment here would replace it.
+    // A doc comment on a variant replaces the long help its Args declare, so
+    // each variant below names that long help again explicitly.
+    /// Make a self-signed certificate and key for local TLS tests.
+    #[command(long_about = crate::tls::LONG_ABOUT)]
     TlsSelfsigned(crate::tls::SelfSignedArgs),
+    /// Peer-to-peer group chat over UDP (lecture lab 2).
+    #[command(long_about = cmd::udp_chat::LONG_ABOUT)]
     UdpChat(cmd::udp_chat::Args),
+    /// Send N numbered chat messages to every peer (lecture lab 2 streamer).
+    #[command(long_about = cmd::udp_stream::LONG_ABOUT)]
     UdpStream(cmd::udp_stream::Args),
+    /// Receive a udp-stream and report loss, reordering, duplication, rate and jitter.
+    #[command(long_about = cmd::udp_sink::LONG_ABOUT)]
     UdpSink(cmd::udp_sink::Args),
     /// Load generator: thousands of connections from one thread, honest numbers.
     #[command(subcommand)]
@@ -62,9 +70,11 @@ pub enum Command {
 /// `sockloop echo ...`
 #[derive(Debug, Subcommand)]
 pub enum EchoCommand {
-    // No doc comments here: they would replace the long help each command's
-    // Args declares for itself.
+    /// Run a TCP echo server for many clients at once.
+    #[command(long_about = cmd::echo_server::LONG_ABOUT)]
     Server(cmd::echo_server::Args),
+    /// Send stdin to an echo server and print the echo, never deadlocking.
+    #[command(long_about = cmd::echo_client::LONG_ABOUT)]
     Client(cmd::echo_client::Args),
 }
 
@@ -82,9 +92,16 @@ pub enum ChatCommand {
 /// `sockloop stress ...`: the load generator's modes.
 #[derive(Debug, Subcommand)]
 pub enum StressCommand {
-    // Each mode declares its own help on its Args (see `Command`).
+    /// Request/response load on an echo server, every byte verified.
+    #[command(long_about = cmd::stress::echo::LONG_ABOUT)]
     Echo(cmd::stress::echo::Args),
+    /// Framed group-chat load: senders at a fixed rate, fan-out latency at every receiver.
+    #[command(long_about = cmd::stress::chat::LONG_ABOUT)]
     Chat(cmd::stress::chat::Args),
+    /// Open and hold many idle connections, then check the server still answers.
+    #[command(long_about = cmd::stress::conns::LONG_ABOUT)]
     Conns(cmd::stress::conns::Args),
+    /// UDP streamer with a built-in sink: sent, received, lost, reordered, duplicated.
+    #[command(long_about = cmd::stress::udp::LONG_ABOUT)]
     Udp(cmd::stress::udp::Args),
 }

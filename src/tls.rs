@@ -215,13 +215,17 @@ impl ServerCertVerifier for AcceptAnyCertificate {
     }
 }
 
+/// The long `--help` text of `tls-selfsigned` (also given to its subcommand in `cli.rs`,
+/// where a doc comment would otherwise replace it).
+pub const LONG_ABOUT: &str = "Make a self-signed certificate and key for local TLS tests.\n\n\
+        Writes DIR/cert.pem and DIR/key.pem, valid for localhost, 127.0.0.1 and ::1 \
+        (plus any --name). Clients trust it with --tls-ca DIR/cert.pem.";
+
 /// Options of `sockloop tls-selfsigned`.
 #[derive(Debug, Clone, ClapArgs)]
 #[command(
     about = "Make a self-signed certificate and key for local TLS tests",
-    long_about = "Make a self-signed certificate and key for local TLS tests.\n\n\
-        Writes DIR/cert.pem and DIR/key.pem, valid for localhost, 127.0.0.1 and ::1 \
-        (plus any --name). Clients trust it with --tls-ca DIR/cert.pem.",
+    long_about = LONG_ABOUT,
     after_help = "Example:\n  sockloop tls-selfsigned --out /tmp/tls\n  \
         sockloop echo server --port 8443 --tls-cert /tmp/tls/cert.pem --tls-key /tmp/tls/key.pem\n  \
         echo hi | sockloop echo client localhost:8443 --tls --tls-ca /tmp/tls/cert.pem"

@@ -28,15 +28,20 @@ pub const VERIFY_WINDOW: usize = 16 * 1024 * 1024;
 /// Output queued for the server before stdin is paused.
 const OUT_LIMIT: usize = 64 * 1024;
 
+/// The long `--help` text of `echo client` (also given to its subcommand in `cli.rs`,
+/// where a doc comment would otherwise replace it).
+pub const LONG_ABOUT: &str =
+    "TCP echo client: sends stdin to an echo server and prints what comes back, \
+        moving bytes both ways as they become ready, so it never deadlocks however much \
+        input there is.\n\n\
+        At the end of stdin it shuts down its sending side, prints every byte still coming \
+        back, and exits 0 once the server closes.";
+
 /// Command-line options of `echo client`.
 #[derive(Debug, Clone, ClapArgs)]
 #[command(
     about = "TCP echo client: stdin to the server, the echo to stdout, interleaved",
-    long_about = "TCP echo client: sends stdin to an echo server and prints what comes back, \
-        moving bytes both ways as they become ready, so it never deadlocks however much \
-        input there is.\n\n\
-        At the end of stdin it shuts down its sending side, prints every byte still coming \
-        back, and exits 0 once the server closes.",
+    long_about = LONG_ABOUT,
     after_help = "Examples:\n  echo hello | sockloop echo client localhost:8080\n  \
         head -c 20000000 /dev/urandom | sockloop echo client 127.0.0.1:8080 --verify > /dev/null\n  \
         sockloop rand | sockloop echo client [::1]:8080 | head"

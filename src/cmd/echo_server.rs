@@ -19,16 +19,20 @@ use crate::reactor::{Config, Ctx, Event, Handler, Reactor};
 use crate::sys;
 use crate::tls::ServerTlsArgs;
 
-/// Command-line options of `echo server`.
-#[derive(Debug, Clone, ClapArgs)]
-#[command(
-    about = "TCP echo server: every byte a client sends comes straight back",
-    long_about = "TCP echo server: every byte a client sends comes straight back.\n\n\
+/// The long `--help` text of `echo server` (also given to its subcommand in `cli.rs`,
+/// where a doc comment would otherwise replace it).
+pub const LONG_ABOUT: &str = "TCP echo server: every byte a client sends comes straight back.\n\n\
         Serves any number of clients on one thread. Each client has a bounded output \
         buffer (--max-output); when a client does not read its echo, the server stops \
         reading from that client until it does (backpressure), so memory stays bounded \
         and other clients are not slowed.\n\n\
-        Prints '... listening on IP:PORT' on stderr when ready.",
+        Prints '... listening on IP:PORT' on stderr when ready.";
+
+/// Command-line options of `echo server`.
+#[derive(Debug, Clone, ClapArgs)]
+#[command(
+    about = "TCP echo server: every byte a client sends comes straight back",
+    long_about = LONG_ABOUT,
     after_help = "Examples:\n  sockloop echo server --port 8080\n  \
         sockloop rand | sockloop echo client 127.0.0.1:8080 --verify | head\n  \
         nc 127.0.0.1 8080\n\nSend SIGUSR1 to print the connection table."

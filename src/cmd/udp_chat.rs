@@ -50,18 +50,23 @@ const MIN_RECV_BUFFER: usize = 256 * 1024;
 /// The timer that ends the wait for the leave messages.
 const LEAVE_DEADLINE: u64 = 1;
 
-/// Command-line options of `udp-chat`.
-#[derive(Debug, Clone, ClapArgs)]
-#[command(
-    about = "Peer-to-peer group chat over UDP (lecture lab 2)",
-    long_about = "Peer-to-peer group chat over UDP: every line you type goes, as one datagram, \
+/// The long `--help` text of `udp-chat` (also given to its subcommand in `cli.rs`,
+/// where a doc comment would otherwise replace it).
+pub const LONG_ABOUT: &str =
+    "Peer-to-peer group chat over UDP: every line you type goes, as one datagram, \
         to every known peer — the PEER arguments plus everyone a message arrives from.\n\n\
         Messages read '[TIMESTAMP] NAME:\\n\\tTEXT', the same text as the course's Python \
         programs, so they can chat with this one. Incoming messages are printed on stdout \
         as they arrive; status lines go to stderr.\n\n\
         End of input (Ctrl+D), Ctrl+C or SIGTERM sends '<LEAVES THE CHAT>' to every peer \
         and exits. A peer that left that way is removed; so is a peer whose port the \
-        kernel reports unreachable (it exited without leaving).",
+        kernel reports unreachable (it exited without leaving).";
+
+/// Command-line options of `udp-chat`.
+#[derive(Debug, Clone, ClapArgs)]
+#[command(
+    about = "Peer-to-peer group chat over UDP (lecture lab 2)",
+    long_about = LONG_ABOUT,
     after_help = "Examples (three terminals):\n  sockloop udp-chat --port 5000 --name alice\n  \
         sockloop udp-chat --port 5001 --name bob localhost:5000\n  \
         sockloop udp-chat --name carol 127.0.0.1:5000 127.0.0.1:5001"

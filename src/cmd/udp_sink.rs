@@ -36,11 +36,10 @@ const LIVE: u64 = 1;
 const END: u64 = 2;
 const IDLE: u64 = 3;
 
-/// Command-line options of `udp-sink`.
-#[derive(Debug, Clone, ClapArgs)]
-#[command(
-    about = "Receive a udp-stream and report loss, reordering, duplication, rate and jitter",
-    long_about = "Receive a udp-stream ('Number I' messages) and report what arrived: received, \
+/// The long `--help` text of `udp-sink` (also given to its subcommand in `cli.rs`,
+/// where a doc comment would otherwise replace it).
+pub const LONG_ABOUT: &str =
+    "Receive a udp-stream ('Number I' messages) and report what arrived: received, \
         unique, lost (numbers never seen, from 0 up to the highest seen, or up to --count), \
         how many of the lost ones this sink's own full receive buffer dropped (the kernel's \
         SO_RXQ_OVFL count), reordered (arrived after a higher number, with the largest \
@@ -49,7 +48,13 @@ const IDLE: u64 = 3;
         Counts are exact and never negative. A live line goes to stderr each second; the \
         final report goes to stdout, as text or (--json) one JSON line.\n\n\
         The run ends after --duration, or --idle-timeout seconds after the last datagram \
-        once one arrived, or when all --count messages arrived, or on Ctrl+C.",
+        once one arrived, or when all --count messages arrived, or on Ctrl+C.";
+
+/// Command-line options of `udp-sink`.
+#[derive(Debug, Clone, ClapArgs)]
+#[command(
+    about = "Receive a udp-stream and report loss, reordering, duplication, rate and jitter",
+    long_about = LONG_ABOUT,
     after_help = "Examples:\n  sockloop udp-sink --port 6000\n  \
         sockloop udp-stream --count 100000 127.0.0.1:6000\n  \
         sockloop udp-sink --port 6000 --rcvbuf 4096 --json   (a tiny buffer: watch it drop)",

@@ -39,17 +39,22 @@ const SEND_BASE: u64 = 1 << 32;
 /// The longest timestamp the chat format writes: `YYYY-MM-DDTHH:MM:SS.ffffff`.
 const TIMESTAMP_MAX: usize = 26;
 
-/// Command-line options of `udp-stream`.
-#[derive(Debug, Clone, ClapArgs)]
-#[command(
-    about = "Send N numbered chat messages to every peer (lecture lab 2 streamer)",
-    long_about = "Send N numbered chat messages ('Number 0', 'Number 1', ...) to every peer, \
+/// The long `--help` text of `udp-stream` (also given to its subcommand in `cli.rs`,
+/// where a doc comment would otherwise replace it).
+pub const LONG_ABOUT: &str =
+    "Send N numbered chat messages ('Number 0', 'Number 1', ...) to every peer, \
         in the chat text format, so a running udp-chat shows them and udp-sink can count \
         what arrived.\n\n\
         --rate paces the stream through the event loop's timeout (never by sleeping); \
         without it, messages go as fast as the socket takes them. When the socket is full, \
         the stream waits until it has room again instead of dropping the message, and the \
-        summary says how many sends had to wait. A progress line is printed each second.",
+        summary says how many sends had to wait. A progress line is printed each second.";
+
+/// Command-line options of `udp-stream`.
+#[derive(Debug, Clone, ClapArgs)]
+#[command(
+    about = "Send N numbered chat messages to every peer (lecture lab 2 streamer)",
+    long_about = LONG_ABOUT,
     after_help = "Examples:\n  sockloop udp-sink --port 6000 &\n  \
         sockloop udp-stream --count 100000 --rate 20000 --size 200 127.0.0.1:6000\n  \
         sockloop udp-stream --count 10 localhost:5000 localhost:5001"

@@ -63,11 +63,10 @@ const OUT_OF_ORDER: usize = 1;
 const BAD_FRAME: usize = 2;
 const CLOSED: usize = 3;
 
-/// Command-line options of `stress chat`.
-#[derive(Debug, Clone, ClapArgs)]
-#[command(
-    about = "Framed group-chat load: senders at a fixed rate, fan-out latency at every receiver",
-    long_about = "Framed group-chat load: senders at a fixed rate, fan-out latency at every \
+/// The long `--help` text of `stress chat` (also given to its subcommand in `cli.rs`,
+/// where a doc comment would otherwise replace it).
+pub const LONG_ABOUT: &str =
+    "Framed group-chat load: senders at a fixed rate, fan-out latency at every \
         receiver.\n\n\
         Opens --conns framed clients to a chat relay (2-byte big-endian length prefix, or 4 \
         with --length-bytes 4). The first --senders of them send --rate frames per second \
@@ -76,7 +75,13 @@ const CLOSED: usize = 3;
         sender's frames arrive in order, and the report gives expected vs delivered frames \
         (expected: one per other client up when the frame was sent), frames delivered per \
         second and fan-out latency, corrected for coordinated omission and uncorrected. \
-        Lost or reordered frames are errors (exit 1).",
+        Lost or reordered frames are errors (exit 1).";
+
+/// Command-line options of `stress chat`.
+#[derive(Debug, Clone, ClapArgs)]
+#[command(
+    about = "Framed group-chat load: senders at a fixed rate, fan-out latency at every receiver",
+    long_about = LONG_ABOUT,
     after_help = "Examples:\n  sockloop chat server --relay-only --port 9001 &\n  \
         sockloop stress chat 127.0.0.1:9001 --conns 100 --senders 10 --rate 1000 --size 64\n  \
         sockloop stress chat 127.0.0.1:9001 --conns 50 --senders 5 --rate 100 --json"

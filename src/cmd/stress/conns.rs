@@ -44,17 +44,22 @@ pub enum Probe {
     None,
 }
 
-/// Command-line options of `stress conns`.
-#[derive(Debug, Clone, ClapArgs)]
-#[command(
-    about = "Open and hold many idle connections, then check the server still answers",
-    long_about = "Open and hold many idle connections, then check the server still answers.\n\n\
+/// The long `--help` text of `stress conns` (also given to its subcommand in `cli.rs`,
+/// where a doc comment would otherwise replace it).
+pub const LONG_ABOUT: &str =
+    "Open and hold many idle connections, then check the server still answers.\n\n\
         Opens --conns connections (spread over 127.0.0.x source addresses when the target \
         is IPv4 loopback, so more than the ~28k ephemeral ports of one address fit), holds \
         them idle for --hold seconds, counts the ones the server closed meanwhile, then \
         opens one fresh connection and checks it gets an echo (--probe). Reports connect \
         time percentiles, connects/s and failures by cause, naming the limit behind them \
-        (ephemeral ports, open files, listen backlog) and its fix.",
+        (ephemeral ports, open files, listen backlog) and its fix.";
+
+/// Command-line options of `stress conns`.
+#[derive(Debug, Clone, ClapArgs)]
+#[command(
+    about = "Open and hold many idle connections, then check the server still answers",
+    long_about = LONG_ABOUT,
     after_help = "Examples:\n  sockloop echo server --port 9000 &\n  \
         sockloop stress conns 127.0.0.1:9000 --conns 10000 --hold 5\n  \
         sockloop stress conns 127.0.0.1:9000 --conns 19000 --connect-rate 5000 --json\n  \

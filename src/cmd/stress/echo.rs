@@ -40,11 +40,10 @@ const UNEXPECTED: usize = 1;
 const CLOSED: usize = 2;
 const RESET: usize = 3;
 
-/// Command-line options of `stress echo`.
-#[derive(Debug, Clone, ClapArgs)]
-#[command(
-    about = "Request/response load on an echo server; every echoed byte is verified",
-    long_about = "Request/response load on an echo server; every echoed byte is verified.\n\n\
+/// The long `--help` text of `stress echo` (also given to its subcommand in `cli.rs`,
+/// where a doc comment would otherwise replace it).
+pub const LONG_ABOUT: &str =
+    "Request/response load on an echo server; every echoed byte is verified.\n\n\
         Opens --conns connections (all from this one thread), then for --duration seconds \
         each sends --size-byte messages and reads them back, keeping up to --pipeline \
         messages in flight. Reports messages/s, MB/s (payload, one way), latency \
@@ -54,7 +53,13 @@ const RESET: usize = 3;
         slow server is sent less (and looks better than it is). With --rate R every \
         connection sends on a fixed schedule of R messages/s and latency is measured from \
         when each message should have been sent (corrected for coordinated omission); \
-        the uncorrected figure is printed beside it.",
+        the uncorrected figure is printed beside it.";
+
+/// Command-line options of `stress echo`.
+#[derive(Debug, Clone, ClapArgs)]
+#[command(
+    about = "Request/response load on an echo server; every echoed byte is verified",
+    long_about = LONG_ABOUT,
     after_help = "Examples:\n  sockloop echo server --port 9000 &\n  \
         sockloop stress echo 127.0.0.1:9000 --conns 100 --size 1024 --duration 5\n  \
         sockloop stress echo 127.0.0.1:9000 --conns 10 --size 16384 --pipeline 8\n  \

@@ -44,11 +44,9 @@ const MAX_DATAGRAM: usize = 65_507;
 /// Send errors (JSON keys under `send_errors`).
 const SEND_ERROR_NAMES: &[&str] = &["no_buffer", "refused", "unreachable", "other"];
 
-/// Command-line options of `stress udp`.
-#[derive(Debug, Clone, ClapArgs)]
-#[command(
-    about = "UDP streamer with a built-in sink: sent, received, lost, reordered, duplicated",
-    long_about = "UDP streamer with a built-in sink.\n\n\
+/// The long `--help` text of `stress udp` (also given to its subcommand in `cli.rs`,
+/// where a doc comment would otherwise replace it).
+pub const LONG_ABOUT: &str = "UDP streamer with a built-in sink.\n\n\
         Sends --count numbered chat messages ('[TIMESTAMP] stress:\\n\\tNumber I', as \
         udp-stream does) at --rate per second from one UDP socket. Every datagram that \
         arrives on that socket is checked by a built-in sink: received, unique, lost, \
@@ -57,7 +55,13 @@ const SEND_ERROR_NAMES: &[&str] = &["no_buffer", "refused", "unreachable", "othe
         Without ADDR the stream goes to the socket itself, so the sink sees it all: a \
         measurement of this machine's UDP path and of the loop. With ADDR (for example a \
         `sockloop udp-sink`), the target's report says what arrived and this one what was \
-        sent; compare them.",
+        sent; compare them.";
+
+/// Command-line options of `stress udp`.
+#[derive(Debug, Clone, ClapArgs)]
+#[command(
+    about = "UDP streamer with a built-in sink: sent, received, lost, reordered, duplicated",
+    long_about = LONG_ABOUT,
     after_help = "Examples:\n  sockloop stress udp --count 100000 --rate 50000\n  \
         sockloop udp-sink --port 9002 &   sockloop stress udp 127.0.0.1:9002 --count 10000\n  \
         sockloop stress udp 127.0.0.1:9002 --count 10000 --rate 0 --size 1200 --json"
