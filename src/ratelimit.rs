@@ -54,6 +54,17 @@ impl fmt::Display for RateLimit {
     }
 }
 
+/// Parses a rate given as `R` or `R/s` (messages per second), as SPEC.md writes them.
+pub fn parse_per_second(text: &str) -> Result<f64, String> {
+    let digits = text.trim().trim_end_matches("/s");
+    match digits.parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!(
+            "'{text}' is not a rate (expected a number per second, e.g. 1000 or 1000/s)"
+        )),
+    }
+}
+
 /// A token bucket: holds up to one second's worth, refills continuously.
 #[derive(Debug, Clone)]
 pub struct Bucket {
@@ -129,6 +140,13 @@ impl Throttle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_take_an_optional_per_second() {
+        assert_eq!(parse_per_second("1000/s"), Ok(1000.0));
+        assert_eq!(parse_per_second("2.5"), Ok(2.5));
+        assert!(parse_per_second("fast").unwrap_err().contains("1000/s"));
+    }
 
     #[test]
     fn parses_every_spelling() {

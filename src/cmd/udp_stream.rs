@@ -64,7 +64,7 @@ pub struct Args {
     #[arg(long, short)]
     pub count: u64,
     /// Messages per second (to each peer); default: as fast as possible.
-    #[arg(long, short)]
+    #[arg(long, short, value_parser = crate::ratelimit::parse_per_second)]
     pub rate: Option<f64>,
     /// Pad each message's TEXT to this many bytes ('Number 7 ......').
     #[arg(long, short, default_value_t = 0)]

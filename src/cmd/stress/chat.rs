@@ -94,7 +94,7 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=99_999))]
     pub senders: u32,
     /// Frames per second per sender, on a fixed schedule (open loop).
-    #[arg(long, value_name = "R", default_value_t = 100.0)]
+    #[arg(long, value_name = "R", default_value_t = 100.0, value_parser = crate::ratelimit::parse_per_second)]
     pub rate: f64,
     /// Payload bytes per frame (at least 62: the stamp; the rest is padding).
     #[arg(long, value_name = "B", default_value_t = 64)]

@@ -83,7 +83,7 @@ pub struct Args {
     /// Open loop: each connection sends R messages per second on a fixed
     /// schedule (still at most --pipeline in flight), and latency is measured
     /// from each message's intended send time.
-    #[arg(long, value_name = "R")]
+    #[arg(long, value_name = "R", value_parser = crate::ratelimit::parse_per_second)]
     pub rate: Option<f64>,
     /// Seconds to wait after the window for echoes still in flight (they are
     /// verified, not counted).

@@ -86,7 +86,7 @@ pub struct TcpArgs {
     /// Open at most R connections per second (0: as fast as
     /// --connect-concurrency allows). Pacing keeps a burst of SYNs from
     /// overflowing the server's listen backlog.
-    #[arg(long, value_name = "R", default_value_t = 0.0)]
+    #[arg(long, value_name = "R", default_value_t = 0.0, value_parser = crate::ratelimit::parse_per_second)]
     pub connect_rate: f64,
     /// Handshakes under way at once. Connect times include the generator's
     /// own queueing: a lower value gives truer connect times, a higher one

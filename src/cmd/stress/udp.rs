@@ -74,7 +74,7 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
     pub count: u64,
     /// Messages per second (0: as fast as the socket takes them).
-    #[arg(long, value_name = "R", default_value_t = 10_000.0)]
+    #[arg(long, value_name = "R", default_value_t = 10_000.0, value_parser = crate::ratelimit::parse_per_second)]
     pub rate: f64,
     /// Pad each message's TEXT to this many bytes ('Number 7 ......'), as udp-stream does.
     #[arg(long, value_name = "B", default_value_t = 0)]
