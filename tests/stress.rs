@@ -16,7 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{echo_server, sockloop, Proc};
+use support::{echo_server, run_with_input, sockloop, Proc};
 
 /// What one `sockloop stress ...` run left behind.
 struct Outcome {
@@ -28,46 +28,14 @@ struct Outcome {
 
 /// Runs `sockloop ARGS` to the end (killed after `within`) and collects its output.
 fn run(args: &[&str], within: Duration) -> Outcome {
-    let mut child = sockloop(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sockloop");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_reader = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_reader = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + within;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "sockloop {args:?} did not finish within {within:?}; stderr:\n{}",
-                err_reader.join().unwrap()
-            );
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    let stdout = out_reader.join().unwrap();
-    let stderr = err_reader.join().unwrap();
+    let (code, stdout, stderr) = run_with_input(args, Vec::new(), within);
+    let stdout = String::from_utf8_lossy(&stdout).into_owned();
     let json = stdout
         .lines()
         .find(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str(l).expect("the --json line is JSON"));
     Outcome {
-        code: status.code(),
+        code: Some(code).filter(|c| *c >= 0),
         stdout,
         stderr,
         json,
