@@ -600,3 +600,21 @@ fn a_line_client_turned_away_when_full_reads_plain_text() {
     let _ = reader.read_to_end(&mut rest);
     assert!(rest.is_empty(), "more after the notice: {rest:?}");
 }
+
+#[test]
+fn sigusr1_lists_the_udp_peers_too() {
+    let (mut server, doors) = room_server(&["--udp-port", "0"]);
+    let peer = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP peer");
+    let message = chat_msg::format_now("Uma", "hello from udp");
+    peer.send_to(message.as_bytes(), doors.udp.expect("udp door"))
+        .expect("send");
+    server.wait_line("Uma joined the chat (udp", LONG);
+    let before = server.drain_lines().len();
+    server.signal(libc::SIGUSR1);
+    server.wait_line_after(before, "udp door: 1 peer(s)", LONG);
+    let row = server.wait_line_after(before, "Uma", LONG);
+    assert!(
+        row.contains(&peer.local_addr().unwrap().to_string()),
+        "row without the peer's address: {row}"
+    );
+}

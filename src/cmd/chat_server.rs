@@ -466,6 +466,12 @@ impl Handler for Hub {
         }
     }
 
+    fn describe(&self, out: &mut String) {
+        if let Some(udp) = &self.udp {
+            udp.describe(out);
+        }
+    }
+
     fn buffered_in(&self, member: &Member) -> usize {
         match &member.input {
             Some(Input::Framed(decoder)) => decoder.buffered(),

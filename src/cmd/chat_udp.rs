@@ -90,6 +90,32 @@ pub struct UdpRoom {
 }
 
 impl UdpRoom {
+    /// The UDP peers and the door's counters, for the SIGUSR1 table.
+    pub fn describe(&self, out: &mut String) {
+        use std::fmt::Write;
+        let now = Instant::now();
+        let _ = writeln!(
+            out,
+            "udp door: {} peer(s) of at most {}; datagrams refused by rule {}, room full {}, \
+             over the rate {}, not sent {}",
+            self.peers.len(),
+            self.max_peers,
+            self.refused.0,
+            self.full.0,
+            self.over_rate.0,
+            self.unsent.0
+        );
+        for (addr, peer) in &self.peers {
+            let _ = writeln!(
+                out,
+                "  udp         {:<42} {:<12} silent {:.1}s",
+                addr.to_string(),
+                peer.name.as_deref().unwrap_or("(no name yet)"),
+                (now - peer.last_heard).as_secs_f64()
+            );
+        }
+    }
+
     /// An empty room for at most `max_peers` UDP peers.
     pub fn new(max_peers: usize, timeout: Duration, rate_limit: Option<RateLimit>) -> UdpRoom {
         UdpRoom {

@@ -226,6 +226,10 @@ pub trait Handler {
     fn buffered_in(&self, _conn: &Self::Conn) -> usize {
         0
     }
+
+    /// Adds the command's own lines to the SIGUSR1 connection table (peers
+    /// without a connection, counters). Default: nothing.
+    fn describe(&self, _out: &mut String) {}
 }
 
 /// What [`Ctx::queue`] did with a frame.
@@ -1737,6 +1741,7 @@ impl<S> Ctx<S> {
                 (now - conn.since).as_secs_f64()
             ));
         }
+        handler.describe(&mut text);
         let _ = io::stderr().lock().write_all(text.as_bytes());
     }
 
