@@ -20,10 +20,9 @@ use crate::chat_msg;
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};
 use crate::framing::{self, Decoder, Frame, FrameConfig};
-use crate::net;
-use crate::reactor::{Config, ConnId, Ctx, Event, Handler, Reactor};
+use crate::reactor::{ConnId, Ctx, Event, Handler};
 use crate::sys;
-use crate::tls::{self, ClientTlsArgs};
+use crate::tls::ClientTlsArgs;
 
 /// Unsent output at which reading stdin pauses.
 pub const OUT_LIMIT: usize = 1024 * 1024;
@@ -255,33 +254,7 @@ impl ChatClient {
 /// Runs the chat client until the chat ends (see the module docs).
 pub fn run(args: &Args, trace: bool) -> Result<()> {
     let frames = args.framing.config()?;
-    let tls_config = args.tls.config()?;
-    let server_name = match tls_config {
-        Some(_) => Some(tls::server_name(&args.server)?),
-        None => None,
-    };
-    let config = Config {
-        stdin: true,
-        trace,
-        out_limit: OUT_LIMIT,
-        // Messages from the server are read and printed whatever our own
-        // output does: reading is what lets the server make progress.
-        pause_reads_when_full: false,
-        ..Config::default()
-    };
-    let mut reactor = Reactor::new(config).map_err(|e| Error::io("starting the event loop", e))?;
-    let (stream, server) = net::connect_to(&args.server)?;
-    log::info!("connected to {server}");
-    let conn = reactor
-        .cx()
-        .adopt(stream, server, (), false)
-        .map_err(|e| Error::io("registering the connection", e))?;
-    if let (Some(config), Some(name)) = (tls_config, server_name) {
-        reactor
-            .cx()
-            .start_tls(conn, config, name)
-            .map_err(|e| Error::Failed(format!("tls: {e}")))?;
-    }
+    let (mut reactor, conn) = super::open_client(&args.server, &args.tls, OUT_LIMIT, trace)?;
     let input = ChatInput::new(args.name.as_deref(), frames.max_frame);
     if input.name().is_some() {
         hint(HINT);

@@ -17,10 +17,9 @@ use clap::Args as ClapArgs;
 
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};
-use crate::net;
-use crate::reactor::{Config, ConnId, Ctx, Event, Handler, Reactor};
+use crate::reactor::{ConnId, Ctx, Event, Handler};
 use crate::sys;
-use crate::tls::{self, ClientTlsArgs};
+use crate::tls::ClientTlsArgs;
 
 /// Bytes sent and not yet echoed that `--verify` keeps before it pauses stdin.
 pub const VERIFY_WINDOW: usize = 16 * 1024 * 1024;
@@ -187,30 +186,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         }
         return run_naive(args);
     }
-    let tls_config = args.tls.config()?;
-    let config = Config {
-        stdin: true,
-        trace,
-        out_limit: OUT_LIMIT,
-        // Reading the echo must never wait for our own output to drain: the
-        // echo is what makes room on the server side.
-        pause_reads_when_full: false,
-        ..Config::default()
-    };
-    let mut reactor = Reactor::new(config).map_err(|e| Error::io("starting the event loop", e))?;
-    let (stream, server) = net::connect_to(&args.server)?;
-    log::debug!("connected to {server}");
-    let conn = reactor
-        .cx()
-        .adopt(stream, server, (), false)
-        .map_err(|e| Error::io("registering the connection", e))?;
-    if let Some(config) = tls_config {
-        let name = tls::server_name(&args.server)?;
-        reactor
-            .cx()
-            .start_tls(conn, config, name)
-            .map_err(|e| Error::Failed(format!("tls: {e}")))?;
-    }
+    let (mut reactor, conn) = super::open_client(&args.server, &args.tls, OUT_LIMIT, trace)?;
     let mut client = EchoClient {
         conn,
         verify: args.verify,
@@ -234,7 +210,7 @@ fn run_naive(args: &Args) -> Result<()> {
     use std::io::{Read, Write};
     use std::os::fd::AsRawFd;
 
-    let (stream, server) = net::connect_to(&args.server)?;
+    let (stream, server) = crate::net::connect_to(&args.server)?;
     let mut stream: std::net::TcpStream = stream.into();
     let io_err = |what: &str| {
         let what = what.to_string();
