@@ -27,7 +27,7 @@ use std::time::Duration;
 use clap::Args as ClapArgs;
 
 use super::connect::Ended;
-use super::report::{self, Json, Latency, Tally};
+use super::report::{self, Latency, Tally};
 use super::{
     latency_lines, positive, prepare, rate_check, Run, TcpArgs, SEND_TICK_NS, TIMER_CONN,
     TIMER_DRAIN, TIMER_END, TIMER_PROGRESS, TIMER_START,
@@ -483,25 +483,18 @@ impl Chat {
         }
         let window = self.run.window();
         let plan = self.run.connector.plan();
-        let mut lines = vec![format!(
+        let head = format!(
             "stress chat {}: {} clients, {} sender(s) x {} frames/s, {} B frames, {}-byte prefix; \
-             {:.2} s measured{}",
+             {:.2} s measured",
             plan.target,
             report::count(u64::from(plan.n)),
             self.n_senders,
             1e9 / self.period_ns as f64,
             self.size,
             self.config.prefix.bytes(),
-            window.as_secs_f64(),
-            if self.run.interrupted {
-                " (interrupted)"
-            } else {
-                ""
-            }
-        )];
-        let mut json = Json::new();
-        self.run.json_head(&mut json, window);
-        self.run.connect_report(&mut lines, &mut json);
+            window.as_secs_f64()
+        );
+        let (mut lines, mut json) = self.run.open_summary(head, window);
         let sent_per_s = report::per_second(self.sent, window);
         let delivered_per_s = report::per_second(self.delivered, window);
         let asked = 1e9 / self.period_ns as f64 * f64::from(self.n_senders);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use clap::{Args as ClapArgs, ValueEnum};
 
 use super::connect::Ended;
-use super::report::{self, Json, Tally};
+use super::report::{self, Tally};
 use super::{
     outcome, positive, prepare, print_summary, Run, TcpArgs, TIMER_END, TIMER_MODE, TIMER_PROGRESS,
 };
@@ -205,20 +205,13 @@ impl Conns {
             _ => Duration::ZERO,
         };
         let plan = self.run.connector.plan();
-        let mut lines = vec![format!(
-            "stress conns {}: {} connections, held {:.2} s{}",
+        let head = format!(
+            "stress conns {}: {} connections, held {:.2} s",
             plan.target,
             report::count(u64::from(plan.n)),
-            held_for.as_secs_f64(),
-            if self.run.interrupted {
-                " (interrupted)"
-            } else {
-                ""
-            }
-        )];
-        let mut json = Json::new();
-        self.run.json_head(&mut json, held_for);
-        self.run.connect_report(&mut lines, &mut json);
+            held_for.as_secs_f64()
+        );
+        let (mut lines, mut json) = self.run.open_summary(head, held_for);
         let held = u64::from(self.run.connector.up());
         lines.push(format!(
             "  held: {} open at the end of the hold; the server closed {} meanwhile ({})",

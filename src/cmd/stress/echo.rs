@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use clap::Args as ClapArgs;
 
 use super::connect::Ended;
-use super::report::{self, Json, Latency, Tally};
+use super::report::{self, Latency, Tally};
 use super::{
     latency_lines, positive, prepare, rate_check, Run, TcpArgs, SEND_TICK_NS, TIMER_CONN,
     TIMER_DRAIN, TIMER_END, TIMER_PROGRESS,
@@ -430,8 +430,8 @@ impl Echo {
         let window = self.run.window();
         let msgs_per_s = report::per_second(self.msgs, window);
         let mb_per_s = msgs_per_s * self.size as f64 / 1e6;
-        let mut lines = vec![format!(
-            "stress echo {}: {} connections x {} B, pipeline {}, {}; {:.2} s measured{}",
+        let head = format!(
+            "stress echo {}: {} connections x {} B, pipeline {}, {}; {:.2} s measured",
             self.run.connector.plan().target,
             report::count(u64::from(self.run.connector.plan().n)),
             self.size,
@@ -440,16 +440,9 @@ impl Echo {
                 Some(_) => format!("open loop at {} msgs/s per connection", self.rate_text()),
                 None => "closed loop".to_string(),
             },
-            window.as_secs_f64(),
-            if self.run.interrupted {
-                " (interrupted)"
-            } else {
-                ""
-            }
-        )];
-        let mut json = Json::new();
-        self.run.json_head(&mut json, window);
-        self.run.connect_report(&mut lines, &mut json);
+            window.as_secs_f64()
+        );
+        let (mut lines, mut json) = self.run.open_summary(head, window);
         json.u64("size", self.size);
         json.u64("pipeline", self.pipeline);
         lines.push(format!(

@@ -480,6 +480,22 @@ impl Run {
         );
     }
 
+    /// Starts a summary the same way in every TCP mode: the headline (with
+    /// "(interrupted)" when Ctrl+C ended the run), the JSON fields every mode
+    /// starts with, and the connection report. `duration` is the measured time.
+    pub fn open_summary(&self, headline: String, duration: Duration) -> (Vec<String>, Json) {
+        let interrupted = if self.interrupted {
+            " (interrupted)"
+        } else {
+            ""
+        };
+        let mut lines = vec![format!("{headline}{interrupted}")];
+        let mut json = Json::new();
+        self.json_head(&mut json, duration);
+        self.connect_report(&mut lines, &mut json);
+        (lines, json)
+    }
+
     /// Ends a summary the same way in every message-counting mode: the
     /// errors by kind and the first one, the generator's honesty lines, then
     /// prints it (and the JSON line with `--json`) and returns the exit.
