@@ -74,6 +74,26 @@ pub struct Datagram {
     pub drops: Option<u32>,
 }
 
+/// A `recvmsg` header over one data buffer, a slot for the sender's address
+/// and a control buffer, all owned by the caller (who must keep them alive
+/// while the header is used).
+fn recv_header(
+    name: &mut libc::sockaddr_storage,
+    iov: &mut libc::iovec,
+    control: &mut [u64; CONTROL_WORDS],
+) -> libc::msghdr {
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header (and
+    // fills any padding fields some libcs add).
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_name = (name as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = mem::size_of_val(control) as _;
+    msg
+}
+
 /// Receives one datagram with `recvmsg`, reading the drop counter as well.
 ///
 /// Errors are the socket's: `WouldBlock` when it is empty, and — once per
@@ -86,15 +106,7 @@ pub fn recv_datagram(socket: &impl AsRawFd, buf: &mut [u8]) -> io::Result<Datagr
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
-    // SAFETY: msghdr is plain data; all-zero is a valid empty header (and
-    // fills any padding fields some libcs add).
-    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-    msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
-    msg.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = mem::size_of_val(&control) as _;
+    let mut msg = recv_header(&mut name, &mut iov, &mut control);
     // SAFETY: every pointer in `msg` points at a live local buffer of the
     // length stated next to it; the kernel writes within those lengths.
     let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
@@ -145,14 +157,7 @@ pub fn recv_error(socket: &impl AsRawFd) -> io::Result<Option<QueuedError>> {
         iov_base: payload.as_mut_ptr().cast(),
         iov_len: payload.len(),
     };
-    // SAFETY: as in `recv_datagram`: an all-zero msghdr is valid.
-    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-    msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
-    msg.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = mem::size_of_val(&control) as _;
+    let mut msg = recv_header(&mut name, &mut iov, &mut control);
     // SAFETY: every pointer in `msg` points at a live local buffer of the
     // stated length. MSG_ERRQUEUE never blocks.
     let n = unsafe {
