@@ -28,7 +28,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use sockloop::chat_msg;
-use support::{cpu_seconds, eventually, rss_kib, sockloop, OutLines as Lines, Proc};
+use support::{
+    chat_server_with, cpu_seconds, eventually, peak_rss_kib, rss_kib, sockloop, OutLines as Lines,
+    Proc,
+};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -38,26 +41,6 @@ const LONG: Duration = Duration::from_secs(20);
 /// stdout (the relayed messages) is discarded.
 fn chat_server(extra: &[&str]) -> (Proc, SocketAddr) {
     chat_server_with(extra, |_| {})
-}
-
-/// Like [`chat_server`], letting the test adjust the command first.
-fn chat_server_with(extra: &[&str], adjust: impl FnOnce(&mut Command)) -> (Proc, SocketAddr) {
-    let mut args = vec![
-        "chat",
-        "server",
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--relay-only",
-    ];
-    args.extend_from_slice(extra);
-    let mut cmd = sockloop(&args);
-    cmd.stdout(Stdio::null());
-    adjust(&mut cmd);
-    let mut server = Proc::start(cmd);
-    let addr = server.listening_addr();
-    (server, addr)
 }
 
 /// Waits until the server has logged `n` connected clients.
@@ -118,17 +101,6 @@ fn connection_table(server: &mut Proc) -> Vec<(String, usize)> {
             .collect();
         (rows.len() == n).then_some(rows)
     })
-}
-
-/// The server's peak resident size so far (VmHWM), in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .expect("VmHWM")
 }
 
 // ----- A framed client on a blocking socket ------------------------------------

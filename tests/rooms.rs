@@ -23,7 +23,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use sockloop::chat_msg;
-use support::{last_word_addr, sockloop, OutLines, Proc};
+use support::{chat_server_with, last_word_addr, sockloop, OutLines, Proc};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -39,20 +39,7 @@ struct Doors {
 /// `sockloop chat server --relay-only` on 127.0.0.1 with `extra` options;
 /// stdout (the relayed messages) is discarded.
 fn room_server(extra: &[&str]) -> (Proc, Doors) {
-    let mut args = vec![
-        "chat",
-        "server",
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--relay-only",
-    ];
-    args.extend_from_slice(extra);
-    let mut cmd = sockloop(&args);
-    cmd.stdout(Stdio::null());
-    let mut server = Proc::start(cmd);
-    let tcp = server.listening_addr();
+    let (mut server, tcp) = chat_server_with(extra, |_| {});
     let line = extra
         .contains(&"--line-port")
         .then(|| last_word_addr(&server.wait_line("line door listening on", LONG)));

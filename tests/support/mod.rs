@@ -245,6 +245,28 @@ impl OutLines {
     }
 }
 
+/// Starts `sockloop chat server --bind 127.0.0.1 --port 0 --relay-only EXTRA...`
+/// with its stdout (the relayed messages) discarded, after `adjust` has had
+/// its say on the command; returns it with its address.
+pub fn chat_server_with(extra: &[&str], adjust: impl FnOnce(&mut Command)) -> (Proc, SocketAddr) {
+    let mut args = vec![
+        "chat",
+        "server",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--relay-only",
+    ];
+    args.extend_from_slice(extra);
+    let mut cmd = sockloop(&args);
+    cmd.stdout(Stdio::null());
+    adjust(&mut cmd);
+    let mut server = Proc::start(cmd);
+    let addr = server.listening_addr();
+    (server, addr)
+}
+
 /// Parses the last word of a line as a socket address.
 pub fn last_word_addr(line: &str) -> SocketAddr {
     line.split_whitespace()
@@ -355,11 +377,21 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 
 /// A process's resident set size in KiB, from /proc/PID/status.
 pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS")
+}
+
+/// A process's peak resident set size so far (VmHWM) in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM")
+}
+
+/// A `FIELD:   N kB` line of /proc/PID/status, in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
     status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.split(':').next() == Some(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
 }
