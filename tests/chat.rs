@@ -974,18 +974,9 @@ fn a_python_client_and_a_sockloop_client_chat_through_the_server() {
         return;
     }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/chat_client.py");
-    let mut cmd = sockloop(&[
-        "chat",
-        "server",
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--relay-only",
-    ]);
-    cmd.stdout(Stdio::piped());
-    let mut server = Proc::start(cmd);
-    let addr = server.listening_addr();
+    let (mut server, addr) = chat_server_with(&[], |cmd| {
+        cmd.stdout(Stdio::piped());
+    });
     let mut server_out = Lines::of(&mut server.child);
 
     let mut python = Command::new("python3")
