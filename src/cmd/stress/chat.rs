@@ -29,8 +29,8 @@ use clap::Args as ClapArgs;
 use super::connect::Ended;
 use super::report::{self, Latency, Tally};
 use super::{
-    latency_lines, positive, prepare, rate_check, Run, TcpArgs, SEND_TICK_NS, TIMER_CONN,
-    TIMER_DRAIN, TIMER_END, TIMER_PROGRESS, TIMER_START,
+    latency_lines, positive, prepare, rate_check, zero_or_more, Run, TcpArgs, SECONDS,
+    SEND_TICK_NS, TIMER_CONN, TIMER_DRAIN, TIMER_END, TIMER_PROGRESS, TIMER_START,
 };
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};
@@ -613,13 +613,8 @@ impl Handler for Chat {
 pub fn run(args: &Args, trace: bool) -> Result<()> {
     positive("--duration", args.duration)?;
     positive("--rate", args.rate)?;
-    for (name, value) in [("--drain", args.drain), ("--settle", args.settle)] {
-        if !(value >= 0.0 && value.is_finite()) {
-            return Err(Error::Usage(format!(
-                "{name} must be 0 or more seconds, not {value}"
-            )));
-        }
-    }
+    zero_or_more("--drain", args.drain, SECONDS)?;
+    zero_or_more("--settle", args.settle, SECONDS)?;
     let prefix = match args.length_bytes.as_str() {
         "4" => PrefixLen::Four,
         _ => PrefixLen::Two,

@@ -15,7 +15,8 @@ use clap::{Args as ClapArgs, ValueEnum};
 use super::connect::Ended;
 use super::report::{self, Tally};
 use super::{
-    outcome, positive, prepare, print_summary, Run, TcpArgs, TIMER_END, TIMER_MODE, TIMER_PROGRESS,
+    outcome, positive, prepare, print_summary, zero_or_more, Run, TcpArgs, SECONDS, TIMER_END,
+    TIMER_MODE, TIMER_PROGRESS,
 };
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};
@@ -372,12 +373,7 @@ impl Handler for Conns {
 
 /// Runs `stress conns`: connect, hold, probe.
 pub fn run(args: &Args, trace: bool) -> Result<()> {
-    if !(args.hold >= 0.0 && args.hold.is_finite()) {
-        return Err(Error::Usage(format!(
-            "--hold must be 0 or more seconds, not {}",
-            args.hold
-        )));
-    }
+    zero_or_more("--hold", args.hold, SECONDS)?;
     positive("--connect-timeout", args.tcp.connect_timeout)?;
     let extra = u32::from(args.probe != Probe::None);
     let setup = prepare(&args.tcp, extra)?;

@@ -22,8 +22,8 @@ use clap::Args as ClapArgs;
 use super::connect::Ended;
 use super::report::{self, Latency, Tally};
 use super::{
-    latency_lines, positive, prepare, rate_check, Run, TcpArgs, SEND_TICK_NS, TIMER_CONN,
-    TIMER_DRAIN, TIMER_END, TIMER_PROGRESS,
+    latency_lines, positive, prepare, rate_check, zero_or_more, Run, TcpArgs, SECONDS,
+    SEND_TICK_NS, TIMER_CONN, TIMER_DRAIN, TIMER_END, TIMER_PROGRESS,
 };
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};
@@ -552,12 +552,7 @@ impl Handler for Echo {
 /// Runs `stress echo` until the window and the drain are over, or Ctrl+C.
 pub fn run(args: &Args, trace: bool) -> Result<()> {
     positive("--duration", args.duration)?;
-    if !(args.drain >= 0.0 && args.drain.is_finite()) {
-        return Err(Error::Usage(format!(
-            "--drain must be 0 or more seconds, not {}",
-            args.drain
-        )));
-    }
+    zero_or_more("--drain", args.drain, SECONDS)?;
     if let Some(rate) = args.rate {
         positive("--rate", rate)?;
     }

@@ -132,12 +132,7 @@ pub struct Setup {
 /// `extra` is the number of connections the mode opens besides `--conns`.
 pub fn prepare(args: &TcpArgs, extra: u32) -> Result<Setup> {
     positive("--connect-timeout", args.connect_timeout)?;
-    if !(args.connect_rate >= 0.0 && args.connect_rate.is_finite()) {
-        return Err(Error::Usage(format!(
-            "--connect-rate must be 0 (unpaced) or a positive number, not {}",
-            args.connect_rate
-        )));
-    }
+    zero_or_more("--connect-rate", args.connect_rate, UNPACED)?;
     let target = addr::resolve(&args.addr)?;
     let (soft_before, hard) = sys::nofile_limit().unwrap_or((1024, 1024));
     let fd_limit = match sys::raise_nofile_limit() {
@@ -223,6 +218,23 @@ pub fn positive(name: &str, value: f64) -> Result<()> {
     } else {
         Err(Error::Usage(format!(
             "{name} must be a positive number, not {value}"
+        )))
+    }
+}
+
+/// What a duration option accepts, for [`zero_or_more`].
+pub const SECONDS: &str = "0 or more seconds";
+/// What a pacing rate accepts, for [`zero_or_more`].
+pub const UNPACED: &str = "0 (unpaced) or a positive number";
+
+/// A usage error unless `value` is 0 or a positive, finite number;
+/// `meaning` completes "NAME must be ...", e.g. "0 or more seconds".
+pub fn zero_or_more(name: &str, value: f64, meaning: &str) -> Result<()> {
+    if value >= 0.0 && value.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "{name} must be {meaning}, not {value}"
         )))
     }
 }

@@ -21,7 +21,8 @@ use clap::Args as ClapArgs;
 
 use super::report::{self, Json, Tally};
 use super::{
-    generator_report, print_summary, rate_check, Generator, TIMER_END, TIMER_MODE, TIMER_PROGRESS,
+    generator_report, print_summary, rate_check, zero_or_more, Generator, SECONDS, TIMER_END,
+    TIMER_MODE, TIMER_PROGRESS, UNPACED,
 };
 use crate::addr;
 use crate::chat_msg;
@@ -441,18 +442,8 @@ impl Handler for Udp {
 
 /// Runs `stress udp`: stream, then wait for stragglers, then report.
 pub fn run(args: &Args, trace: bool) -> Result<()> {
-    if !(args.rate >= 0.0 && args.rate.is_finite()) {
-        return Err(Error::Usage(format!(
-            "--rate must be 0 (unpaced) or a positive number, not {}",
-            args.rate
-        )));
-    }
-    if !(args.drain >= 0.0 && args.drain.is_finite()) {
-        return Err(Error::Usage(format!(
-            "--drain must be 0 or more seconds, not {}",
-            args.drain
-        )));
-    }
+    zero_or_more("--rate", args.rate, UNPACED)?;
+    zero_or_more("--drain", args.drain, SECONDS)?;
     let longest = chat_msg::format_now(NAME, &stream::text(args.count - 1, args.size)).len();
     if longest > MAX_DATAGRAM {
         return Err(Error::Usage(format!(
