@@ -105,3 +105,77 @@ pub enum StressCommand {
     #[command(long_about = cmd::stress::udp::LONG_ABOUT)]
     Udp(cmd::stress::udp::Args),
 }
+
+/// Folds clap's rendering of a command-line mistake into the one line
+/// `main` prints after `sockloop: `: clap's message and any tip, joined, and
+/// which `--help` to read. Help and version output never come here.
+pub fn mistake_line(rendered: &str) -> String {
+    let mut line = String::new();
+    let mut command = None;
+    for paragraph in rendered.split("\n\n") {
+        let text = paragraph
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        if let Some(usage) = text.strip_prefix("Usage: ") {
+            let words: Vec<&str> = usage
+                .split_whitespace()
+                .take_while(|w| !w.starts_with(['-', '[', '<']))
+                .collect();
+            command = Some(words.join(" "));
+        } else if text.starts_with("For more information") || text.is_empty() {
+            continue;
+        } else if line.is_empty() {
+            line = text.trim_start_matches("error: ").to_string();
+        } else {
+            line.push_str("; ");
+            line.push_str(&text);
+        }
+    }
+    match command {
+        Some(command) => format!("{line} (see '{command} --help')"),
+        None => format!("{line} (see --help)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mistake(args: &[&str]) -> String {
+        let Err(error) =
+            Cli::try_parse_from(std::iter::once("sockloop").chain(args.iter().copied()))
+        else {
+            panic!("{args:?} parsed");
+        };
+        mistake_line(&error.render().to_string())
+    }
+
+    #[test]
+    fn a_mistake_is_one_line_with_the_tip_and_the_help_to_read() {
+        let line = mistake(&["echo", "server", "--prot", "5"]);
+        assert_eq!(
+            line,
+            "unexpected argument '--prot' found; tip: a similar argument exists: '--port' \
+             (see 'sockloop echo server --help')"
+        );
+        let line = mistake(&["echo", "client"]);
+        assert_eq!(
+            line,
+            "the following required arguments were not provided: <SERVER> \
+             (see 'sockloop echo client --help')"
+        );
+        let line = mistake(&["chat", "server", "--on-backlog", "later"]);
+        assert!(
+            line.starts_with("invalid value 'later' for '--on-backlog"),
+            "{line}"
+        );
+        assert!(
+            line.contains("[possible values: disconnect, drop-oldest]"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'), "{line}");
+    }
+}

@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand;
 use clap::Parser;
 
 use sockloop::cli::{ChatCommand, Cli, Command, EchoCommand, StressCommand};
@@ -14,7 +15,18 @@ fn main() -> ExitCode {
     // Before anything opens a descriptor: is fd 0 really stdin?
     sockloop::reactor::stdin::probe();
     install_panic_hook();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help, --version, and a bare `sockloop stress`: what clap prints is the answer.
+        Err(e) if !e.use_stderr() || e.kind() == DisplayHelpOnMissingArgumentOrSubcommand => {
+            e.exit()
+        }
+        Err(e) => {
+            let line = sockloop::cli::mistake_line(&e.render().to_string());
+            let _ = writeln!(std::io::stderr(), "sockloop: {line}");
+            return ExitCode::from(2);
+        }
+    };
     init_logging(&cli);
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -358,10 +358,14 @@ fn assert_one_clear_line(err: &str) {
 fn usage_mistakes_exit_2_and_runtime_failures_exit_1() {
     let (code, err) = outcome(&["echo", "server", "--no-such-flag"]);
     assert_eq!(code, 2, "{err}");
-    assert!(!err.contains("panicked"));
+    assert_one_clear_line(&err);
+    assert!(err.contains("'--no-such-flag'"), "{err}");
+    assert!(err.contains("'sockloop echo server --help'"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
 
     let (code, err) = outcome(&["echo", "server", "--port", "70000"]);
     assert_eq!(code, 2, "{err}");
+    assert_one_clear_line(&err);
     assert!(err.contains("70000"), "{err}");
 
     let (code, err) = outcome(&["echo", "client", "127.0.0.1"]);
