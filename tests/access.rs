@@ -5,28 +5,10 @@
 mod support;
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use support::*;
-
-/// Connects from a chosen loopback source address.
-fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    let from: SocketAddr = format!("{source}:0").parse().unwrap();
-    socket.bind(&from.into()).unwrap();
-    socket
-        .connect_timeout(&addr.into(), Duration::from_secs(5))
-        .unwrap();
-    let stream: TcpStream = socket.into();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    stream
-        .set_write_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    stream
-}
 
 /// True when the server closed the connection without serving it.
 fn was_refused(mut stream: TcpStream) -> bool {

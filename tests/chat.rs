@@ -145,14 +145,7 @@ impl Peer {
         socket
             .connect_timeout(&addr.into(), Duration::from_secs(5))
             .expect("connect");
-        let stream: TcpStream = socket.into();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        stream
-            .set_write_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        Peer::over(stream, 2)
+        Peer::over(support::with_deadlines(socket.into()), 2)
     }
 
     fn over(stream: TcpStream, prefix: usize) -> Peer {

@@ -23,7 +23,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use sockloop::chat_msg;
-use support::{chat_server_with, last_word_addr, sockloop, OutLines, Proc};
+use support::{chat_server_with, connect_from, last_word_addr, sockloop, OutLines, Proc};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -447,27 +447,20 @@ fn udp_peers_leave_by_silence_and_by_vanishing() {
 // ----- Access control and rate limits ---------------------------------------------------------
 
 /// A framed client connected from a chosen loopback source address.
-fn framed_from(source: &str, addr: SocketAddr) -> io::Result<Framed> {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-    let from: SocketAddr = format!("{source}:0").parse().unwrap();
-    socket.bind(&from.into())?;
-    socket.connect_timeout(&addr.into(), Duration::from_secs(5))?;
-    let stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    Ok(Framed::over(stream))
+fn framed_from(source: &str, addr: SocketAddr) -> Framed {
+    Framed::over(connect_from(source, addr))
 }
 
 #[test]
 fn a_denied_address_is_refused_while_another_chats() {
     let (mut server, doors) = room_server(&["--deny", "127.0.0.2/32"]);
-    let mut denied = framed_from("127.0.0.2", doors.tcp).expect("the handshake itself succeeds");
+    let mut denied = framed_from("127.0.0.2", doors.tcp);
     denied.say("Mallory", "let me in");
     assert_eq!(denied.next(), None, "a denied client is closed unserved");
     server.wait_line("refused 127.0.0.2:", LONG);
 
-    let mut ann = framed_from("127.0.0.1", doors.tcp).unwrap();
-    let mut bob = framed_from("127.0.0.1", doors.tcp).unwrap();
+    let mut ann = framed_from("127.0.0.1", doors.tcp);
+    let mut bob = framed_from("127.0.0.1", doors.tcp);
     server.wait_line(", 2 clients)", LONG);
     ann.say("Ann", "served");
     bob.wait_for("Ann", "served");

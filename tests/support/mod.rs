@@ -286,7 +286,24 @@ pub fn echo_server(extra: &[&str]) -> (Proc, SocketAddr) {
 
 /// Connects with a deadline on every read and write, so a test cannot hang.
 pub fn connect(addr: SocketAddr) -> TcpStream {
-    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    with_deadlines(TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect"))
+}
+
+/// Connects from a chosen loopback source address (127.0.0.2, ...), with
+/// the same deadlines as [`connect`].
+pub fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let from: SocketAddr = format!("{source}:0").parse().expect("a source IP");
+    socket.bind(&from.into()).expect("bind the source address");
+    socket
+        .connect_timeout(&addr.into(), Duration::from_secs(5))
+        .expect("connect");
+    with_deadlines(socket.into())
+}
+
+/// Gives a test's stream a 10 s deadline on every read and write.
+pub fn with_deadlines(stream: TcpStream) -> TcpStream {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
