@@ -164,25 +164,9 @@ fn two_hundred_clients_each_get_their_own_bytes_back() {
 fn a_client_that_never_reads_is_held_to_the_output_limit() {
     let (mut server, addr) = echo_server(&[]);
     let mut hog = connect(addr);
-    hog.set_nonblocking(true).unwrap();
     // Send up to 10 MB without reading; the kernel stops taking them once
     // the server, held by backpressure, stops reading.
-    let chunk = pattern(64 * 1024, 4);
-    let mut sent = 0usize;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sent < 10 * 1024 * 1024 && Instant::now() < deadline {
-        match hog.write(&chunk) {
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                // Give the server a moment to read, then see if it still does.
-                thread::sleep(Duration::from_millis(20));
-                if hog.write(&chunk).is_err() {
-                    break;
-                }
-            }
-            Err(e) => panic!("hog write: {e}"),
-        }
-    }
+    let sent = fill_until_blocked(&mut hog, &pattern(64 * 1024, 4), 10 * 1024 * 1024);
     assert!(
         sent < 10 * 1024 * 1024,
         "the server read everything: no backpressure"
