@@ -14,9 +14,10 @@ use crate::conn::{CloseReason, Conn, State};
 use crate::trace;
 
 use super::tcp::write_failure;
+use super::timer::Deadline;
 use super::token::Source;
 use super::trace::Tracer;
-use super::{Config, ConnId, Ctx, LoopStats, Queued, CLOSE_GRACE, CLOSE_TIMER, REACTOR_TIMERS};
+use super::{Config, ConnId, Ctx, LoopStats, Queued, CLOSE_GRACE};
 
 impl<S> Ctx<S> {
     /// Opens an outgoing connection (non-blocking); [`Event::Connected`](super::Event::Connected) or
@@ -240,7 +241,7 @@ impl<S> Ctx<S> {
         conn.close_deadline_ms = u32::try_from(deadline.as_millis()).unwrap_or(u32::MAX);
         conn.state = State::Flushing;
         self.timers
-            .add(Instant::now() + CLOSE_GRACE, CLOSE_TIMER | id.0 as u64);
+            .add(Instant::now() + CLOSE_GRACE, Deadline::CloseGrace(id.0));
         // Flushing with nothing left goes straight on (close_notify, then a gentle close).
         self.mark_dirty(id.0);
     }
@@ -266,13 +267,10 @@ impl<S> Ctx<S> {
         }
     }
 
-    /// Calls back with [`Event::Timer`](super::Event::Timer)`(id)` at `at`. Ids below 2^61 are the command's.
+    /// Calls back with [`Event::Timer`](super::Event::Timer)`(id)` at `at`.
+    /// Every id is the command's own: the reactor's deadlines are kept apart.
     pub fn set_timer(&mut self, at: Instant, id: u64) {
-        debug_assert!(
-            id & REACTOR_TIMERS == 0,
-            "timer ids >= 2^61 are the reactor's"
-        );
-        self.timers.add(at, id);
+        self.timers.add(at, Deadline::Command(id));
     }
 
     /// Calls back with [`Event::Timer`](super::Event::Timer)`(id)` after `delay`.

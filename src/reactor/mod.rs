@@ -28,29 +28,40 @@
 //!   *ready list* and is read again next turn, and the poll does not block
 //!   while the list is not empty. A short read (fewer bytes than asked)
 //!   also means the socket is empty, unless the peer has shut down its side,
-//!   in which case we read on to see the end of the stream.
+//!   in which case we read on to see the end of the stream. (`tcp.rs`;
+//!   listeners in `accept.rs`, datagrams in `udp.rs`, stdin in `stdin.rs`.)
 //! * **A paused reader is resumed by hand.** A connection whose output
 //!   reached the limit stops reading (backpressure). Its readable edge is
 //!   already spent, so when its output drains `flush_conn` puts it on the
 //!   ready list; nothing else would ever wake it. The same holds for stdin
 //!   (`Ctx::resume_stdin`), for a connection the command held
-//!   (`Ctx::release_reads`) and for a listener paused when descriptors ran out.
+//!   (`Ctx::release_reads`) and for a listener paused when descriptors ran
+//!   out (`tcp.rs`, `reap`).
 //! * **Write interest only while there is output.** A write is tried first;
 //!   only what the kernel does not take is queued, and only then is WRITABLE
-//!   registered (`sync_interest`). It is dropped again once the queue drains,
-//!   so an idle connection never wakes the loop.
+//!   registered (`after_output_change` in `tcp.rs`). It is dropped again once
+//!   the queue drains, so an idle connection never wakes the loop.
 //! * **Nobody closes in the middle of a turn.** [`Ctx::close`] marks a
 //!   connection; the reaper removes it after the batch, so a slab key (the
 //!   token) is never reused while an event for the old connection may still
-//!   be in hand.
+//!   be in hand (`ctx.rs` marks, `tcp.rs` reaps).
 //! * **A UDP error is a queue, not a flag.** With `IP_RECVERR` set (see
 //!   [`crate::udp`]), each ICMP report about a datagram we sent waits on the
 //!   socket's error queue and raises EPOLLERR. `read_udp_errors` drains that
 //!   queue, one [`Event::PeerUnreachable`] or [`Event::UdpError`] per report;
 //!   an ordinary read would only have returned the bare errno, once, without
-//!   saying which peer.
+//!   saying which peer (`udp.rs`).
 //! * **No source is read twice at once.** One handler runs at a time, which
 //!   is why one scratch buffer serves every read.
+//!
+//! # Where things are
+//!
+//! This file holds the loop. Each other file adds the `Ctx` methods of one
+//! concern: `api.rs` (what a command sees), `ctx.rs` (what a command may
+//! do), `accept.rs` (listeners and admission), `tcp.rs` (a connection's
+//! reads, writes, close and reaping), `tls.rs`, `udp.rs`, `stdin.rs`,
+//! `signals.rs`, `timer.rs` (deadlines), `stats.rs` (the loop's figures,
+//! the SIGUSR1 table, trace lines), `token.rs` (the token map), `trace.rs`.
 
 mod accept;
 mod api;
@@ -82,7 +93,7 @@ pub use api::{Config, ConnId, Event, Handler, Queued};
 use signals::SignalSource;
 pub use stats::LoopStats;
 use stdin::{StdinKind, StdinSource};
-use timer::Timers;
+use timer::{Deadline, Timers};
 pub use token::Source;
 use trace::Tracer;
 
@@ -92,19 +103,6 @@ pub const SCRATCH_SIZE: usize = 64 * 1024;
 
 /// How many events one poll call can return.
 const EVENT_CAPACITY: usize = 1024;
-
-/// Deadline ids with this bit set belong to the reactor itself (the rest are
-/// the command's): "connection KEY may read again" after a rate-limit pause.
-const RESUME_READING_TIMER: u64 = 1 << 63;
-
-/// Reactor deadline: "connection KEY must have finished its TLS handshake".
-const HANDSHAKE_TIMER: u64 = 1 << 62;
-
-/// Reactor deadline: "connection KEY, closing, has had its grace".
-const CLOSE_TIMER: u64 = 1 << 61;
-
-/// The bits of a deadline id that are the reactor's.
-const REACTOR_TIMERS: u64 = RESUME_READING_TIMER | HANDSHAKE_TIMER | CLOSE_TIMER;
 
 /// How long a connection closed with [`Ctx::close_after_flush`] may take to
 /// take its last output and close its side, before it is closed regardless.
@@ -267,15 +265,12 @@ impl<S: Default> Reactor<S> {
             }
         }
         let now = Instant::now();
-        while let Some(id) = cx.timers.pop_due(now) {
-            if id & RESUME_READING_TIMER != 0 {
-                cx.end_throttle((id & !REACTOR_TIMERS) as usize);
-            } else if id & HANDSHAKE_TIMER != 0 {
-                cx.check_handshake((id & !REACTOR_TIMERS) as usize);
-            } else if id & CLOSE_TIMER != 0 {
-                cx.end_close_grace((id & !REACTOR_TIMERS) as usize);
-            } else {
-                handler.handle(cx, Event::Timer(id));
+        while let Some(deadline) = cx.timers.pop_due(now) {
+            match deadline {
+                Deadline::Command(id) => handler.handle(cx, Event::Timer(id)),
+                Deadline::ResumeReading(key) => cx.end_throttle(key),
+                Deadline::Handshake(key) => cx.check_handshake(key),
+                Deadline::CloseGrace(key) => cx.end_close_grace(key),
             }
         }
 

@@ -13,8 +13,9 @@ use mio::Interest;
 use crate::conn::{CloseReason, State};
 use crate::trace;
 
+use super::timer::Deadline;
 use super::token::Source;
-use super::{ConnId, Ctx, Event, Handler, RESUME_READING_TIMER};
+use super::{ConnId, Ctx, Event, Handler};
 
 impl<S> Ctx<S> {
     pub(super) fn on_conn_event<H: Handler<Conn = S>>(
@@ -103,8 +104,7 @@ impl<S> Ctx<S> {
                 let wait = throttle.wait(now);
                 if !wait.is_zero() {
                     conn.throttled = true;
-                    self.timers
-                        .add(now + wait, RESUME_READING_TIMER | key as u64);
+                    self.timers.add(now + wait, Deadline::ResumeReading(key));
                     trace!(
                         self.tracer,
                         "{id}: over its rate limit, reads paused for {wait:?}"

@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use crate::conn::CloseReason;
 
-use super::{ConnId, Ctx, HANDSHAKE_TIMER};
+use super::timer::Deadline;
+use super::{ConnId, Ctx};
 
 /// Plaintext a TLS session may hold before it refuses more (our `out` holds the rest).
 const TLS_BUFFER_LIMIT: usize = 64 * 1024;
@@ -43,7 +44,7 @@ impl<S> Ctx<S> {
                 self.conns[id.0].tls = Some(Box::new(session.into()));
                 self.timers.add(
                     Instant::now() + crate::tls::HANDSHAKE_TIMEOUT,
-                    HANDSHAKE_TIMER | id.0 as u64,
+                    Deadline::Handshake(id.0),
                 );
             }
             Err(e) => self.close(id, CloseReason::Protocol(format!("tls: {e}"))),
