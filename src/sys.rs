@@ -173,3 +173,101 @@ pub fn rss_kib() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use std::io::Read;
+    use std::net::{SocketAddr, TcpListener};
+    use std::os::fd::{AsFd, AsRawFd};
+    use std::os::unix::net::UnixStream;
+    use std::time::{Duration, Instant};
+
+    fn flags_of(fd: &impl AsFd) -> OFlag {
+        OFlag::from_bits_retain(fcntl(fd.as_fd(), FcntlArg::F_GETFL).unwrap())
+    }
+
+    #[test]
+    fn set_nonblocking_hands_back_the_old_flags_for_restore() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let before = flags_of(&a);
+        assert!(!before.contains(OFlag::O_NONBLOCK));
+        let saved = set_nonblocking(a.as_raw_fd()).unwrap();
+        assert_eq!(saved, before.bits());
+        assert!(flags_of(&a).contains(OFlag::O_NONBLOCK));
+        restore_flags(a.as_raw_fd(), saved);
+        assert_eq!(flags_of(&a), before);
+    }
+
+    #[test]
+    fn a_descriptor_that_is_not_open_is_told_apart() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let fd = a.as_raw_fd();
+        assert!(fd_is_open(fd));
+        assert!(!fd_is_open(-1));
+        assert!(set_nonblocking(-1).is_err());
+    }
+
+    #[test]
+    fn write_all_fd_waits_out_a_full_nonblocking_descriptor() {
+        let (writer, mut reader) = UnixStream::pair().unwrap();
+        writer.set_nonblocking(true).unwrap();
+        reader
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // Far more than a socket buffer holds, so the writer meets EAGAIN.
+        let data: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let drain = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            reader.read_to_end(&mut got).map(|_| got)
+        });
+        write_all_fd(writer.as_raw_fd(), &data).unwrap();
+        drop(writer);
+        let got = drain.join().unwrap().unwrap();
+        assert_eq!(got.len(), data.len());
+        assert!(got == data, "bytes arrived changed or out of order");
+    }
+
+    #[test]
+    fn bind_address_no_port_leaves_the_port_to_connect() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        set_bind_address_no_port(socket.as_raw_fd()).unwrap();
+        let source: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        socket.bind(&source.into()).unwrap();
+        // Bound, yet no port taken: that is what the option is for.
+        let bound = socket.local_addr().unwrap().as_socket().unwrap();
+        assert_eq!(bound.port(), 0);
+        socket
+            .connect(&listener.local_addr().unwrap().into())
+            .unwrap();
+        let connected = socket.local_addr().unwrap().as_socket().unwrap();
+        assert_eq!(connected.ip(), source.ip());
+        assert_ne!(connected.port(), 0);
+    }
+
+    #[test]
+    fn the_open_file_limit_is_raised_to_the_hard_limit() {
+        let (soft, hard) = nofile_limit().unwrap();
+        assert!(soft <= hard);
+        assert_eq!(raise_nofile_limit().unwrap(), hard);
+        assert_eq!(nofile_limit().unwrap(), (hard, hard));
+        // Already at the hard limit: nothing to do, same answer.
+        assert_eq!(raise_nofile_limit().unwrap(), hard);
+    }
+
+    #[test]
+    fn cpu_time_counts_work_done() {
+        let start = cpu_time();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut spin = 0u64;
+        while cpu_time() <= start {
+            spin = spin.wrapping_add(std::hint::black_box(1));
+            assert!(Instant::now() < deadline, "no CPU time counted in 10 s");
+        }
+        assert!(cpu_time() > Duration::ZERO);
+        let _ = spin;
+    }
+}

@@ -468,6 +468,23 @@ mod tests {
     }
 
     #[test]
+    fn a_report_names_who_sent_the_icmp_message() {
+        for local in ["127.0.0.1:0", "[::1]:0"] {
+            let socket = StdUdpSocket::bind(local).unwrap();
+            socket.set_nonblocking(true).unwrap();
+            let ipv6 = socket.local_addr().unwrap().is_ipv6();
+            enable_reports(&socket, ipv6).unwrap();
+            let gone = StdUdpSocket::bind(local).unwrap().local_addr().unwrap();
+            socket.send_to(b"anyone?", gone).unwrap();
+            let report = soon(|| recv_error(&socket));
+            assert_eq!(report.peer, Some(gone));
+            assert!(report.port_unreachable, "{report:?}");
+            // On loopback the ICMP message comes from the host itself.
+            assert_eq!(report.offender, Some(SocketAddr::new(gone.ip(), 0)));
+        }
+    }
+
+    #[test]
     fn a_pending_icmp_report_does_not_spoil_the_next_send() {
         let mio_socket = UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         enable_reports(&mio_socket, false).unwrap();
