@@ -11,7 +11,7 @@
 //! answer is kept, so a socket on fd 0 is never read as stdin.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, RawFd};
 use std::sync::OnceLock;
 
 use mio::unix::SourceFd;
@@ -93,13 +93,9 @@ impl StdinSource {
         if self.kind == StdinKind::Absent {
             return Ok(0);
         }
-        // SAFETY: read writes at most `buf.len()` bytes into a live buffer.
-        let n = unsafe { libc::read(STDIN_FD, buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        // Fd 0 through std's handle, which lends it as a borrowed descriptor;
+        // std's own buffer is bypassed, and nothing else reads stdin.
+        Ok(nix::unistd::read(io::stdin().as_fd(), buf)?)
     }
 
     /// Stops watching stdin (at end of input). Restores the descriptor's flags.
