@@ -31,7 +31,7 @@
 //!   relayed and then closes that client. It receives every message as text
 //!   followed by a newline. A line longer than `--max-frame` is a protocol
 //!   error that closes only that client; bytes that are not UTF-8 are taken lossily.
-//! * **UDP peers** (`--udp-port`, [`super::chat_udp`]): `udp-chat` programs.
+//! * **UDP peers** (`--udp-port`, [`udp_room`]): `udp-chat` programs.
 //!   One datagram is one chat message text. A peer joins by sending and leaves
 //!   with the leave text, by being silent for `--udp-peer-timeout`, or when
 //!   the kernel reports its port unreachable.
@@ -45,6 +45,8 @@
 //! What it must not do: block on any one client, copy a frame per recipient,
 //! or log per frame unless trace logging is on.
 
+pub mod udp_room;
+
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -54,7 +56,6 @@ use clap::{Args as ClapArgs, ValueEnum};
 
 use super::access_args::AccessArgs;
 use super::chat::{hint, ChatInput, FramingArgs, Typed};
-use super::chat_udp::{self, Heard, UdpRoom};
 use crate::chat_msg::{self, LEAVE_TEXT, NAME_PROMPT};
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};
@@ -65,6 +66,7 @@ use crate::reactor::{signals, Config, ConnId, Ctx, Event, Handler, Queued, React
 use crate::sys;
 use crate::tls::ServerTlsArgs;
 use crate::udp;
+use udp_room::{Heard, UdpRoom};
 
 /// The name the server speaks with when it has none of its own (`--relay-only`,
 /// or before its user has typed one).
@@ -184,7 +186,7 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(1..), requires = "udp_port")]
     pub udp_peer_timeout: u64,
     /// Most UDP peers in the room at once; datagrams from new ones are ignored while full.
-    #[arg(long, value_name = "N", default_value_t = chat_udp::DEFAULT_MAX_PEERS,
+    #[arg(long, value_name = "N", default_value_t = udp_room::DEFAULT_MAX_PEERS,
           value_parser = clap::value_parser!(u32).range(1..), requires = "udp_port")]
     pub udp_max_peers: u32,
     /// The framing both ends agreed on.
