@@ -46,6 +46,7 @@
 //! or log per frame unless trace logging is on.
 
 mod args;
+mod backlog;
 pub mod udp_room;
 
 pub use args::{Args, OnBacklog, LONG_ABOUT};
@@ -53,8 +54,6 @@ pub use args::{Args, OnBacklog, LONG_ABOUT};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-
-use chrono::NaiveDate;
 
 use super::chat::{hint, ChatInput, Typed};
 use crate::chat_msg::{self, LEAVE_TEXT, NAME_PROMPT};
@@ -66,6 +65,7 @@ use crate::net;
 use crate::reactor::{signals, Config, ConnId, Ctx, Event, Handler, Queued, Reactor};
 use crate::sys;
 use crate::udp;
+use backlog::notice_reserve;
 use udp_room::{Heard, UdpRoom};
 
 /// The name the server speaks with when it has none of its own (`--relay-only`,
@@ -656,82 +656,6 @@ impl Hub {
         }
     }
 
-    /// `id` cannot take `frame` without exceeding its backlog.
-    fn over_limit(&mut self, cx: &mut Ctx<Member>, id: ConnId, frame: &Rc<[u8]>, queued: usize) {
-        match self.on_backlog {
-            OnBacklog::Disconnect => cx.close(
-                id,
-                CloseReason::Backlog {
-                    queued,
-                    limit: self.max_backlog,
-                },
-            ),
-            OnBacklog::DropOldest => {
-                let notice_due = cx.state(id).is_some_and(|m| !m.notice_queued);
-                let room = frame.len() + if notice_due { self.notice_reserve } else { 0 };
-                let dropped = cx.drop_oldest(id, room) as u64;
-                if let Some(member) = cx.state_mut(id) {
-                    member.missed += dropped;
-                }
-                if notice_due {
-                    self.send_notice(cx, id);
-                }
-                if cx.queue(id, frame) != Queued::Yes {
-                    // Only when a frame that has started to go out fills the backlog.
-                    if let Some(member) = cx.state_mut(id) {
-                        member.missed += 1;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Tells `id` how many frames it has missed so far, if that is news,
-    /// within its backlog.
-    fn send_notice(&mut self, cx: &mut Ctx<Member>, id: ConnId) {
-        let Some(&Member {
-            missed,
-            reported,
-            line,
-            ..
-        }) = cx.state(id)
-        else {
-            return;
-        };
-        if missed == reported {
-            return;
-        }
-        let Some(notice) = self.encode_for(line, &notice_text(missed)) else {
-            return;
-        };
-        if cx.queue(id, &notice) == Queued::Yes {
-            if let Some(member) = cx.state_mut(id) {
-                member.reported = missed;
-                member.notice_queued = true;
-            }
-            if let Some(c) = cx.conn(id) {
-                log::info!(
-                    "{id} {}: too slow, {} more frame(s) dropped (drop-oldest), {missed} in all; told it so",
-                    c.peer(),
-                    missed - reported
-                );
-            }
-        }
-    }
-
-    /// A client's queue is empty: the last notice went out (or was dropped,
-    /// and counted), and what was dropped since can be reported.
-    fn on_drained(&mut self, cx: &mut Ctx<Member>, conn: ConnId) {
-        let Some(member) = cx.state_mut(conn) else {
-            return;
-        };
-        if !member.notice_queued && member.missed == member.reported {
-            return;
-        }
-        member.notice_queued = false;
-        self.send_notice(cx, conn);
-    }
-
     /// A client's or UDP peer's first message (or line client's name): now
     /// it has a name, and the others are told.
     fn on_joined(&mut self, cx: &mut Ctx<Member>, origin: Origin, name: &str) {
@@ -1129,20 +1053,6 @@ impl std::fmt::Display for Clients {
     }
 }
 
-/// What a client that missed frames is told: the running total.
-fn notice_text(missed: u64) -> String {
-    format!("you have missed {missed} message(s) so far: your connection did not keep up")
-}
-
-/// The largest encoded size of a missed-frames notice from `name`.
-fn notice_reserve(name: &str, frames: FrameConfig) -> usize {
-    let longest_time = NaiveDate::from_ymd_opt(2000, 12, 31)
-        .and_then(|d| d.and_hms_micro_opt(23, 59, 59, 999_999))
-        .expect("a valid date");
-    let text = chat_msg::format_at(&longest_time, name, &notice_text(u64::MAX));
-    framing::encoded_len(text.len(), frames)
-}
-
 /// Runs the chat server until SIGINT, SIGTERM or (unless `--relay-only`) the end of stdin.
 pub fn run(args: &Args, trace: bool) -> Result<()> {
     let frames = args.framing.config()?;
@@ -1270,16 +1180,4 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     };
     reactor.run(&mut hub).map_err(|e| Error::io("polling", e))?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_notice_reserve_covers_any_notice() {
-        let frames = FrameConfig::default();
-        let now = chat_msg::format_now("Ann", &notice_text(u64::MAX));
-        assert!(framing::encoded_len(now.len(), frames) <= notice_reserve("Ann", frames));
-    }
 }
