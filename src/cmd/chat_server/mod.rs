@@ -47,9 +47,11 @@
 
 mod args;
 mod backlog;
+mod member;
 pub mod udp_room;
 
 pub use args::{Args, OnBacklog, LONG_ABOUT};
+pub use member::Member;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -59,13 +61,13 @@ use super::chat::{hint, ChatInput, Typed};
 use crate::chat_msg::{self, LEAVE_TEXT, NAME_PROMPT};
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};
-use crate::framing::{self, Decoder, Frame, FrameConfig};
-use crate::lines::LineDecoder;
+use crate::framing::{self, Frame, FrameConfig};
 use crate::net;
 use crate::reactor::{signals, Config, ConnId, Ctx, Event, Handler, Queued, Reactor};
 use crate::sys;
 use crate::udp;
 use backlog::notice_reserve;
+use member::{Input, Origin};
 use udp_room::{Heard, UdpRoom};
 
 /// The name the server speaks with when it has none of its own (`--relay-only`,
@@ -95,90 +97,6 @@ const TIMER_RELEASE: u64 = 1 << 40;
 
 /// Receive buffer asked for the UDP socket when the system default is smaller.
 const MIN_UDP_RECV_BUFFER: usize = 256 * 1024;
-
-/// How a client speaks: which door it came in by.
-#[derive(Debug)]
-enum Input {
-    /// Length-prefixed frames (`--port`). Holds memory only for an incomplete frame.
-    Framed(Decoder),
-    /// Newline-terminated lines (`--line-port`). Holds memory only for an incomplete line.
-    Lines(LineDecoder),
-}
-
-/// One client, as the hub sees it. Small on purpose: a server may hold
-/// tens of thousands, and an idle one owns no heap buffer.
-#[derive(Debug)]
-pub struct Member {
-    /// Splits its bytes into frames or lines. Set when the connection is
-    /// accepted; taken out for the length of a `feed` (so relaying may use
-    /// the rest of the table) and put back.
-    input: Option<Input>,
-    /// It came in by the plain-text door: it is sent lines, not frames, and
-    /// hears the room only once it has given its name.
-    line: bool,
-    /// Its name: for a framed client, as it wrote it in the sender field of
-    /// its messages; for a line client, its first line. `None` until then.
-    name: Option<Box<str>>,
-    /// When it last sent anything (kept only with `--idle-timeout`).
-    last_heard: Instant,
-    /// It said it is leaving (a zero-length frame, the leave line, or end of
-    /// stream): its output is flushed, then it is closed; it gets no new messages.
-    leaving: bool,
-    /// Frames dropped from its queue since it connected (drop-oldest),
-    /// including any notice that was itself dropped.
-    missed: u64,
-    /// `missed` as the last notice queued for it reported it. Notices carry
-    /// the running total, so one that is dropped loses nothing: the next
-    /// one says it all.
-    reported: u64,
-    /// A notice may still be in its queue: no second one until the queue
-    /// drains, so a client that does not read is not sent a stream of notices.
-    notice_queued: bool,
-    /// Whole frames (or lines, each with its newline) that arrived while it
-    /// was over its `--rate-limit`, in order, to be relayed as its rate
-    /// allows. Reads are held while this is not empty, so it never holds more
-    /// than one read's worth; empty and unallocated otherwise.
-    held: Vec<u8>,
-    /// It ended its stream (or sent the zero-length frame) with messages
-    /// still held: it leaves once they are relayed.
-    leave_after_held: bool,
-}
-
-impl Default for Member {
-    fn default() -> Member {
-        Member {
-            input: None,
-            line: false,
-            name: None,
-            last_heard: Instant::now(),
-            leaving: false,
-            missed: 0,
-            reported: 0,
-            notice_queued: false,
-            held: Vec::new(),
-            leave_after_held: false,
-        }
-    }
-}
-
-impl Member {
-    /// True when room messages should be queued for it.
-    fn listening(&self) -> bool {
-        let waiting_for_name = self.line && self.name.is_none();
-        !self.leaving && !waiting_for_name
-    }
-}
-
-/// Where a message came from; it is relayed to everyone else.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Origin {
-    /// The server itself (its user, or an announcement).
-    Server,
-    /// A TCP client, framed or line.
-    Member(ConnId),
-    /// A UDP peer.
-    Udp(SocketAddr),
-}
 
 /// One chat message on its way to the room: its text, and each wire format
 /// made at most once, when the first recipient of that kind needs it, then
@@ -347,30 +265,6 @@ impl Handler for Hub {
 }
 
 impl Hub {
-    fn on_accepted(&mut self, cx: &mut Ctx<Member>, conn: ConnId, listener: usize) {
-        self.n_members += 1;
-        let line = Some(listener) == self.line_listener;
-        if let Some(member) = cx.state_mut(conn) {
-            member.line = line;
-            member.input = Some(if line {
-                Input::Lines(LineDecoder::new(self.frames.max_frame))
-            } else {
-                Input::Framed(Decoder::new(self.frames))
-            });
-        }
-        if let Some(c) = cx.conn(conn) {
-            log::info!(
-                "{} connected{} ({conn}, {})",
-                c.peer(),
-                if line { " by the line door" } else { "" },
-                Clients(self.n_members)
-            );
-        }
-        if line {
-            cx.send(conn, &self.prompt);
-        }
-    }
-
     /// Bytes from a client: decode its frames or lines and relay each one
     /// its `--rate-limit` allows; hold back the rest, in order.
     fn on_data(&mut self, cx: &mut Ctx<Member>, conn: ConnId, bytes: &[u8]) {
@@ -656,23 +550,6 @@ impl Hub {
         }
     }
 
-    /// A client's or UDP peer's first message (or line client's name): now
-    /// it has a name, and the others are told.
-    fn on_joined(&mut self, cx: &mut Ctx<Member>, origin: Origin, name: &str) {
-        match origin {
-            Origin::Member(conn) => {
-                let peer = cx.conn(conn).map(|c| c.peer().to_string());
-                log::info!(
-                    "{name} joined the chat ({}, {conn})",
-                    peer.as_deref().unwrap_or("?")
-                );
-            }
-            Origin::Udp(addr) => log::info!("{name} joined the chat (udp {addr})"),
-            Origin::Server => {}
-        }
-        self.announce(cx, origin, &format!("{name} joined the chat"));
-    }
-
     /// The peer shut down its sending side. A line client's last line may
     /// have had no newline: it still counts.
     fn on_peer_closed(&mut self, cx: &mut Ctx<Member>, conn: ConnId) {
@@ -710,56 +587,6 @@ impl Hub {
             }
         }
         self.on_leaving(cx, conn);
-    }
-
-    /// The client said it is leaving (zero-length frame, the leave line, or
-    /// end of stream): write what it is owed, then close.
-    fn on_leaving(&mut self, cx: &mut Ctx<Member>, conn: ConnId) {
-        if let Some(member) = cx.state_mut(conn) {
-            member.leaving = true;
-        }
-        cx.close_after_flush(conn);
-    }
-
-    fn on_closed(&mut self, cx: &mut Ctx<Member>, conn: ConnId, reason: &CloseReason) {
-        self.n_members = self.n_members.saturating_sub(1);
-        let Some(c) = cx.conn(conn) else {
-            return;
-        };
-        let member = &c.state_of_app;
-        let name = member.name.clone();
-        let who = match &name {
-            Some(name) => format!("{name} ({}, {conn})", c.peer()),
-            None => format!("{} ({conn})", c.peer()),
-        };
-        let n = Clients(self.n_members);
-        if self.stopping {
-            log::info!("{who} closed at shutdown: {reason} ({n})");
-            if self.n_members == 0 {
-                cx.stop();
-            }
-            return;
-        }
-        let announcement = if member.leaving || matches!(reason, CloseReason::Done) {
-            log::info!("{who} left ({n})");
-            "left the chat"
-        } else {
-            match reason {
-                CloseReason::Backlog { .. } | CloseReason::Protocol(_) => {
-                    log::warn!("{who} disconnected: {reason} ({n})")
-                }
-                _ => log::info!("{who} disconnected: {reason} ({n})"),
-            }
-            match reason {
-                CloseReason::Backlog { .. } => "was disconnected: not reading fast enough",
-                CloseReason::Protocol(_) => "was disconnected: protocol error",
-                CloseReason::Idle => "was disconnected: idle for too long",
-                _ => "left the chat (connection lost)",
-            }
-        };
-        if let Some(name) = name {
-            self.announce(cx, Origin::Member(conn), &format!("{name} {announcement}"));
-        }
     }
 
     // ----- The UDP door ---------------------------------------------------------
@@ -952,27 +779,6 @@ impl Hub {
                 self.announce(cx, Origin::Server, text);
             }
         }
-    }
-
-    /// Closes clients that have sent nothing for the idle timeout.
-    fn sweep_idle(&mut self, cx: &mut Ctx<Member>) {
-        let Some((timeout, every)) = self.idle else {
-            return;
-        };
-        if self.stopping {
-            return;
-        }
-        let now = Instant::now();
-        cx.conn_ids(&mut self.ids);
-        for &id in &self.ids {
-            let idle = cx
-                .state(id)
-                .is_some_and(|m| !m.leaving && now.duration_since(m.last_heard) >= timeout);
-            if idle {
-                cx.close(id, CloseReason::Idle);
-            }
-        }
-        cx.set_timer_in(every, TIMER_IDLE_SWEEP);
     }
 
     /// Stops accepting, says goodbye, flushes every client and closes it;
