@@ -47,6 +47,7 @@
 
 mod args;
 mod backlog;
+mod fanout;
 mod member;
 pub mod udp_room;
 
@@ -67,6 +68,7 @@ use crate::reactor::{signals, Config, ConnId, Ctx, Event, Handler, Queued, React
 use crate::sys;
 use crate::udp;
 use backlog::notice_reserve;
+use fanout::Outgoing;
 use member::{Input, Origin};
 use udp_room::{Heard, UdpRoom};
 
@@ -98,46 +100,6 @@ const TIMER_RELEASE: u64 = 1 << 40;
 /// Receive buffer asked for the UDP socket when the system default is smaller.
 const MIN_UDP_RECV_BUFFER: usize = 256 * 1024;
 
-/// One chat message on its way to the room: its text, and each wire format
-/// made at most once, when the first recipient of that kind needs it, then
-/// shared by every recipient of that kind.
-struct Outgoing<'a> {
-    /// The message text, `[TIMESTAMP] NAME:\n\tTEXT` (or whatever a client sent).
-    text: &'a str,
-    /// Prefix and text, for framed clients.
-    framed: Option<Rc<[u8]>>,
-    /// Text and a newline, for line clients.
-    line: Option<Rc<[u8]>>,
-    /// The text alone, for UDP peers; made only if the socket is full.
-    datagram: Option<Rc<[u8]>>,
-}
-
-impl<'a> Outgoing<'a> {
-    /// A message the server made (it has been checked against `--max-frame`).
-    fn new(text: &'a str) -> Outgoing<'a> {
-        Outgoing {
-            text,
-            framed: None,
-            line: None,
-            datagram: None,
-        }
-    }
-
-    /// The frame for framed recipients; `None` when the text is over `--max-frame`.
-    fn framed(&mut self, frames: FrameConfig) -> Option<&Rc<[u8]>> {
-        if self.framed.is_none() {
-            self.framed = framing::encode(self.text.as_bytes(), frames).ok();
-        }
-        self.framed.as_ref()
-    }
-
-    /// The line for line recipients.
-    fn line(&mut self) -> &Rc<[u8]> {
-        let text = self.text;
-        self.line.get_or_insert_with(|| line_bytes(text))
-    }
-}
-
 /// Whole frames, as they came, turned into text lines (one per frame).
 fn frames_as_lines(frames: &[u8], prefix: usize) -> Rc<[u8]> {
     let mut lines = Vec::with_capacity(frames.len());
@@ -152,14 +114,6 @@ fn frames_as_lines(frames: &[u8], prefix: usize) -> Rc<[u8]> {
         rest = &rest[end..];
     }
     Rc::from(lines)
-}
-
-/// `text` and a newline, shared.
-fn line_bytes(text: &str) -> Rc<[u8]> {
-    let mut bytes = Vec::with_capacity(text.len() + 1);
-    bytes.extend_from_slice(text.as_bytes());
-    bytes.push(b'\n');
-    Rc::from(bytes)
 }
 
 /// The hub: the relay, the server's own user, and the shutdown.
@@ -514,42 +468,6 @@ impl Hub {
         }
     }
 
-    /// Queues one message for every client and UDP peer but its origin,
-    /// each in its own wire format, each format encoded once. Nothing is
-    /// copied or formatted per recipient; a recipient whose backlog is full
-    /// is dealt with by the `--on-backlog` policy.
-    fn fan_out(&mut self, cx: &mut Ctx<Member>, origin: Origin, out: &mut Outgoing<'_>) {
-        cx.conn_ids(&mut self.ids);
-        for i in 0..self.ids.len() {
-            let id = self.ids[i];
-            if origin == Origin::Member(id) {
-                continue;
-            }
-            let line = match cx.state(id) {
-                Some(member) if member.listening() => member.line,
-                _ => continue,
-            };
-            let frame = if line {
-                out.line()
-            } else {
-                match out.framed(self.frames) {
-                    Some(frame) => frame,
-                    None => continue,
-                }
-            };
-            if let Queued::OverLimit { queued } = cx.queue(id, frame) {
-                self.over_limit(cx, id, frame, queued);
-            }
-        }
-        if let Some(udp) = self.udp.as_mut() {
-            let except = match origin {
-                Origin::Udp(addr) => Some(addr),
-                _ => None,
-            };
-            udp.send_all(cx, except, out.text.as_bytes(), &mut out.datagram);
-        }
-    }
-
     /// The peer shut down its sending side. A line client's last line may
     /// have had no newline: it still counts.
     fn on_peer_closed(&mut self, cx: &mut Ctx<Member>, conn: ConnId) {
@@ -714,32 +632,6 @@ impl Hub {
     }
 
     // ----- The server's own voice -----------------------------------------------
-
-    /// Says `text` to everyone but `except`, as the server.
-    fn announce(&mut self, cx: &mut Ctx<Member>, except: Origin, text: &str) {
-        let message = chat_msg::format_now(&self.name, text);
-        if message.len() > self.frames.max_frame {
-            log::warn!("not sent: {} bytes is over --max-frame", message.len());
-            return;
-        }
-        self.fan_out(cx, except, &mut Outgoing::new(&message));
-    }
-
-    /// A chat message from the server's name for one recipient: a line, or a
-    /// frame; `None` (logged) when it is longer than `--max-frame`.
-    fn encode_for(&self, line: bool, text: &str) -> Option<Rc<[u8]>> {
-        let message = chat_msg::format_now(&self.name, text);
-        if line {
-            return Some(line_bytes(&message));
-        }
-        match framing::encode(message.as_bytes(), self.frames) {
-            Ok(frame) => Some(frame),
-            Err(error) => {
-                log::warn!("not sent: {error} (--max-frame)");
-                None
-            }
-        }
-    }
 
     fn on_stdin(&mut self, cx: &mut Ctx<Member>, bytes: &[u8]) {
         if self.stopping {
