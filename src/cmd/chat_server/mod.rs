@@ -47,6 +47,7 @@
 
 mod args;
 mod backlog;
+mod door_framed;
 mod fanout;
 mod member;
 pub mod udp_room;
@@ -64,7 +65,7 @@ use crate::conn::CloseReason;
 use crate::error::{Error, Result};
 use crate::framing::{self, Frame, FrameConfig};
 use crate::net;
-use crate::reactor::{signals, Config, ConnId, Ctx, Event, Handler, Queued, Reactor};
+use crate::reactor::{signals, Config, ConnId, Ctx, Event, Handler, Reactor};
 use crate::sys;
 use crate::udp;
 use backlog::notice_reserve;
@@ -99,22 +100,6 @@ const TIMER_RELEASE: u64 = 1 << 40;
 
 /// Receive buffer asked for the UDP socket when the system default is smaller.
 const MIN_UDP_RECV_BUFFER: usize = 256 * 1024;
-
-/// Whole frames, as they came, turned into text lines (one per frame).
-fn frames_as_lines(frames: &[u8], prefix: usize) -> Rc<[u8]> {
-    let mut lines = Vec::with_capacity(frames.len());
-    let mut rest = frames;
-    while rest.len() >= prefix {
-        let len = rest[..prefix]
-            .iter()
-            .fold(0usize, |n, &b| (n << 8) | usize::from(b));
-        let end = (prefix + len).min(rest.len());
-        lines.extend_from_slice(&rest[prefix..end]);
-        lines.push(b'\n');
-        rest = &rest[end..];
-    }
-    Rc::from(lines)
-}
 
 /// The hub: the relay, the server's own user, and the shutdown.
 struct Hub {
@@ -349,81 +334,6 @@ impl Hub {
                 TIMER_RELEASE | conn.0 as u64,
             );
         }
-    }
-
-    /// One whole message from framed client `from`: learn its sender's
-    /// name, pass the frame to everyone else as it came, and print it.
-    fn relay(&mut self, cx: &mut Ctx<Member>, from: ConnId, text: &str, wire: &[u8]) {
-        if let Some(parsed) = chat_msg::parse(text) {
-            if let Some(member) = cx.state_mut(from) {
-                if member.name.as_deref() != Some(parsed.sender) {
-                    let first = member.name.is_none();
-                    member.name = Some(Box::from(parsed.sender));
-                    if first {
-                        // The announcement goes before this message, after the earlier ones.
-                        self.flush_batch(cx);
-                        self.on_joined(cx, Origin::Member(from), parsed.sender);
-                    }
-                }
-            }
-        }
-        if log::log_enabled!(log::Level::Trace) {
-            log::trace!("{from}: frame of {} B to relay", wire.len());
-        }
-        if self.batch_from != Some(from) {
-            self.flush_batch(cx);
-            self.batch_from = Some(from);
-        }
-        self.batch.extend_from_slice(wire);
-        if let Some(udp) = self.udp.as_mut() {
-            udp.send_all(cx, None, text.as_bytes(), &mut None);
-        }
-        self.print(text);
-        if self.on_backlog == OnBacklog::DropOldest {
-            // Dropping counts whole queued segments as missed messages: keep one per segment.
-            self.flush_batch(cx);
-        }
-    }
-
-    /// Sends the batched frames of one client to the rest of the room as one
-    /// shared buffer (and, for line clients, one shared run of lines).
-    ///
-    /// A read from a busy sender holds many frames, and they lie side by side
-    /// in the read buffer: sharing them as one segment costs each recipient
-    /// one queue entry per read rather than one per frame. At 10 senders x
-    /// 5,000 frames/s to 100 clients this cut the relay's time in the output
-    /// queues several-fold (see ARCHITECTURE.md, performance notes).
-    fn flush_batch(&mut self, cx: &mut Ctx<Member>) {
-        let Some(from) = self.batch_from.take() else {
-            return;
-        };
-        if self.batch.is_empty() {
-            return;
-        }
-        let framed: Rc<[u8]> = Rc::from(&self.batch[..]);
-        let mut lines: Option<Rc<[u8]>> = None;
-        cx.conn_ids(&mut self.ids);
-        for i in 0..self.ids.len() {
-            let id = self.ids[i];
-            if id == from {
-                continue;
-            }
-            let line = match cx.state(id) {
-                Some(member) if member.listening() => member.line,
-                _ => continue,
-            };
-            let frame = if line {
-                let prefix = self.frames.prefix.bytes();
-                lines.get_or_insert_with(|| frames_as_lines(&self.batch, prefix))
-            } else {
-                &framed
-            };
-            if let Queued::OverLimit { queued } = cx.queue(id, frame) {
-                let frame = Rc::clone(frame);
-                self.over_limit(cx, id, &frame, queued);
-            }
-        }
-        self.batch.clear();
     }
 
     /// One whole line from a line client: its name first, then messages.
