@@ -48,6 +48,7 @@
 mod args;
 mod backlog;
 mod door_framed;
+mod door_line;
 mod fanout;
 mod member;
 pub mod udp_room;
@@ -333,48 +334,6 @@ impl Hub {
                 wait.unwrap_or(Duration::ZERO),
                 TIMER_RELEASE | conn.0 as u64,
             );
-        }
-    }
-
-    /// One whole line from a line client: its name first, then messages.
-    fn on_line(&mut self, cx: &mut Ctx<Member>, conn: ConnId, line: &[u8]) {
-        let text = String::from_utf8_lossy(line);
-        let text = text.trim_end();
-        let Some(member) = cx.state_mut(conn) else {
-            return;
-        };
-        if member.leaving {
-            return;
-        }
-        let Some(name) = member.name.as_deref() else {
-            let name = text.trim();
-            if name.is_empty() {
-                cx.send(conn, &self.prompt);
-                return;
-            }
-            member.name = Some(Box::from(name));
-            self.on_joined(cx, Origin::Member(conn), name);
-            return;
-        };
-        if text.trim_start().is_empty() {
-            return;
-        }
-        let message = chat_msg::format_now(name, text);
-        if message.len() > self.frames.max_frame {
-            let notice = format!(
-                "not sent: your message is {} bytes once stamped, over the {}-byte maximum",
-                message.len(),
-                self.frames.max_frame
-            );
-            if let Some(notice) = self.encode_for(true, &notice) {
-                let _ = cx.queue(conn, &notice);
-            }
-            return;
-        }
-        self.fan_out(cx, Origin::Member(conn), &mut Outgoing::new(&message));
-        self.print(&message);
-        if text.trim() == LEAVE_TEXT {
-            self.on_leaving(cx, conn);
         }
     }
 
