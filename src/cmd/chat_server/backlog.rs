@@ -2,7 +2,9 @@ use std::rc::Rc;
 
 use chrono::NaiveDate;
 
-use super::{Hub, Member, OnBacklog};
+use super::args::OnBacklog;
+use super::member::Member;
+use super::Hub;
 use crate::chat_msg;
 use crate::conn::CloseReason;
 use crate::framing::{self, FrameConfig};

@@ -1,7 +1,8 @@
 use std::rc::Rc;
 
+use super::member::{Member, Origin};
 use super::udp_room::UdpRoom;
-use super::{Clients, Hub, Member, Origin, SHUTDOWN_GRACE, TIMER_GRACE};
+use super::{Clients, Hub, SHUTDOWN_GRACE, TIMER_GRACE};
 use crate::chat_msg::{self, LEAVE_TEXT};
 use crate::cmd::chat::{hint, Typed};
 use crate::framing;

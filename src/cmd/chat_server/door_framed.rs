@@ -1,6 +1,8 @@
 use std::rc::Rc;
 
-use super::{Hub, Member, OnBacklog, Origin};
+use super::args::OnBacklog;
+use super::member::{Member, Origin};
+use super::Hub;
 use crate::chat_msg;
 use crate::reactor::{ConnId, Ctx, Queued};
 

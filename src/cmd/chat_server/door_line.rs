@@ -1,4 +1,6 @@
-use super::{Hub, Member, Origin, Outgoing};
+use super::fanout::Outgoing;
+use super::member::{Member, Origin};
+use super::Hub;
 use crate::chat_msg::{self, LEAVE_TEXT};
 use crate::reactor::{ConnId, Ctx};
 

@@ -1,8 +1,10 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use super::fanout::Outgoing;
+use super::member::{Member, Origin};
 use super::udp_room::Heard;
-use super::{Hub, Member, Origin, Outgoing, TIMER_UDP_SWEEP};
+use super::{Hub, TIMER_UDP_SWEEP};
 use crate::chat_msg::{self, LEAVE_TEXT};
 use crate::reactor::Ctx;
 

@@ -1,6 +1,7 @@
 use std::rc::Rc;
 
-use super::{Hub, Member, Origin};
+use super::member::{Member, Origin};
+use super::Hub;
 use crate::chat_msg;
 use crate::framing::{self, FrameConfig};
 use crate::reactor::{Ctx, Queued};

@@ -1,6 +1,7 @@
 use std::time::Duration;
 
-use super::{Hub, Member, TIMER_RELEASE};
+use super::member::Member;
+use super::{Hub, TIMER_RELEASE};
 use crate::reactor::{ConnId, Ctx};
 
 impl Hub {

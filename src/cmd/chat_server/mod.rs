@@ -72,8 +72,7 @@ use crate::reactor::{signals, Config, ConnId, Ctx, Event, Handler, Reactor};
 use crate::udp;
 use backlog::notice_reserve;
 use console::HINT;
-use fanout::Outgoing;
-use member::{Input, Origin};
+use member::Input;
 use udp_room::UdpRoom;
 
 /// The name the server speaks with when it has none of its own (`--relay-only`,

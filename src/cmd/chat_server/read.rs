@@ -1,6 +1,7 @@
 use std::time::{Duration, Instant};
 
-use super::{Hub, Input, Member};
+use super::member::{Input, Member};
+use super::Hub;
 use crate::conn::CloseReason;
 use crate::framing::Frame;
 use crate::reactor::{ConnId, Ctx};
