@@ -1,3 +1,15 @@
+//! The `chat server` command line: its options, their defaults, and the
+//! long `--help` text.
+//!
+//! Every limit the server keeps (clients, backlog, UDP peers, timeouts) is
+//! an option here with its default in `--help`. What one option decides
+//! alone is checked as it is parsed (a byte count is at least 1, a timeout
+//! at least a second); a rule that needs two options at once
+//! (`--max-backlog` must hold a `--max-frame` frame and a notice) is checked
+//! by `run`, which knows the notice's size.
+//!
+//! What it must not do: hold any state of the running server.
+
 use std::net::IpAddr;
 
 use clap::{Args as ClapArgs, ValueEnum};

@@ -1,3 +1,17 @@
+//! The backlog policy: what happens to a client that does not read as fast
+//! as the room talks (`--max-backlog`, `--on-backlog`).
+//!
+//! The reactor refuses to queue more than `--max-backlog` bytes for one
+//! client; this file decides what that refusal means. With `disconnect` the
+//! client is closed and the room goes on. With `drop-oldest` its oldest
+//! queued frames make room, every dropped frame is counted, and the client
+//! is told the running total: at most one notice waits in its queue at a
+//! time, and room for it is kept (`notice_reserve`), so the notice itself
+//! never pushes the queue over the limit and a dropped notice loses no count.
+//!
+//! What it must not do: slow the room for one client, or send a client that
+//! does not read a stream of notices.
+
 use std::rc::Rc;
 
 use chrono::NaiveDate;

@@ -1,3 +1,16 @@
+//! The server's own side of the room: its user typing on stdin, the
+//! messages it prints on stdout, and how it stops.
+//!
+//! Stdout is written at most once per read from a client (sooner only when
+//! `STDOUT_BATCH` bytes wait), and a stdout that fails (a closed pipe) stops
+//! the printing, never the relay. Stopping happens once and in order: no
+//! more accepting, the room is told (UDP peers with the leave text, since
+//! they have no connection to see close), every client is given what is
+//! queued for it for at most `SHUTDOWN_GRACE`, then the loop ends.
+//!
+//! What it must not do: block on stdout, or keep the loop running after
+//! the grace period.
+
 use std::rc::Rc;
 
 use super::member::{Member, Origin};

@@ -1,3 +1,17 @@
+//! The framed door (`--port`): a message from a length-prefixed client goes
+//! to the room as the bytes it came in.
+//!
+//! A framed client's frames are never re-encoded for framed recipients: the
+//! frames one sender's read holds are gathered in the hub's `batch` and
+//! queued for each recipient as one shared buffer, and line recipients get
+//! one shared run of lines made from it. The batch lives no longer than one
+//! read (or one release of held messages) and is sent before anything else
+//! goes to the room (a join announcement, another sender's frames), so every
+//! recipient hears the room in the order it was said. With drop-oldest it
+//! holds one frame at a time, so a dropped segment is one missed message.
+//!
+//! What it must not do: copy or parse a frame per recipient.
+
 use std::rc::Rc;
 
 use super::args::OnBacklog;

@@ -1,3 +1,16 @@
+//! The line door (`--line-port`): plain-text clients such as `nc` and
+//! `telnet`.
+//!
+//! A line client's first non-empty line is its name; each later non-empty
+//! line is a message the server stamps `[TIMESTAMP] NAME:\n\tTEXT` in its
+//! name, and the line `<LEAVES THE CHAT>` is relayed and then ends its
+//! stay. It hears the room only once it has a name (`Member::listening`).
+//! A message longer than `--max-frame` once stamped goes to no one: the
+//! client alone is told why, and stays.
+//!
+//! What it must not do: let a client speak before it has a name, or pass on
+//! a line as anything but a message stamped with that name.
+
 use super::fanout::Outgoing;
 use super::member::{Member, Origin};
 use super::Hub;

@@ -1,3 +1,16 @@
+//! The UDP door's messages (`--udp-port`): a datagram is one chat message
+//! from a `udp-chat` peer, who joins by sending it. The peer set itself (who
+//! is there, their rate limits, the outbox) is `udp_room.rs`.
+//!
+//! A datagram reaches the room only if its sender passes `--allow`/`--deny`,
+//! has a place in the room (`--udp-max-peers`), is within its `--rate-limit`
+//! and within `--max-frame`; every one that does not is counted and logged
+//! at powers of two, so a flood of datagrams cannot flood the log. A peer
+//! that goes (the leave text, `--udp-peer-timeout` of silence, a port
+//! reported unreachable) is taken out once and announced once, by name.
+//!
+//! What it must not do: block on the socket, or log once per datagram.
+
 use std::net::SocketAddr;
 use std::time::Instant;
 

@@ -1,3 +1,14 @@
+//! Held messages: what a TCP client sent beyond its `--rate-limit`.
+//!
+//! A client over its rate is slowed, never disconnected and never
+//! reordered: its reads are held while any of its messages are, the held
+//! ones go to the room in the order they were sent, as fast as its rate
+//! allows, and a leave it asked for waits behind them. Since reads stop as
+//! soon as something is held, a client never has more than one read's worth
+//! held; the buffer is empty and unallocated otherwise.
+//!
+//! What it must not do: relay a held message early, or drop one.
+
 use std::time::Duration;
 
 use super::member::Member;

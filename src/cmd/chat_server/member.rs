@@ -1,3 +1,17 @@
+//! Members: the TCP clients in the room, their names, and how they join
+//! and leave.
+//!
+//! A `Member` is small on purpose (an idle one owns no heap buffer), since a
+//! server may hold tens of thousands. A member is announced to the room once
+//! when it gets its name (its first message, or a line client's first line)
+//! and once when it goes, saying why: it left, or was disconnected for its
+//! backlog, a protocol error or idleness, or its connection was lost. A
+//! member that never gave a name comes and goes unannounced. The hub's
+//! `n_members` counts clients accepted and not yet closed.
+//!
+//! What it must not do: announce a member twice, or queue room messages for
+//! one that is leaving, or for a line client that has not given its name.
+
 use std::net::SocketAddr;
 use std::time::Instant;
 

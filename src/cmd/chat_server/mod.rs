@@ -37,13 +37,29 @@
 //!   the kernel reports its port unreachable.
 //!
 //! **Encode once per wire format.** A message reaches the room as an
-//! [`Outgoing`]: its text, plus at most one `Rc` per wire format (frame,
-//! line, datagram), each made the first time a recipient of that kind needs
-//! it and then shared by all of them. A frame relayed from a framed client is
+//! `Outgoing` (`fanout.rs`): its text, plus at most one `Rc` per wire format
+//! (frame, line, datagram), each made the first time a recipient of that
+//! kind needs it and then shared by all of them. A frame relayed from a framed client is
 //! the bytes it arrived as. Nothing is formatted per recipient.
 //!
 //! What it must not do: block on any one client, copy a frame per recipient,
 //! or log per frame unless trace logging is on.
+//!
+//! # Where things are
+//!
+//! This file holds [`run`], the `Hub` (the room's state) and its event
+//! dispatch. Each concern of the hub is a child module with its own
+//! `impl Hub` block:
+//!
+//! * `args.rs`: the command line ([`Args`], [`OnBacklog`], [`LONG_ABOUT`]).
+//! * `member.rs`: the clients ([`Member`]), their names, joining and leaving.
+//! * `read.rs`: a TCP client's bytes, either door, into whole messages.
+//! * `door_framed.rs`, `door_line.rs`, `door_udp.rs`: what each door adds;
+//!   [`udp_room`] keeps the UDP door's peer set.
+//! * `fanout.rs`: one message to the room, encoded once per wire format.
+//! * `backlog.rs`: a client that does not keep up (`--on-backlog`).
+//! * `held.rs`: messages held back by `--rate-limit`.
+//! * `console.rs`: the server's own user, its stdout, and shutdown.
 
 mod args;
 mod backlog;
@@ -95,7 +111,9 @@ const TIMER_RELEASE: u64 = 1 << 40;
 /// Receive buffer asked for the UDP socket when the system default is smaller.
 const MIN_UDP_RECV_BUFFER: usize = 256 * 1024;
 
-/// The hub: the relay, the server's own user, and the shutdown.
+/// The hub: the relay, the server's own user, and the shutdown. Its fields
+/// are the room's state; its methods are in the child modules, one concern
+/// each (see the module docs).
 struct Hub {
     frames: FrameConfig,
     on_backlog: OnBacklog,

@@ -1,3 +1,18 @@
+//! Reading a TCP client, whichever door it came in by: its bytes become
+//! whole messages, in order.
+//!
+//! The client's decoder (frames or lines) splits what it sent; each whole
+//! message goes to its door at once (`relay` for frames, `on_line` for
+//! lines) while the client is within its `--rate-limit`. From the first one
+//! that is not, every later one of that read is held behind it (`held.rs`),
+//! so nothing is reordered. A malformed frame or an over-long line closes
+//! that client only, with the reason logged. The end of a client's stream
+//! still counts a last line without a newline, and the client leaves after
+//! what it said.
+//!
+//! What it must not do: relay a message out of order or past its sender's
+//! rate, or let one client's bad input close another.
+
 use std::time::{Duration, Instant};
 
 use super::member::{Input, Member};
