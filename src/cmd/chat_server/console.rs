@@ -63,7 +63,8 @@ impl Hub {
                 hint(HINT);
             }
             Typed::Text { text, .. } => {
-                if self.n_members == 0 && self.udp.as_ref().map_or(true, UdpRoom::is_empty) {
+                let alone = self.n_members == 0 && self.broker.is_none();
+                if alone && self.udp.as_ref().map_or(true, UdpRoom::is_empty) {
                     log::warn!("nobody is connected: the message went to no one");
                 }
                 self.announce(cx, Origin::Server, text);
@@ -89,6 +90,9 @@ impl Hub {
         if let Some(udp) = self.udp.as_mut() {
             udp.clear();
         }
+        if let Some(link) = self.broker.as_mut() {
+            link.stop(cx);
+        }
         self.stopping = true;
         if self.n_members == 0 {
             log::info!("{why}: stopping (no clients connected)");
@@ -103,8 +107,12 @@ impl Hub {
         let close: Rc<[u8]> = Rc::from(framing::close_frame(self.frames));
         cx.conn_ids(&mut self.ids);
         for &id in &self.ids {
-            if cx.state(id).is_some_and(|m| !m.line) {
-                let _ = cx.queue(id, &close);
+            match cx.state(id) {
+                Some(m) if m.link => continue, // The broker link closes itself.
+                Some(m) if !m.line => {
+                    let _ = cx.queue(id, &close);
+                }
+                _ => {}
             }
             cx.close_after_flush(id);
         }

@@ -67,6 +67,9 @@ pub struct Member {
     /// It ended its stream (or sent the zero-length frame) with messages
     /// still held: it leaves once they are relayed.
     pub(super) leave_after_held: bool,
+    /// This connection is the hub's link to the NATS broker (`broker.rs`),
+    /// not a client: it is never in the room.
+    pub(super) link: bool,
 }
 
 impl Default for Member {
@@ -82,6 +85,7 @@ impl Default for Member {
             notice_queued: false,
             held: Vec::new(),
             leave_after_held: false,
+            link: false,
         }
     }
 }
@@ -90,7 +94,7 @@ impl Member {
     /// True when room messages should be queued for it.
     pub(super) fn listening(&self) -> bool {
         let waiting_for_name = self.line && self.name.is_none();
-        !self.leaving && !waiting_for_name
+        !self.leaving && !waiting_for_name && !self.link
     }
 }
 
@@ -208,9 +212,9 @@ impl Hub {
         let now = Instant::now();
         cx.conn_ids(&mut self.ids);
         for &id in &self.ids {
-            let idle = cx
-                .state(id)
-                .is_some_and(|m| !m.leaving && now.duration_since(m.last_heard) >= timeout);
+            let idle = cx.state(id).is_some_and(|m| {
+                !m.leaving && !m.link && now.duration_since(m.last_heard) >= timeout
+            });
             if idle {
                 cx.close(id, CloseReason::Idle);
             }

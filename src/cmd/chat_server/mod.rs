@@ -60,9 +60,13 @@
 //! * `backlog.rs`: a client that does not keep up (`--on-backlog`).
 //! * `held.rs`: messages held back by `--rate-limit`.
 //! * `console.rs`: the server's own user, its stdout, and shutdown.
+//! * `broker.rs`: the link to a NATS broker (`--broker`) that joins this
+//!   hub's room to other hubs'; `remote.rs`: what crosses it, both ways;
+//!   `who.rs`: `/who`, on this hub and across hubs.
 
 mod args;
 mod backlog;
+mod broker;
 mod console;
 mod door_framed;
 mod door_line;
@@ -71,7 +75,9 @@ mod fanout;
 mod held;
 mod member;
 mod read;
+mod remote;
 pub mod udp_room;
+mod who;
 
 pub use args::{Args, OnBacklog, LONG_ABOUT};
 pub use member::Member;
@@ -87,6 +93,7 @@ use crate::net;
 use crate::reactor::{signals, Config, ConnId, Ctx, Event, Handler, Reactor};
 use crate::udp;
 use backlog::notice_reserve;
+use broker::{Link, TIMER_BROKER};
 use console::HINT;
 use member::Input;
 use udp_room::UdpRoom;
@@ -151,12 +158,18 @@ struct Hub {
     printing: bool,
     /// Shutting down: not accepting, clients flushing, no more announcements.
     stopping: bool,
+    /// The link to the NATS broker that joins this hub's room to other
+    /// hubs' (`--broker`), if there is one.
+    broker: Option<Link>,
 }
 
 impl Handler for Hub {
     type Conn = Member;
 
     fn handle(&mut self, cx: &mut Ctx<Member>, event: Event<'_>) {
+        let Some(event) = self.link_event(cx, event) else {
+            return;
+        };
         match event {
             Event::Accepted { conn, listener } => self.on_accepted(cx, conn, listener),
             Event::Data(conn, bytes) => self.on_data(cx, conn, bytes),
@@ -177,6 +190,7 @@ impl Handler for Hub {
             }
             Event::Timer(TIMER_IDLE_SWEEP) => self.sweep_idle(cx),
             Event::Timer(TIMER_UDP_SWEEP) => self.sweep_udp(cx),
+            Event::Timer(id) if id & TIMER_BROKER != 0 => self.on_link_timer(cx, id),
             Event::Timer(id) if id & TIMER_RELEASE != 0 => {
                 self.release_held(cx, ConnId((id & !TIMER_RELEASE) as usize))
             }
@@ -204,6 +218,9 @@ impl Handler for Hub {
         if let Some(udp) = &self.udp {
             udp.describe(out);
         }
+        if let Some(link) = &self.broker {
+            link.describe(out);
+        }
     }
 
     fn buffered_in(&self, member: &Member) -> usize {
@@ -230,6 +247,7 @@ impl std::fmt::Display for Clients {
 /// Runs the chat server until SIGINT, SIGTERM or (unless `--relay-only`) the end of stdin.
 pub fn run(args: &Args, trace: bool) -> Result<()> {
     let frames = args.framing.config()?;
+    let link = args.broker.link_config()?.map(Link::new);
     let name: Box<str> = Box::from(args.name.as_deref().unwrap_or(DEFAULT_NAME));
     let notice_reserve = notice_reserve(&name, frames);
     let smallest_backlog = framing::encoded_len(frames.max_frame, frames) + notice_reserve;
@@ -351,7 +369,11 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         stdout: Vec::new(),
         printing: true,
         stopping: false,
+        broker: link,
     };
+    if let Some(link) = hub.broker.as_mut() {
+        link.start(reactor.cx());
+    }
     reactor.run(&mut hub).map_err(|e| Error::io("polling", e))?;
     Ok(())
 }
