@@ -629,3 +629,45 @@ fn broker_options_are_checked() {
     assert!(out.contains("--broker-backlog"), "{out}");
     let _ = std::io::stdout().flush();
 }
+
+#[test]
+fn stress_chat_spreads_its_clients_over_the_hubs_and_checks_them_all() {
+    let nats = Nats::start(-1, &[]);
+    let (hub_a, addr_a) = hub(&nats.url());
+    let (hub_b, addr_b) = hub(&nats.url());
+    let (a, b) = (addr_a.to_string(), addr_b.to_string());
+    let args = [
+        "stress",
+        "chat",
+        &a,
+        &b,
+        "--conns",
+        "20",
+        "--senders",
+        "4",
+        "--rate",
+        "100",
+        "--duration",
+        "1",
+        "--drain",
+        "5",
+        "--spread",
+        "off",
+        "--json",
+    ];
+    let out = sockloop(&args).output().expect("run stress chat");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{stdout}");
+    let json: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    assert_eq!(json["hubs"], 2);
+    assert!(json["expected"].as_u64().unwrap() > 0);
+    assert_eq!(json["delivered"], json["expected"], "{stdout}");
+    assert_eq!(json["out_of_order"], 0);
+    assert!(
+        json["latency_cross_hub"]["count"].as_u64().unwrap() > 0,
+        "{stdout}"
+    );
+    assert!(stderr.contains("and 1 more hub(s)"), "{stderr}");
+    let _ = (hub_a, hub_b);
+}

@@ -18,6 +18,12 @@
 //! sent (one per other client up at that moment); after the window the run
 //! waits `--drain` seconds for the rest, then whatever has not arrived is lost.
 //!
+//! Given several addresses (the hubs of one room joined through a broker,
+//! `chat server --broker`), the clients are spread over them round-robin,
+//! delivered/expected and per-sender order are checked across all of them,
+//! and the fan-out latency of frames that crossed to another hub is also
+//! reported on its own.
+//!
 //! Frames are decoded with the crate's one codec (`framing.rs`); senders
 //! patch digits into a preallocated frame per sender, so the hot path
 //! allocates nothing per frame.
@@ -84,12 +90,17 @@ pub const LONG_ABOUT: &str =
     long_about = LONG_ABOUT,
     after_help = "Examples:\n  sockloop chat server --relay-only --port 9001 &\n  \
         sockloop stress chat 127.0.0.1:9001 --conns 100 --senders 10 --rate 1000 --size 64\n  \
-        sockloop stress chat 127.0.0.1:9001 --conns 50 --senders 5 --rate 100 --json"
+        sockloop stress chat 127.0.0.1:9001 --conns 50 --senders 5 --rate 100 --json\n  \
+        sockloop stress chat 127.0.0.1:9001 127.0.0.1:9002 --conns 100 --senders 10   (two hubs of one room)"
 )]
 pub struct Args {
     /// Where to connect and how (shared by every TCP mode); --conns is the number of clients.
     #[command(flatten)]
     pub tcp: TcpArgs,
+    /// More hubs of the same room (joined through `chat server --broker`):
+    /// client i connects to address i mod the number of addresses.
+    #[arg(value_name = "MORE_ADDRS")]
+    pub more: Vec<String>,
     /// How many of the clients send (all of them read).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=99_999))]
     pub senders: u32,
@@ -160,6 +171,10 @@ struct Chat {
     other_frames: u64,
     latency: Latency,
     uncorrected: Latency,
+    /// Addresses the clients are spread over (client i: address i mod hubs).
+    hubs: u32,
+    /// Fan-out latency (corrected) of frames received on another hub than their sender's.
+    cross_hub: Latency,
     /// How late frames left against their schedule (timer granularity + generator load).
     send_lag: Latency,
     errors: Tally,
@@ -378,6 +393,9 @@ impl Chat {
         self.delivered += 1;
         self.latency.record(now.saturating_sub(intended));
         self.uncorrected.record(now.saturating_sub(actual));
+        if self.hubs > 1 && sender % u64::from(self.hubs) != u64::from(receiver % self.hubs) {
+            self.cross_hub.record(now.saturating_sub(intended));
+        }
     }
 
     fn fail(&mut self, kind: usize, text: String) {
@@ -484,9 +502,13 @@ impl Chat {
         let window = self.run.window();
         let plan = self.run.connector.plan();
         let head = format!(
-            "stress chat {}: {} clients, {} sender(s) x {} frames/s, {} B frames, {}-byte prefix; \
+            "stress chat {}{}: {} clients, {} sender(s) x {} frames/s, {} B frames, {}-byte prefix; \
              {:.2} s measured",
             plan.target,
+            match plan.also.len() {
+                0 => String::new(),
+                more => format!(" and {more} more hub(s)"),
+            },
             report::count(u64::from(plan.n)),
             self.n_senders,
             1e9 / self.period_ns as f64,
@@ -543,6 +565,17 @@ impl Chat {
             &self.latency,
             Some(&self.uncorrected),
         );
+        json.u64("hubs", u64::from(self.hubs));
+        if self.hubs > 1 {
+            let cross = self.cross_hub.percentiles();
+            lines.push(format!(
+                "  fan-out to another hub than the sender's (corrected):                    {}",
+                cross.human()
+            ));
+            cross.json(&mut json, "latency_cross_hub");
+        } else {
+            json.null("latency_cross_hub");
+        }
         let lag = self.send_lag.percentiles();
         lines.push(format!(
             "  send lag (how late frames left against their schedule):                  {}",
@@ -636,7 +669,10 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
             args.senders, args.tcp.conns
         )));
     }
-    let setup = prepare(&args.tcp, 0)?;
+    let mut setup = prepare(&args.tcp, 0)?;
+    for more in &args.more {
+        setup.plan.also.push(crate::addr::resolve(more)?);
+    }
     let senders = (0..args.senders)
         .map(|s| {
             let mut frame = Vec::with_capacity(framing::encoded_len(size, config));
@@ -671,6 +707,8 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         other_frames: 0,
         latency: Latency::new(),
         uncorrected: Latency::new(),
+        hubs: 1 + args.more.len() as u32,
+        cross_hub: Latency::new(),
         send_lag: Latency::new(),
         errors: Tally::new(ERROR_NAMES),
         first_error: None,
