@@ -12,15 +12,15 @@
 //!   Stopped: the hub is shutting down; nothing reconnects.
 //! ```
 //!
-//! Publishing never waits for the broker. A message for the room is
-//! encoded once into `pending` (whole `HPUB` commands, at most
-//! `--broker-backlog` bytes); a message that does not fit is dropped, counted
-//! and logged (at powers of two), and the local room does not notice.
-//! `pending` goes to the connection only while the link is flowing, and only
-//! [`WATERMARK`] bytes ahead of the kernel, so a link that breaks loses at
-//! most what had already been handed to it (counted as "unsent at loss").
-//! Delivery across hubs is therefore **at most once**: every message carries
-//! its hub's id and a sequence number, and a receiving hub counts the gaps.
+//! Publishing never waits for the broker: a message for the other hubs is
+//! encoded once into the outbox (`outbox.rs`, at most `--broker-backlog`
+//! bytes; what does not fit is dropped and counted), and the outbox goes to
+//! the connection only while the link is flowing, at most [`WATERMARK`]
+//! bytes ahead of the kernel, all that was published in one turn in one
+//! write at its end. A link that breaks loses at most what had been handed to
+//! it (counted as "unsent at loss"). Delivery across hubs is therefore **at
+//! most once**, and counted: every message carries its hub's id, run and
+//! number, and a receiving hub counts what never came (`remote.rs`).
 //!
 //! Servers are tried in turn: the `--broker` list, then every server the
 //! broker announced in `INFO connect_urls` (at most [`MAX_SERVERS`]). After
@@ -32,16 +32,18 @@
 //! What it must not do: block, let the room wait for the broker, hold more
 //! than `--broker-backlog` bytes for it, or hand the hub its own messages.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::member::Member;
+use super::outbox::{Dest, Outbox};
+use super::remote::RemoteHubs;
 use crate::cmd::rand::XorShift;
 use crate::conn::CloseReason;
-use crate::framing::{self, FrameConfig, PrefixLen};
-use crate::nats::{self, HeaderBlock, Parser, ServerInfo, ServerUrl, DEFAULT_MAX_PAYLOAD};
+use crate::framing::PrefixLen;
+use crate::nats::{self, Parser, ServerInfo, ServerUrl, DEFAULT_MAX_PAYLOAD};
 use crate::reactor::{ConnId, Ctx};
 use crate::safe_text::visible_line;
 
@@ -83,20 +85,8 @@ pub(super) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most servers known at once (the `--broker` list plus those learned).
 pub(super) const MAX_SERVERS: usize = 32;
 /// Most bytes handed to the connection ahead of the kernel; the rest waits
-/// in `pending`, so a broken link loses at most this much.
+/// in the outbox, so a broken link loses at most this much.
 pub(super) const WATERMARK: usize = 256 * 1024;
-/// Bytes kept for the header block when a batch is cut to the broker's `max_payload`.
-const HEADER_ROOM: usize = 256;
-/// Most other hubs whose sequence numbers are followed; the one heard
-/// least recently is forgotten first.
-const MAX_REMOTE_HUBS: usize = 1024;
-
-/// The header naming the hub a message comes from.
-pub(super) const HUB_HEADER: &str = "Sockloop-Hub";
-/// The header with the sequence number of a chat payload's first message.
-const SEQ_HEADER: &str = "Sockloop-Seq";
-/// The header with the width of the length prefixes in a chat payload.
-const PREFIX_HEADER: &str = "Sockloop-Prefix";
 
 /// Where the link is (see the module docs for the diagram).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,58 +140,9 @@ pub(super) struct LinkConfig {
     pub reconnect_max: Duration,
 }
 
-/// One whole command in `pending`.
-#[derive(Debug, Clone, Copy)]
-struct Record {
-    /// Its bytes in `pending`.
-    len: usize,
-    /// Its header block and payload, as the broker's `max_payload` counts them.
-    payload: usize,
-    /// Chat messages in it (0 for a `/who` request or answer).
-    messages: u64,
-}
-
-/// Where a command goes.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Dest<'a> {
-    /// The room's subject, with this first sequence number and prefix width.
-    Room(u64, PrefixLen),
-    /// The room's `/who` subject; answers to `INBOX.n`.
-    Who(u32),
-    /// An answer to another hub's `/who`.
-    Reply(&'a str),
-}
-
-/// What a receiving hub keeps about another hub.
-#[derive(Debug)]
-struct RemoteHub {
-    /// The sequence number its next message should carry.
-    next: u64,
-    /// When it was last heard.
-    last: Instant,
-}
-
-/// The link's counters (for the SIGUSR1 table and the logs).
+/// The link's own counters (the outbox and the receiving side keep theirs).
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct LinkStats {
-    /// Chat messages handed to the connection.
-    pub published: u64,
-    /// Bytes handed to the connection (commands, not just payloads).
-    pub published_bytes: u64,
-    /// Chat messages received from other hubs.
-    pub received: u64,
-    /// Chat messages dropped: `--broker-backlog` was full.
-    pub dropped_backlog: u64,
-    /// Times that happened (logged at powers of two).
-    pub drop_events: u64,
-    /// Chat messages dropped: larger than the broker's `max_payload`.
-    pub dropped_too_big: u64,
-    /// Chat messages other hubs sent that never arrived here (sequence gaps).
-    pub lost: u64,
-    /// Times gaps were seen (logged at powers of two).
-    pub gap_events: u64,
-    /// Messages from other hubs that could not be decoded.
-    pub undecodable: u64,
     /// Bytes that had been handed to the connection and were not sent when it broke.
     pub unsent_at_loss: u64,
     /// Times the link reached flowing.
@@ -240,15 +181,8 @@ pub(super) struct Link {
     /// This hub's id, in every message it publishes.
     pub(super) hub_id: Box<str>,
     room: Box<str>,
-    /// `sockloop.room.ROOM`: the room's messages.
-    subject: Box<str>,
-    /// `sockloop.room.ROOM.who`: `/who` requests.
-    who_subject: Box<str>,
-    /// `sockloop.hub.HUB.who`: answers come to `INBOX.N`.
-    inbox: Box<str>,
     ping_every: Duration,
     reconnect_max: Duration,
-    backlog: usize,
     state: LinkState,
     /// Since when it is in `state`.
     since: Instant,
@@ -267,19 +201,13 @@ pub(super) struct Link {
     /// Decodes what the server sends. Taken out while it is fed, so the
     /// hub may use the link for what it decodes.
     pub(super) parser: Option<Parser>,
-    /// Whole commands waiting for the connection, from `head` on.
-    pending: Vec<u8>,
-    head: usize,
-    records: VecDeque<Record>,
+    /// What waits for the broker.
+    outbox: Outbox,
     /// A pump is due at the end of this turn.
     pump_armed: bool,
-    /// Reused for header blocks and single frames.
-    headers: HeaderBlock,
-    frame: Vec<u8>,
-    /// The sequence number of this hub's next chat message.
-    seq: u64,
     rng: XorShift,
-    remote: HashMap<Box<str>, RemoteHub>,
+    /// What other hubs sent: their numbering, what went missing.
+    pub(super) remote: RemoteHubs,
     /// `/who` requests waiting for answers, oldest first.
     pub(super) who: VecDeque<WhoRequest>,
     /// The next `/who` request's number.
@@ -291,20 +219,18 @@ pub(super) struct Link {
 impl Link {
     /// A link that has not tried anything yet.
     pub(super) fn new(config: LinkConfig) -> Link {
-        let subject = format!("sockloop.room.{}", config.room);
+        let mut rng = XorShift::seeded();
+        let run = rng.next();
         Link {
             current: 0,
             user: config.user,
             token: config.token,
-            who_subject: format!("{subject}.who").into(),
-            inbox: format!("sockloop.hub.{}.who", config.hub_id).into(),
-            subject: subject.into(),
+            outbox: Outbox::new(&config.hub_id, run, &config.room, config.backlog),
             hub_id: config.hub_id.into(),
             room: config.room.into(),
             servers: config.servers,
             ping_every: config.ping_every,
             reconnect_max: config.reconnect_max.max(RECONNECT_MIN),
-            backlog: config.backlog,
             state: LinkState::Waiting,
             since: Instant::now(),
             conn: None,
@@ -314,15 +240,9 @@ impl Link {
             max_payload: DEFAULT_MAX_PAYLOAD,
             server_name: String::new(),
             parser: None,
-            pending: Vec::new(),
-            head: 0,
-            records: VecDeque::new(),
             pump_armed: false,
-            headers: HeaderBlock::default(),
-            frame: Vec::new(),
-            seq: 0,
-            rng: XorShift::seeded(),
-            remote: HashMap::new(),
+            rng,
+            remote: RemoteHubs::default(),
             who: VecDeque::new(),
             who_next: 0,
             stats: LinkStats::default(),
@@ -340,7 +260,7 @@ impl Link {
             "broker: hub {} joins room '{}' (subject {}); {} server(s) to try",
             self.hub_id,
             self.room,
-            self.subject,
+            self.outbox.subject,
             self.servers.len()
         );
         self.attempt(cx);
@@ -461,9 +381,13 @@ impl Link {
                 echo: false,
             },
         );
-        nats::sub(&mut hello, &self.subject, SID_ROOM);
-        nats::sub(&mut hello, &self.who_subject, SID_WHO);
-        nats::sub(&mut hello, &format!("{}.*", self.inbox), SID_WHO_REPLY);
+        nats::sub(&mut hello, &self.outbox.subject, SID_ROOM);
+        nats::sub(&mut hello, &self.outbox.who_subject, SID_WHO);
+        nats::sub(
+            &mut hello,
+            &format!("{}.*", self.outbox.inbox),
+            SID_WHO_REPLY,
+        );
         hello.extend_from_slice(nats::PING);
         cx.send(conn, &hello);
         self.set_state(LinkState::Subscribing);
@@ -510,7 +434,7 @@ impl Link {
             self.server(),
             visible_line(&self.server_name),
             self.max_payload,
-            self.pending_len()
+            self.outbox.len()
         );
         cx.set_timer_in(self.ping_every, timer_id(KIND_PING, self.generation));
         self.pump(cx);
@@ -655,133 +579,49 @@ impl Link {
 
     // ----- Publishing ---------------------------------------------------------------
 
-    /// Bytes waiting for the connection.
-    pub(super) fn pending_len(&self) -> usize {
-        self.pending.len() - self.head
-    }
-
-    /// Publishes whole frames (as a framed client sent them, `prefix` wide)
-    /// to the room: as few commands as the broker's `max_payload` allows.
-    /// A frame that cannot fit in any is dropped and counted.
+    /// Publishes whole frames (as a framed client sent them, `prefix` wide) to the room.
     pub(super) fn publish_frames(
         &mut self,
         cx: &mut Ctx<Member>,
         frames: &[u8],
         prefix: PrefixLen,
     ) {
-        let width = prefix.bytes();
-        let room = self.max_payload.saturating_sub(HEADER_ROOM);
-        let (mut start, mut at, mut n) = (0, 0, 0u64);
-        while at + width <= frames.len() {
-            let len = frames[at..at + width]
-                .iter()
-                .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-            let whole = (width + len).min(frames.len() - at);
-            if whole > room {
-                if n > 0 {
-                    self.enqueue(cx, Dest::Room(self.seq, prefix), &frames[start..at], n);
-                }
-                self.seq += 1;
-                self.stats.dropped_too_big += 1;
-                log::warn!(
-                    "broker: a message of {len} B not published: over the broker's max_payload \
-                     ({} B); the local room had it ({} such so far)",
-                    self.max_payload,
-                    self.stats.dropped_too_big
-                );
-                at += whole;
-                start = at;
-                n = 0;
-                continue;
-            }
-            if at + whole - start > room {
-                self.enqueue(cx, Dest::Room(self.seq, prefix), &frames[start..at], n);
-                start = at;
-                n = 0;
-            }
-            at += whole;
-            n += 1;
-        }
-        if n > 0 {
-            self.enqueue(cx, Dest::Room(self.seq, prefix), &frames[start..at], n);
+        if self.outbox.publish_frames(frames, prefix, self.max_payload) {
+            self.arm_pump(cx);
         }
     }
 
     /// Publishes one message text to the room.
     pub(super) fn publish_text(&mut self, cx: &mut Ctx<Member>, text: &str, prefix: PrefixLen) {
-        let mut frame = std::mem::take(&mut self.frame);
-        frame.clear();
-        let config = FrameConfig {
-            prefix,
-            max_frame: prefix.max_len(),
-        };
-        match framing::encode_into(&mut frame, text.as_bytes(), config) {
-            Ok(()) => self.publish_frames(cx, &frame, prefix),
-            Err(e) => log::warn!("broker: a message not published: {e}"),
+        if self.outbox.publish_text(text, prefix, self.max_payload) {
+            self.arm_pump(cx);
         }
-        self.frame = frame;
     }
 
-    /// Puts one command in `pending`, or drops it (counted) when
-    /// `--broker-backlog` is full. Chat messages are numbered even when
-    /// dropped, so the hubs that miss them can count them.
-    pub(super) fn enqueue(
+    /// Queues a `/who` request or answer; false when the backlog had no room.
+    pub(super) fn send_who(
         &mut self,
         cx: &mut Ctx<Member>,
         dest: Dest<'_>,
         payload: &[u8],
-        messages: u64,
     ) -> bool {
-        if let Dest::Room(first, _) = dest {
-            self.seq = first + messages;
+        let queued = self.outbox.enqueue(dest, payload, 0);
+        if queued {
+            self.arm_pump(cx);
         }
-        let block = self.headers.start().field(HUB_HEADER, &self.hub_id);
-        if let Dest::Room(first, prefix) = dest {
-            block
-                .field(SEQ_HEADER, first)
-                .field(PREFIX_HEADER, prefix.bytes());
-        }
-        let headers = block.finish();
-        let reply;
-        let (subject, reply): (&str, Option<&str>) = match dest {
-            Dest::Room(..) => (&self.subject, None),
-            Dest::Who(n) => {
-                reply = format!("{}.{n}", self.inbox);
-                (&self.who_subject, Some(&reply))
-            }
-            Dest::Reply(to) => (to, None),
-        };
-        let len = nats::publish_len(subject, reply, headers.len(), payload.len());
-        if self.pending.len() - self.head + len > self.backlog {
-            self.stats.dropped_backlog += messages;
-            self.stats.drop_events += 1;
-            if self.stats.drop_events.is_power_of_two() {
-                log::warn!(
-                    "broker: --broker-backlog full ({} B waiting, link {}): {} message(s) \
-                     dropped so far, never to reach the other hubs",
-                    self.pending.len() - self.head,
-                    self.state.name(),
-                    self.stats.dropped_backlog
-                );
-            }
-            return false;
-        }
-        nats::publish_with_headers(&mut self.pending, subject, reply, headers, payload);
-        self.records.push_back(Record {
-            len,
-            payload: headers.len() + payload.len(),
-            messages,
-        });
+        queued
+    }
+
+    /// Everything published this turn goes out in one write, at its end.
+    fn arm_pump(&mut self, cx: &mut Ctx<Member>) {
         if !self.pump_armed && self.state == LinkState::Flowing {
-            // Everything published this turn goes out in one write, at its end.
             self.pump_armed = true;
             cx.set_timer_in(Duration::ZERO, timer_id(KIND_PUMP, 0));
         }
-        true
     }
 
     /// Hands waiting commands to the connection while it is flowing and
-    /// holds less than `WATERMARK`; the rest waits for the next drain.
+    /// holds less than [`WATERMARK`]; the rest waits for the next drain.
     pub(super) fn pump(&mut self, cx: &mut Ctx<Member>) {
         if self.state != LinkState::Flowing {
             return;
@@ -790,51 +630,9 @@ impl Link {
             return;
         };
         let queued = cx.conn(conn).map_or(usize::MAX, |c| c.out_len());
-        self.pump_up_to(cx, conn, WATERMARK.saturating_sub(queued));
-    }
-
-    /// Hands at most `room` bytes of whole commands (at least one) to `conn`.
-    fn pump_up_to(&mut self, cx: &mut Ctx<Member>, conn: ConnId, mut room: usize) {
-        if room == 0 {
-            return;
-        }
-        let mut run_start = self.head;
-        let mut at = self.head;
-        while let Some(&record) = self.records.front() {
-            if at > run_start && record.len > room {
-                break;
-            }
-            self.records.pop_front();
-            if record.payload > self.max_payload {
-                // This server takes less than the one it was made for.
-                if at > run_start {
-                    cx.send(conn, &self.pending[run_start..at]);
-                    self.stats.published_bytes += (at - run_start) as u64;
-                }
-                self.stats.dropped_too_big += record.messages;
-                at += record.len;
-                run_start = at;
-                continue;
-            }
-            at += record.len;
-            room = room.saturating_sub(record.len);
-            self.stats.published += record.messages;
-        }
-        if at > run_start {
-            cx.send(conn, &self.pending[run_start..at]);
-            self.stats.published_bytes += (at - run_start) as u64;
-        }
-        self.head = at;
-        if self.head == self.pending.len() {
-            self.pending.clear();
-            self.head = 0;
-            if self.pending.capacity() > 4 * WATERMARK {
-                self.pending = Vec::new();
-            }
-        } else if self.head > WATERMARK && self.head > self.pending.len() / 2 {
-            self.pending.drain(..self.head);
-            self.head = 0;
-        }
+        let room = WATERMARK.saturating_sub(queued);
+        self.outbox
+            .take(room, self.max_payload, |bytes| cx.send(conn, bytes));
     }
 
     /// The hub is stopping: what waits goes out (within the close grace),
@@ -846,7 +644,9 @@ impl Link {
             return;
         };
         if was == LinkState::Flowing {
-            self.pump_up_to(cx, conn, usize::MAX);
+            let max_payload = self.max_payload;
+            self.outbox
+                .take(usize::MAX, max_payload, |bytes| cx.send(conn, bytes));
             cx.close_after_flush(conn);
         } else {
             cx.close(conn, CloseReason::Shutdown);
@@ -854,150 +654,64 @@ impl Link {
         log::info!(
             "broker: leaving room '{}' ({} message(s) published, {} received, {} dropped)",
             self.room,
-            self.stats.published,
-            self.stats.received,
-            self.stats.dropped_backlog + self.stats.dropped_too_big
-        );
-    }
-
-    // ----- Receiving --------------------------------------------------------------
-
-    /// A chat payload from hub `hub` holding `n` messages numbered from
-    /// `seq`: counts the ones that went missing since its last.
-    pub(super) fn heard(&mut self, hub: &str, seq: u64, n: u64) {
-        let now = Instant::now();
-        self.stats.received += n;
-        if let Some(known) = self.remote.get_mut(hub) {
-            if seq > known.next {
-                let lost = seq - known.next;
-                self.stats.lost += lost;
-                self.stats.gap_events += 1;
-                if self.stats.gap_events.is_power_of_two() {
-                    log::warn!(
-                        "broker: {lost} message(s) from hub {} never arrived (a broker outage \
-                         or a full backlog there); {} lost in all",
-                        visible_line(hub),
-                        self.stats.lost
-                    );
-                }
-            } else if seq < known.next {
-                log::info!(
-                    "broker: hub {} starts its numbering over (restarted?)",
-                    visible_line(hub)
-                );
-            }
-            known.next = seq + n;
-            known.last = now;
-            return;
-        }
-        if self.remote.len() >= MAX_REMOTE_HUBS {
-            let oldest = self
-                .remote
-                .iter()
-                .min_by_key(|(_, r)| r.last)
-                .map(|(id, _)| id.clone());
-            if let Some(oldest) = oldest {
-                self.remote.remove(&oldest);
-            }
-        }
-        log::info!("broker: hearing hub {}", visible_line(hub));
-        self.remote.insert(
-            hub.into(),
-            RemoteHub {
-                next: seq + n,
-                last: now,
-            },
+            self.outbox.stats.published,
+            self.remote.received,
+            self.outbox.stats.dropped_backlog + self.outbox.stats.dropped_too_big
         );
     }
 
     /// The SIGUSR1 lines about the link.
     pub(super) fn describe(&self, out: &mut String) {
-        let s = &self.stats;
+        let (link, sent, got) = (&self.stats, &self.outbox.stats, &self.remote);
         let server = match self.state {
-            LinkState::Waiting => format!("next: nats://{}", self.server()),
+            LinkState::Waiting => format!(" (next: nats://{})", self.server()),
             LinkState::Stopped => String::new(),
-            _ => format!("nats://{}", self.server()),
+            _ => format!(" to nats://{}", self.server()),
         };
         let _ = writeln!(
             out,
-            "broker: {} for {:.1} s {server}; hub {}, room '{}'; queued {} B of {} B \
+            "broker: {}{server} for {:.1} s; hub {}, room '{}'; queued {} B of {} B \
              (--broker-backlog){}",
             self.state.name(),
             self.since.elapsed().as_secs_f64(),
             self.hub_id,
             self.room,
-            self.pending_len(),
-            self.backlog,
+            self.outbox.len(),
+            self.outbox.limit(),
             match self.conn {
-                Some(conn) => format!(", more in {conn}'s output (above)"),
+                Some(conn) => format!(", and {conn}'s output above"),
                 None => String::new(),
             }
         );
         let _ = writeln!(
             out,
             "  published {} message(s) ({} B), received {}; dropped {} (backlog full) + {} \
-             (over max_payload); lost from other hubs {}; unsent at link loss {} B; undecodable {}",
-            s.published,
-            s.published_bytes,
-            s.received,
-            s.dropped_backlog,
-            s.dropped_too_big,
-            s.lost,
-            s.unsent_at_loss,
-            s.undecodable
+             (over max_payload); unsent at link loss {} B",
+            sent.published,
+            sent.published_bytes,
+            got.received,
+            sent.dropped_backlog,
+            sent.dropped_too_big,
+            link.unsent_at_loss,
         );
         let _ = writeln!(
             out,
-            "  links made {}, lost {}, failed attempts {}; {} server(s) known, {} other hub(s) heard",
-            s.connects,
-            s.losses,
-            s.failed_attempts,
+            "  from other hubs: lost {} (of which {} came too late to keep their order), \
+             undecodable {}; {} hub(s) heard",
+            got.lost,
+            got.late,
+            got.undecodable,
+            got.len()
+        );
+        let _ = writeln!(
+            out,
+            "  links made {}, lost {}, failed attempts {}; {} server(s) known",
+            link.connects,
+            link.losses,
+            link.failed_attempts,
             self.servers.len(),
-            self.remote.len()
         );
     }
-}
-
-/// The frames of a chat payload from another hub (`width`-byte prefixes),
-/// each as text; `Err` at the first that is cut short or not UTF-8.
-pub(super) fn frames(payload: &[u8], width: usize) -> impl Iterator<Item = Result<&str, ()>> {
-    let mut rest = payload;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        if rest.len() < width {
-            rest = &[];
-            return Some(Err(()));
-        }
-        let len = rest[..width]
-            .iter()
-            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-        if len == 0 || rest.len() - width < len {
-            rest = &[];
-            return Some(Err(()));
-        }
-        let text = std::str::from_utf8(&rest[width..width + len]).map_err(|_| ());
-        rest = if text.is_ok() {
-            &rest[width + len..]
-        } else {
-            &[]
-        };
-        Some(text)
-    })
-}
-
-/// The chat payload's details from its headers: (hub, first sequence
-/// number, prefix width); `None` when they are missing or wrong.
-pub(super) fn chat_headers(headers: &[u8]) -> Option<(&str, u64, PrefixLen)> {
-    let hub = nats::header(headers, HUB_HEADER)?;
-    let seq = nats::header(headers, SEQ_HEADER)?.parse().ok()?;
-    let prefix = match nats::header(headers, PREFIX_HEADER)? {
-        "2" => PrefixLen::Two,
-        "4" => PrefixLen::Four,
-        _ => return None,
-    };
-    Some((hub, seq, prefix))
 }
 
 #[cfg(test)]
@@ -1014,19 +728,6 @@ mod tests {
             timer_parts(timer_id(KIND_RECONNECT, u32::MAX)),
             (KIND_RECONNECT, u32::MAX)
         );
-    }
-
-    #[test]
-    fn frames_of_a_payload_are_read_back() {
-        let mut payload = Vec::new();
-        for text in ["one", "two"] {
-            framing::encode_into(&mut payload, text.as_bytes(), FrameConfig::default()).unwrap();
-        }
-        let texts: Vec<_> = frames(&payload, 2).collect();
-        assert_eq!(texts, vec![Ok("one"), Ok("two")]);
-        payload.push(0);
-        assert_eq!(frames(&payload, 2).last(), Some(Err(())));
-        assert_eq!(frames(&[0, 5, b'a'], 2).collect::<Vec<_>>(), vec![Err(())]);
     }
 
     #[test]

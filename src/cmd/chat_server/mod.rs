@@ -61,7 +61,8 @@
 //! * `held.rs`: messages held back by `--rate-limit`.
 //! * `console.rs`: the server's own user, its stdout, and shutdown.
 //! * `broker.rs`: the link to a NATS broker (`--broker`) that joins this
-//!   hub's room to other hubs'; `remote.rs`: what crosses it, both ways;
+//!   hub's room to other hubs'; `outbox.rs`: what waits for it;
+//!   `remote.rs`: what other hubs send, delivered here;
 //!   `who.rs`: `/who`, on this hub and across hubs.
 
 mod args;
@@ -74,6 +75,7 @@ mod door_udp;
 mod fanout;
 mod held;
 mod member;
+mod outbox;
 mod read;
 mod remote;
 pub mod udp_room;

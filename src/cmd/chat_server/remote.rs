@@ -20,17 +20,162 @@
 //! What it must not do: publish a message that came from the broker, or let
 //! the broker link's troubles reach the local room.
 
+use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::Instant;
 
 use super::args::OnBacklog;
-use super::broker::{self, timer_parts, LinkState, KIND_WHO, SID_ROOM, SID_WHO, SID_WHO_REPLY};
+use super::broker::{timer_parts, LinkState, KIND_WHO, SID_ROOM, SID_WHO, SID_WHO_REPLY};
 use super::door_framed::frames_as_lines;
 use super::member::Member;
+use super::outbox::{HUB_HEADER, PREFIX_HEADER, RUN_HEADER, SEQ_HEADER};
 use super::Hub;
 use crate::conn::CloseReason;
-use crate::framing::{self, FrameConfig};
-use crate::nats::{Msg, ServerOp};
+use crate::framing::{self, FrameConfig, PrefixLen};
+use crate::nats::{self, Msg, ServerOp};
 use crate::reactor::{ConnId, Ctx, Event, Queued};
+use crate::safe_text::visible_line;
+
+/// Most other hubs whose numbering is followed; the one heard least
+/// recently is forgotten first.
+const MAX_REMOTE_HUBS: usize = 1024;
+
+/// What a receiving hub keeps about one other hub.
+#[derive(Debug)]
+struct RemoteHub {
+    /// The run of that hub its numbers belong to.
+    run: u64,
+    /// The number its next message should carry.
+    next: u64,
+    /// When it was last heard.
+    last: Instant,
+}
+
+/// What other hubs sent: their numbering, and what went missing.
+///
+/// NATS keeps one publisher connection's order; across a reconnect, what
+/// a hub sent on its old connection may still be delivered after what it
+/// sends on the new one. So a payload numbered below what its hub's next
+/// should be is late: it is dropped (counted), and order holds. A number
+/// above it means messages that never came (counted as lost).
+#[derive(Debug, Default)]
+pub(super) struct RemoteHubs {
+    hubs: HashMap<Box<str>, RemoteHub>,
+    /// Chat messages received (and delivered) from other hubs.
+    pub received: u64,
+    /// Chat messages other hubs numbered that were not delivered here.
+    pub lost: u64,
+    /// Of `lost`, those that came, too late to keep their sender's order.
+    pub late: u64,
+    /// Times messages went missing (logged at powers of two).
+    gap_events: u64,
+    /// Payloads from other hubs that could not be decoded, and frames that
+    /// could not be delivered here (over `--max-frame`).
+    pub undecodable: u64,
+}
+
+impl RemoteHubs {
+    /// Hubs heard.
+    pub(super) fn len(&self) -> usize {
+        self.hubs.len()
+    }
+
+    /// `n` messages numbered from `seq` by run `run` of hub `hub`: true when
+    /// they are to be delivered (they are not late).
+    fn heard(&mut self, hub: &str, run: u64, seq: u64, n: u64) -> bool {
+        let now = Instant::now();
+        if let Some(known) = self.hubs.get_mut(hub).filter(|k| k.run == run) {
+            known.last = now;
+            if seq < known.next {
+                self.late += n;
+                return false;
+            }
+            if seq > known.next {
+                let lost = seq - known.next;
+                self.lost += lost;
+                self.gap_events += 1;
+                if self.gap_events.is_power_of_two() {
+                    log::warn!(
+                        "broker: {lost} message(s) from hub {} did not arrive (a broker outage, \
+                         or a full backlog there); {} lost in all",
+                        visible_line(hub),
+                        self.lost
+                    );
+                }
+            }
+            known.next = seq + n;
+            self.received += n;
+            return true;
+        }
+        if !self.hubs.contains_key(hub) && self.hubs.len() >= MAX_REMOTE_HUBS {
+            let oldest = self
+                .hubs
+                .iter()
+                .min_by_key(|(_, r)| r.last)
+                .map(|(id, _)| id.clone());
+            if let Some(oldest) = oldest {
+                self.hubs.remove(&oldest);
+            }
+        }
+        let known = self.hubs.insert(
+            hub.into(),
+            RemoteHub {
+                run,
+                next: seq + n,
+                last: now,
+            },
+        );
+        match known {
+            Some(_) => log::info!("broker: hub {} restarted", visible_line(hub)),
+            None => log::info!("broker: hearing hub {}", visible_line(hub)),
+        }
+        self.received += n;
+        true
+    }
+}
+
+/// The frames of a chat payload from another hub (`width`-byte prefixes),
+/// each as text; `Err` at the first that is cut short or not UTF-8.
+fn frames(payload: &[u8], width: usize) -> impl Iterator<Item = Result<&str, ()>> {
+    let mut rest = payload;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        if rest.len() < width {
+            rest = &[];
+            return Some(Err(()));
+        }
+        let len = rest[..width]
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+        if len == 0 || rest.len() - width < len {
+            rest = &[];
+            return Some(Err(()));
+        }
+        let text = std::str::from_utf8(&rest[width..width + len]).map_err(|_| ());
+        rest = if text.is_ok() {
+            &rest[width + len..]
+        } else {
+            &[]
+        };
+        Some(text)
+    })
+}
+
+/// A chat payload's details from its headers: (hub, run, first number,
+/// prefix width); `None` when one is missing or wrong.
+fn chat_headers(headers: &[u8]) -> Option<(&str, u64, u64, PrefixLen)> {
+    let hub = nats::header(headers, HUB_HEADER)?;
+    let run = u64::from_str_radix(nats::header(headers, RUN_HEADER)?, 16).ok()?;
+    let seq = nats::header(headers, SEQ_HEADER)?.parse().ok()?;
+    let prefix = match nats::header(headers, PREFIX_HEADER)? {
+        "2" => PrefixLen::Two,
+        "4" => PrefixLen::Four,
+        _ => return None,
+    };
+    Some((hub, run, seq, prefix))
+}
 
 impl Hub {
     /// Takes the events of the broker link's connection; hands back every other.
@@ -121,8 +266,8 @@ impl Hub {
         let Some(link) = self.broker.as_mut() else {
             return;
         };
-        let Some((hub, seq, prefix)) = broker::chat_headers(msg.headers) else {
-            link.stats.undecodable += 1;
+        let Some((hub, run, seq, prefix)) = chat_headers(msg.headers) else {
+            link.remote.undecodable += 1;
             return;
         };
         if *hub == *link.hub_id {
@@ -132,21 +277,23 @@ impl Hub {
         let local = self.frames;
         let mut n = 0u64;
         let mut as_they_came = prefix == local.prefix;
-        for text in broker::frames(msg.payload, width) {
+        for text in frames(msg.payload, width) {
             n += 1;
             match text {
                 Ok(text) if text.len() <= local.max_frame => {}
                 _ => as_they_came = false,
             }
         }
-        link.heard(hub, seq, n);
+        if !link.remote.heard(hub, run, seq, n) {
+            return;
+        }
         // Anything a local sender said before goes first.
         self.flush_batch(cx);
         let framed: Rc<[u8]> = if as_they_came {
             Rc::from(msg.payload)
         } else {
             let mut again = Vec::with_capacity(msg.payload.len());
-            for text in broker::frames(msg.payload, width) {
+            for text in frames(msg.payload, width) {
                 let fits = text
                     .ok()
                     .filter(|t| framing::encode_into(&mut again, t.as_bytes(), local).is_ok());
@@ -168,7 +315,7 @@ impl Hub {
         let width = local.prefix.bytes();
         if self.on_backlog == OnBacklog::DropOldest {
             // Dropping counts whole queued segments as missed messages: one per segment.
-            for text in broker::frames(framed, width).flatten() {
+            for text in frames(framed, width).flatten() {
                 if let Ok(frame) = framing::encode(text.as_bytes(), local) {
                     self.queue_for_all(cx, &frame, width);
                 }
@@ -176,7 +323,7 @@ impl Hub {
         } else {
             self.queue_for_all(cx, framed, width);
         }
-        for text in broker::frames(framed, width).flatten() {
+        for text in frames(framed, width).flatten() {
             if let Some(udp) = self.udp.as_mut() {
                 udp.send_all(cx, None, text.as_bytes(), &mut None);
             }
@@ -224,6 +371,38 @@ impl Hub {
 /// Counts a message from another hub that this hub could not deliver.
 fn link_undecodable(hub: &mut Hub) {
     if let Some(link) = hub.broker.as_mut() {
-        link.stats.undecodable += 1;
+        link.remote.undecodable += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_of_a_payload_are_read_back() {
+        let mut payload = Vec::new();
+        for text in ["one", "two"] {
+            framing::encode_into(&mut payload, text.as_bytes(), FrameConfig::default()).unwrap();
+        }
+        let texts: Vec<_> = frames(&payload, 2).collect();
+        assert_eq!(texts, vec![Ok("one"), Ok("two")]);
+        payload.push(0);
+        assert_eq!(frames(&payload, 2).last(), Some(Err(())));
+        assert_eq!(frames(&[0, 5, b'a'], 2).collect::<Vec<_>>(), vec![Err(())]);
+    }
+
+    #[test]
+    fn gaps_are_lost_late_ones_dropped_and_a_new_run_starts_over() {
+        let mut hubs = RemoteHubs::default();
+        assert!(hubs.heard("a", 1, 0, 3));
+        assert!(hubs.heard("a", 1, 3, 1));
+        assert!(hubs.heard("a", 1, 10, 2), "a gap: 4..10 lost");
+        assert_eq!(hubs.lost, 6);
+        assert!(!hubs.heard("a", 1, 5, 2), "late: dropped to keep the order");
+        assert_eq!(hubs.late, 2);
+        assert!(hubs.heard("a", 2, 0, 1), "a new run of that hub");
+        assert!(hubs.heard("b", 7, 100, 1), "first heard: nothing lost");
+        assert_eq!((hubs.lost, hubs.received, hubs.len()), (6, 8, 2));
     }
 }

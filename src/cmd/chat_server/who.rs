@@ -22,8 +22,9 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::broker::{timer_id, Dest, WhoRequest, HUB_HEADER, KIND_WHO};
+use super::broker::{timer_id, WhoRequest, KIND_WHO};
 use super::member::Member;
+use super::outbox::{Dest, HUB_HEADER};
 use super::Hub;
 use crate::nats::{self, Msg};
 use crate::reactor::{ConnId, Ctx};
@@ -100,7 +101,7 @@ impl Hub {
             if let Some(link) = self.broker.as_mut() {
                 let n = link.who_next;
                 link.who_next = link.who_next.wrapping_add(1);
-                if link.enqueue(cx, Dest::Who(n), b"", 0) {
+                if link.send_who(cx, Dest::Who(n), b"") {
                     link.who.push_back(WhoRequest {
                         n,
                         asker,
@@ -152,7 +153,7 @@ impl Hub {
             here.push_str(", ...");
         }
         let reply = reply.to_string();
-        link.enqueue(cx, Dest::Reply(&reply), here.as_bytes(), 0);
+        link.send_who(cx, Dest::Reply(&reply), here.as_bytes());
     }
 
     /// Another hub's answer to one of this hub's `/who` requests.
