@@ -671,3 +671,17 @@ fn stress_chat_spreads_its_clients_over_the_hubs_and_checks_them_all() {
     assert!(stderr.contains("and 1 more hub(s)"), "{stderr}");
     let _ = (hub_a, hub_b);
 }
+
+#[test]
+fn a_hub_that_stops_tells_the_other_hubs_its_members_left() {
+    let nats = Nats::start(-1, &[]);
+    let (mut hub_a, addr_a) = hub(&nats.url());
+    let (mut hub_b, addr_b) = hub(&nats.url());
+    let mut ann = Member::join(&mut hub_a, addr_a, "Ann");
+    let mut bob = Member::join(&mut hub_b, addr_b, "Bob");
+    ann.say("bye soon");
+    bob.wait_for("Ann", "bye soon");
+    hub_a.signal(libc::SIGTERM);
+    assert!(hub_a.wait_exit(LONG).success());
+    bob.wait_for("server", "Ann left the chat (its server stopped)");
+}

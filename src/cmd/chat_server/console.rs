@@ -87,11 +87,9 @@ impl Hub {
             let message = chat_msg::format_now(&self.name, LEAVE_TEXT);
             udp.send_all(cx, None, message.as_bytes(), &mut None);
         }
+        self.leave_other_hubs(cx);
         if let Some(udp) = self.udp.as_mut() {
             udp.clear();
-        }
-        if let Some(link) = self.broker.as_mut() {
-            link.stop(cx);
         }
         self.stopping = true;
         if self.n_members == 0 {

@@ -354,8 +354,36 @@ impl Hub {
         }
     }
 
-    /// True when a message from `conn` should also go to the other hubs'
-    /// `/who` (the link is flowing), for the `/who` answer's footnote.
+    /// The hub is stopping: the other hubs are told that its members leave
+    /// (its own members see their connections close), then the link closes.
+    pub(super) fn leave_other_hubs(&mut self, cx: &mut Ctx<Member>) {
+        let Some(mut link) = self.broker.take() else {
+            return;
+        };
+        let mut names: Vec<String> = Vec::new();
+        cx.conn_ids(&mut self.ids);
+        for &id in &self.ids {
+            if let Some(name) = cx
+                .state(id)
+                .filter(|m| !m.link)
+                .and_then(|m| m.name.as_deref())
+            {
+                names.push(name.to_string());
+            }
+        }
+        if let Some(udp) = &self.udp {
+            names.extend(udp.names().map(str::to_string));
+        }
+        for name in names {
+            let text = format!("{name} left the chat (its server stopped)");
+            let message = crate::chat_msg::format_now(&self.name, &text);
+            link.publish_text(cx, &message, self.frames.prefix);
+        }
+        link.stop(cx);
+        self.broker = Some(link);
+    }
+
+    /// True when the broker link is flowing.
     pub(super) fn link_flowing(&self) -> bool {
         self.broker
             .as_ref()
