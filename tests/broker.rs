@@ -685,3 +685,54 @@ fn a_hub_that_stops_tells_the_other_hubs_its_members_left() {
     assert!(hub_a.wait_exit(LONG).success());
     bob.wait_for("server", "Ann left the chat (its server stopped)");
 }
+
+#[test]
+fn messages_cross_hubs_to_every_door_and_a_leave_text_never_reaches_udp_peers() {
+    let nats = Nats::start(-1, &[]);
+    let (mut hub_a, addr_a) = hub_with(&nats.url(), &["--line-port", "0"], true);
+    let line_a = support::last_word_addr(&hub_a.wait_line("line door listening on", LONG));
+    let (mut hub_b, _) = hub_with(&nats.url(), &["--udp-port", "0"], true);
+    let udp_b = support::last_word_addr(&hub_b.wait_line("udp door listening on", LONG));
+    let mut ann = Member::join(&mut hub_a, addr_a, "Ann");
+
+    // Eve, a UDP peer of hub B, joins by speaking; Ann (framed, hub A) hears her.
+    let eve = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    eve.set_read_timeout(Some(LONG)).unwrap();
+    let hello = chat_msg::format_now("Eve", "hello from udp");
+    eve.send_to(hello.as_bytes(), udp_b).unwrap();
+    ann.wait_for("Eve", "hello from udp");
+
+    // Cy, a line client of hub A, hears Eve's next message, and Eve hears Ann.
+    let mut cy = support::connect(line_a);
+    let local = cy.local_addr().unwrap();
+    hub_a.wait_line(&format!("{local} connected"), LONG);
+    support::write_all(&mut cy, b"Cy\n");
+    hub_a.wait_line("Cy joined the chat", LONG);
+    eve.send_to(chat_msg::format_now("Eve", "again").as_bytes(), udp_b)
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("\tagain\n") {
+        let n = cy.read(&mut chunk).expect("Cy reads Eve's message");
+        assert!(n > 0, "hub A closed Cy");
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    // Cy leaves with the leave text; Ann says one more thing.
+    support::write_all(&mut cy, format!("{}\n", chat_msg::LEAVE_TEXT).as_bytes());
+    ann.wait_for("Cy", chat_msg::LEAVE_TEXT);
+    ann.say("still here");
+    let mut datagram = [0u8; 65536];
+    loop {
+        let (n, _) = eve
+            .recv_from(&mut datagram)
+            .expect("Eve hears hub A's room");
+        let text = String::from_utf8_lossy(&datagram[..n]).into_owned();
+        assert!(
+            !chat_msg::is_leave(&text),
+            "a leave text reached a UDP peer: {text:?}"
+        );
+        if chat_msg::parse(&text).is_some_and(|m| m.sender == "Ann" && m.text == "still here") {
+            break;
+        }
+    }
+}

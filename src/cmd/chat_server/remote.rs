@@ -30,6 +30,7 @@ use super::door_framed::frames_as_lines;
 use super::member::Member;
 use super::outbox::{HUB_HEADER, PREFIX_HEADER, RUN_HEADER, SEQ_HEADER};
 use super::Hub;
+use crate::chat_msg;
 use crate::conn::CloseReason;
 use crate::framing::{self, FrameConfig, PrefixLen};
 use crate::nats::{self, Msg, ServerOp};
@@ -325,7 +326,12 @@ impl Hub {
         }
         for text in frames(framed, width).flatten() {
             if let Some(udp) = self.udp.as_mut() {
-                udp.send_all(cx, None, text.as_bytes(), &mut None);
+                // A udp-chat peer forgets whoever sends it the leave text,
+                // and every datagram comes from this hub: someone leaving
+                // another hub must not make this hub's peers forget it.
+                if !chat_msg::is_leave(text) {
+                    udp.send_all(cx, None, text.as_bytes(), &mut None);
+                }
             }
             self.print(text);
         }
@@ -376,7 +382,7 @@ impl Hub {
         }
         for name in names {
             let text = format!("{name} left the chat (its server stopped)");
-            let message = crate::chat_msg::format_now(&self.name, &text);
+            let message = chat_msg::format_now(&self.name, &text);
             link.publish_text(cx, &message, self.frames.prefix);
         }
         link.stop(cx);
