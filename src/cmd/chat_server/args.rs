@@ -74,8 +74,9 @@ pub struct Args {
     /// TCP port to listen on (0: the system picks one, printed at start).
     #[arg(long, short, default_value_t = 0)]
     pub port: u16,
-    /// Local address to listen on (0.0.0.0: every IPv4 interface; :: for IPv6).
-    #[arg(long, default_value = "0.0.0.0")]
+    /// Local address to listen on: an IP (0.0.0.0: every IPv4 interface; :: for IPv6;
+    /// [::1] works too) or a host name such as localhost.
+    #[arg(long, default_value = "0.0.0.0", value_parser = crate::units::parse_bind)]
     pub bind: IpAddr,
     /// Your name in the chat (asked for on stdin when missing).
     #[arg(long, conflicts_with = "relay_only")]
