@@ -112,6 +112,13 @@ impl ChatInput {
         self.name.as_deref()
     }
 
+    /// Forgets a typed name the command refused, and asks for another: the
+    /// next line typed is the name again.
+    pub fn forget_name(&mut self) {
+        self.name = None;
+        eprintln!("{}", chat_msg::NAME_PROMPT);
+    }
+
     /// Takes bytes read from stdin; calls `on_typed` for the name and for
     /// every line worth sending, in order.
     pub fn feed(&mut self, mut bytes: &[u8], mut on_typed: impl FnMut(Typed<'_>)) {
@@ -164,6 +171,31 @@ impl ChatInput {
         if let Some(line) = self.lines.finish() {
             take_line(&mut self.name, &line, &mut on_typed);
         }
+    }
+}
+
+/// Parses a byte count for options such as `--max-backlog`: `65536`, `64K`,
+/// `1M`, `1MiB`, `2G` (binary multiples); 0 is refused.
+pub fn parse_bytes(text: &str) -> std::result::Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: usize = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a byte count (e.g. 65536, 64K, 1M)"))?;
+    let scale: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("unknown unit in '{text}' (use K, M or G)")),
+    };
+    match number.checked_mul(scale) {
+        Some(0) => Err("the backlog must be at least 1 byte".to_string()),
+        Some(bytes) => Ok(bytes),
+        None => Err(format!("'{text}' is too large")),
     }
 }
 
