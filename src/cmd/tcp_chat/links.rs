@@ -243,8 +243,8 @@ impl TcpChat {
             }
         }
         log::info!(
-            "{name} joined the chat (member at {listen}); {} members now",
-            self.members.len() + 1
+            "{name} joined the chat (member at {listen}); {}",
+            Count(self.members.len() + 1)
         );
         crate::trace!(cx.tracer(), "mesh: {conn} is {name} ({key})");
         // Introductions both ways.
@@ -391,7 +391,7 @@ impl TcpChat {
         if let Some(member) = self.members.get_mut(id) {
             if !member.left {
                 member.left = true;
-                log::info!("{} left the chat; {n} members now", member.name);
+                log::info!("{} left the chat; {}", member.name, Count(n));
             }
         }
     }
@@ -418,9 +418,10 @@ impl TcpChat {
             log::debug!("{}'s link closed: {reason}", member.name);
         } else {
             log::warn!(
-                "{} (member at {}) vanished: {reason}; {n} members now",
+                "{} (member at {}) vanished: {reason}; {}",
                 member.name,
-                member.listen
+                member.listen,
+                Count(n)
             );
         }
         if self.leaving {
@@ -591,5 +592,17 @@ impl TcpChat {
             link.closed = true;
         }
         cx.close_after_flush(conn);
+    }
+}
+
+/// How many members the chat has now, this one included, as the log says it.
+struct Count(usize);
+
+impl std::fmt::Display for Count {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            1 => write!(f, "1 member now (only you)"),
+            n => write!(f, "{n} members now"),
+        }
     }
 }
