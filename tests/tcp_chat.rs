@@ -476,6 +476,26 @@ fn control_characters_are_shown_not_obeyed_and_bad_names_are_refused() {
 }
 
 #[test]
+fn a_typed_name_is_checked_and_the_mesh_starts_once_it_is_good() {
+    let mut cmd = sockloop(&["tcp-chat", "--bind", "127.0.0.1", "--port", "0"]);
+    cmd.stdin(Stdio::piped());
+    let mut ann = Proc::start(cmd);
+    let mut typing = ann.stdin();
+    ann.wait_line("Enter your username", LONG);
+    // Both lines in one write: the second is the name only if the first was refused.
+    typing.write_all(b"Ann\x1b[31m\nAnn\n").unwrap();
+    ann.wait_line(
+        "a name cannot contain control characters (it contains ^[)",
+        LONG,
+    );
+    let addr = ann.listening_addr();
+    let mut bob = member("Bob", &[addr]);
+    bob.proc.wait_line("Ann joined the chat", LONG);
+    typing.write_all(b"hi Bob\n").unwrap();
+    bob.wait_message("Ann", "hi Bob");
+}
+
+#[test]
 fn a_member_given_its_own_address_stops_dialing_it() {
     let port = free_port();
     let own: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();

@@ -356,7 +356,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     let mut reactor = Reactor::new(config).map_err(|e| Error::io("starting the event loop", e))?;
     let mut chat = TcpChat {
         me,
-        input: ChatInput::new(name, frames.max_frame),
+        input: ChatInput::new(name, frames.max_frame).checking_names(),
         frames,
         bind: args.bind,
         port: args.port,

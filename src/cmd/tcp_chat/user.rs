@@ -15,7 +15,7 @@ use crate::conn::CloseReason;
 use crate::framing;
 use crate::net;
 use crate::reactor::Ctx;
-use crate::safe_text::{check_name, visible};
+use crate::safe_text::visible;
 use crate::sys;
 
 impl TcpChat {
@@ -26,13 +26,13 @@ impl TcpChat {
             return;
         }
         let mut typed_lines = Vec::new();
-        let mut name = None;
+        let mut named = false;
         self.input.feed(bytes, |typed| match typed {
-            Typed::Name(n) => name = Some(n.to_string()),
+            Typed::Name(_) => named = true,
             Typed::Text { text, .. } => typed_lines.push(text.to_string()),
         });
-        if let Some(name) = name {
-            self.on_name(cx, &name);
+        if named {
+            self.on_name(cx);
         }
         for line in typed_lines {
             self.say(cx, &line);
@@ -40,13 +40,8 @@ impl TcpChat {
         self.regulate_stdin(cx);
     }
 
-    /// The name the user typed: checked, then the mesh starts.
-    pub(super) fn on_name(&mut self, cx: &mut Ctx<Link>, name: &str) {
-        if let Err(why) = check_name(name) {
-            eprintln!("{why}");
-            self.input.forget_name();
-            return;
-        }
+    /// The name the user typed (checked by the input already): the mesh starts.
+    pub(super) fn on_name(&mut self, cx: &mut Ctx<Link>) {
         hint(HINT);
         self.start(cx);
     }
