@@ -434,6 +434,93 @@ fn two_links_between_the_same_members_end_as_the_one_the_smaller_id_dialed() {
     simultaneous_dials(u64::MAX, false);
 }
 
+/// Waits for the `--trace` line, after the line `after`, saying connection
+/// `conn` (`conn#N`) was closed; returns it.
+fn wait_closed(proc: &mut Proc, after: &str, conn: &str) -> String {
+    let mut from = proc
+        .seen
+        .iter()
+        .position(|l| l == after)
+        .map_or(0, |i| i + 1);
+    loop {
+        let line = proc.wait_line_after(from, ": closed (", LONG);
+        from = proc.seen.iter().position(|l| *l == line).unwrap_or(from) + 1;
+        if line.contains(&format!(" {conn} ")) {
+            return line;
+        }
+    }
+}
+
+/// Two real members dial each other at once. Ann, refused by Bob's empty
+/// port, is stopped (SIGSTOP) until her next dial is due; Bob starts, dials
+/// her (her kernel completes the handshake meanwhile) and says hello. When
+/// Ann goes on (SIGCONT) she accepts Bob's link and, in the same turn, dials
+/// Bob: two links, each already under way. Both must end with one member and
+/// every message once.
+#[test]
+fn two_real_members_dialing_each_other_at_once_end_with_one_link() {
+    let (ann_port, bob_port) = (free_port(), free_port());
+    let at = |port: u16| -> SocketAddr { format!("127.0.0.1:{port}").parse().unwrap() };
+    let mut ann = member_on(
+        ann_port,
+        "Ann",
+        &[at(bob_port)],
+        &["--trace", "--retry-max", "1"],
+    );
+    let line = ann.proc.wait_line("next dial in", LONG);
+    let seen = Instant::now();
+    let wait: f64 = line
+        .rsplit("next dial in ")
+        .next()
+        .and_then(|w| w.trim_end_matches(" s").parse().ok())
+        .expect("the wait in seconds");
+    ann.proc.signal(libc::SIGSTOP);
+    // Her dial is due once that wait has passed (counted from when we saw the line, later).
+    let due = seen + Duration::from_secs_f64(wait);
+    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+    let mut bob = member_on(bob_port, "Bob", &[at(ann_port)], &["--trace"]);
+    bob.proc.wait_line("hello sent", LONG);
+    ann.proc.signal(libc::SIGCONT);
+    ann.wait_members(2);
+    bob.wait_members(2);
+    // Both ends see both links complete, and each resolves them on its own;
+    // they agree, so the link each retires is closed by the other end too
+    // (not left half-open until the retire grace runs out).
+    for (m, other) in [(&mut ann, "Bob"), (&mut bob, "Ann")] {
+        let line = m
+            .proc
+            .wait_line(&format!("mesh: two links to {other}"), LONG);
+        let retired = line
+            .split("retiring ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .expect("the retired connection")
+            .to_string();
+        let closed = wait_closed(&mut m.proc, &line, &retired);
+        assert!(
+            closed.contains("closed (closed by peer)"),
+            "{other}'s retired link: {closed}"
+        );
+    }
+    ann.say("one link");
+    bob.wait_message("Ann", "one link");
+    bob.say("one indeed");
+    ann.wait_message("Bob", "one indeed");
+    let ann_saw = ann.leave_and_collect();
+    let bob_saw = bob.leave_and_collect();
+    assert_eq!(times(&ann_saw, "one indeed"), 1, "{ann_saw:?}");
+    assert_eq!(times(&bob_saw, "one link"), 1, "{bob_saw:?}");
+    for m in [&mut ann, &mut bob] {
+        let log = m.proc.drain_lines();
+        assert!(!log.iter().any(|l| l.contains("vanished")), "{log:?}");
+        assert_eq!(
+            log.iter().filter(|l| l.contains("joined the chat")).count(),
+            1,
+            "{log:?}"
+        );
+    }
+}
+
 // ----- Trust -----------------------------------------------------------------------
 
 #[test]
