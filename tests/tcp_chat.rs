@@ -583,6 +583,55 @@ fn a_typed_name_is_checked_and_the_mesh_starts_once_it_is_good() {
 }
 
 #[test]
+fn a_guest_that_does_not_read_is_disconnected_and_members_get_everything() {
+    let mut ann = member_on(0, "Ann", &[], &["--max-backlog", "64K"]);
+    let mut bob = member("Bob", &[ann.addr]);
+    ann.wait_members(2);
+    bob.wait_members(2);
+    let mut slow = connect(ann.addr);
+    write_frame(&mut slow, &chat_text("Slow", "I will not read"));
+    bob.wait_message("Slow", "I will not read");
+    // 8 MB of typing: far more than the guest's socket buffers and its 64 KiB backlog.
+    let line = "x".repeat(999);
+    let mut typing = ann.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        for i in 0..8000 {
+            writeln!(typing, "{i} {line}").unwrap();
+        }
+        typing
+    });
+    ann.proc.wait_line("does not read", LONG);
+    let typing = writer.join().unwrap();
+    bob.wait_message("Ann", &format!("7999 {}", "x".repeat(999)));
+    ann.stdin = Some(typing);
+    let bob_saw = bob.leave_and_collect();
+    let lines = bob_saw
+        .iter()
+        .filter(|l| l.ends_with(&"x".repeat(999)))
+        .count();
+    assert_eq!(lines, 8000, "Bob got every line once");
+    drop(slow);
+}
+
+#[test]
+fn an_over_long_frame_closes_only_that_guest() {
+    let mut ann = member_on(0, "Ann", &[], &["--max-frame", "1024"]);
+    let mut big = connect(ann.addr);
+    let mut fine = connect(ann.addr);
+    write_frame(&mut fine, &chat_text("Fine", "hello"));
+    ann.wait_message("Fine", "hello");
+    write_frame(&mut big, &chat_text("Big", &"y".repeat(2000)));
+    assert_eq!(
+        read_frame(&mut big),
+        None,
+        "the over-long frame closes its connection"
+    );
+    ann.proc.wait_line("exceeds the 1024-byte maximum", LONG);
+    write_frame(&mut fine, &chat_text("Fine", "still here"));
+    ann.wait_message("Fine", "still here");
+}
+
+#[test]
 fn a_member_given_its_own_address_stops_dialing_it() {
     let port = free_port();
     let own: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();

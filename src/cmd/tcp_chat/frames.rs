@@ -165,6 +165,13 @@ impl TcpChat {
             }
             Some(Role::Member(id)) => self.member_gone(cx, id, conn, reason),
             Some(Role::Guest) => self.guest_gone(cx, conn, reason),
+            Some(Role::Unknown) if matches!(reason, CloseReason::Protocol(_)) => {
+                let peer = cx.conn(conn).map(|c| c.peer());
+                log::warn!(
+                    "closed {conn} from {}: {reason}",
+                    peer.map_or_else(String::new, |p| p.to_string())
+                );
+            }
             _ => {}
         }
         self.guests.remove(&conn);
