@@ -11,8 +11,13 @@
 //!   course's Python client are served like members;
 //! - two links between the same two members end as one, the one dialed by
 //!   the smaller id, whichever end learns of them first (a fake member plays
-//!   the other end, byte for byte);
-//! - names are checked and texts shown, never obeyed.
+//!   the other end, byte for byte), and two real members, stopped and resumed
+//!   so that both dials are under way at once, agree on it;
+//! - names are checked (given, typed, or claimed by a guest) and texts shown,
+//!   never obeyed;
+//! - the room's bounds: a guest that does not read is disconnected at
+//!   `--max-backlog` while members get everything; a frame over `--max-frame`
+//!   closes only its connection.
 //!
 //! Every wait has a deadline; processes are killed and reaped when dropped.
 
