@@ -5,7 +5,7 @@
 //! # The shape
 //!
 //! A member listens on `--port` and dials every PEER. Each link starts with a
-//! handshake in control frames ([`wire`]): the dialer says `hello` (its id,
+//! handshake in control frames (`wire.rs`): the dialer says `hello` (its id,
 //! name and listening port), the other answers `welcome`. Then each side
 //! introduces the other to the members it already has (`member` frames), and
 //! the newcomer dials those it has no link to yet. So a newcomer given one
@@ -28,12 +28,12 @@
 //! # Start in any order, leave in any way
 //!
 //! A PEER that is not up yet is dialed again with capped, jittered backoff
-//! ([`mesh::Backoff`]). A member that goes is noticed by each member on its
+//! (`mesh::Backoff`). A member that goes is noticed by each member on its
 //! own link: the leave text (`<LEAVES THE CHAT>`) and the zero-length frame
 //! when it leaves properly, end of stream or a reset when it does not; it is
 //! reported once. Its address is then dialed again, so a member that comes
 //! back is reconnected. Two members that dial each other at the same moment
-//! keep the link dialed by the smaller id ([`mesh::keep`]) and retire the other.
+//! keep the link dialed by the smaller id (`mesh::keep`) and retire the other.
 //!
 //! # Trust
 //!
@@ -41,12 +41,12 @@
 //! notice otherwise), and no name is in the chat twice as far as this member
 //! can see. A member speaks as itself or for its guests, never as another
 //! member or as us; a guest speaks only under the name of its first message.
-//! Every text printed or passed on goes through [`visible`] first, so no
+//! Every text printed or passed on goes through [`visible`](crate::safe_text::visible) first, so no
 //! control character reaches a terminal.
 //!
 //! What this file must not do: touch readiness or `WouldBlock`, parse control
-//! frames by hand (that is [`wire`]), or decide dial times and tie-breaks
-//! (that is [`mesh`]).
+//! frames by hand (that is `wire.rs`), or decide dial times and tie-breaks
+//! (that is `mesh.rs`).
 
 mod dialing;
 mod frames;
