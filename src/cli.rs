@@ -56,6 +56,9 @@ pub enum Command {
     /// Peer-to-peer group chat over UDP (lecture lab 2).
     #[command(long_about = cmd::udp_chat::LONG_ABOUT)]
     UdpChat(cmd::udp_chat::Args),
+    /// Group chat over TCP without a hub: members listen and dial in one poll.
+    #[command(long_about = cmd::tcp_chat::LONG_ABOUT)]
+    TcpChat(cmd::tcp_chat::Args),
     /// Send N numbered chat messages to every peer (lecture lab 2 streamer).
     #[command(long_about = cmd::udp_stream::LONG_ABOUT)]
     UdpStream(cmd::udp_stream::Args),
