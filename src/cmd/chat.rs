@@ -183,31 +183,6 @@ impl ChatInput {
     }
 }
 
-/// Parses a byte count for options such as `--max-backlog`: `65536`, `64K`,
-/// `1M`, `1MiB`, `2G` (binary multiples); 0 is refused.
-pub fn parse_bytes(text: &str) -> std::result::Result<usize, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let number: usize = digits
-        .parse()
-        .map_err(|_| format!("'{text}' is not a byte count (e.g. 65536, 64K, 1M)"))?;
-    let scale: usize = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(format!("unknown unit in '{text}' (use K, M or G)")),
-    };
-    match number.checked_mul(scale) {
-        Some(0) => Err("the backlog must be at least 1 byte".to_string()),
-        Some(bytes) => Ok(bytes),
-        None => Err(format!("'{text}' is too large")),
-    }
-}
-
 /// Prints a hint for a person at a terminal on stderr; scripts feeding
 /// stdin from a pipe or a file do not need it.
 pub fn hint(text: &str) {

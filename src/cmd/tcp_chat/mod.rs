@@ -63,7 +63,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args as ClapArgs;
 
-use super::chat::{hint, parse_bytes, ChatInput, FramingArgs};
+use super::chat::{hint, ChatInput, FramingArgs};
 use crate::chat_msg;
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};
@@ -153,8 +153,9 @@ pub struct Args {
     /// TCP port to listen on (0: the system picks one, printed at start).
     #[arg(long, short, default_value_t = 0)]
     pub port: u16,
-    /// Local address to listen on (0.0.0.0: every IPv4 interface; :: for IPv6 too).
-    #[arg(long, default_value = "0.0.0.0")]
+    /// Local address to listen on: an IP (0.0.0.0: every IPv4 interface; :: for IPv6 too;
+    /// [::1] works too) or a host name such as localhost.
+    #[arg(long, default_value = "0.0.0.0", value_parser = crate::units::parse_bind)]
     pub bind: IpAddr,
     /// Your name in the chat (asked for on stdin when missing).
     #[arg(long, short)]
@@ -167,7 +168,7 @@ pub struct Args {
     pub max_guests: u32,
     /// Bytes that may wait for one member or guest (suffixes K, M, G); one that
     /// does not read is disconnected.
-    #[arg(long, default_value = "1M", value_parser = parse_bytes)]
+    #[arg(long, default_value = "1M", value_parser = crate::units::parse_size_min1)]
     pub max_backlog: usize,
     /// Longest wait, in seconds, between two dials of an address that does not answer.
     #[arg(long, value_name = "SECS", default_value_t = 10,
