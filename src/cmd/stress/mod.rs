@@ -4,14 +4,19 @@
 //! Each mode is a [`Handler`](crate::reactor::Handler) whose per-connection
 //! state is a few words (no buffer per connection, no allocation per
 //! message): `echo` (request/response, every byte verified), `conns` (idle
-//! connections held open), `chat` (framed fan-out with per-sender order),
-//! `udp` (numbered datagrams with a built-in sink).
+//! connections held open), `chat` (framed or line fan-out with per-sender
+//! order), `udp` (numbered datagrams with a built-in sink). Two more
+//! commands read what runs leave behind: `merge` (several generators'
+//! interval logs, one report) and `plot` (an SVG of them).
 //!
 //! This file holds what the TCP modes share: their common options, the
-//! descriptor budget, the run's phases and measuring window, the progress
-//! line and the parts of the summary every mode prints (connections,
-//! generator honesty). [`connect`] opens connections at scale and names the
-//! limit behind a failure; [`report`] holds histograms and the JSON writer.
+//! descriptor budget, the run's phases (connect, optional `--start-at`
+//! wait, warmup, measuring window, drain), the progress line and the parts
+//! of the summary every mode prints (connections, generator honesty).
+//! [`connect`] opens connections at scale and names the limit behind a
+//! failure; [`report`] holds histograms and the JSON writer; [`timeline`]
+//! files samples by second for [`histlog`] (the interval log), the JSON
+//! interval lines and [`plot`]; [`start`] reads `--start-at`.
 //!
 //! Numbers this module prints must never flatter: rates are divided by the
 //! window they were counted in, latencies come from HDR histograms, and every
@@ -22,11 +27,16 @@ pub mod chat;
 pub mod connect;
 pub mod conns;
 pub mod echo;
+pub mod histlog;
+pub mod merge;
+pub mod plot;
 pub mod report;
+pub mod start;
+pub mod timeline;
 pub mod udp;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use clap::{Args as ClapArgs, ValueEnum};
 
@@ -35,7 +45,8 @@ use crate::error::{Error, Result};
 use crate::reactor::{Config, Ctx, LoopStats, Reactor};
 use crate::sys;
 use connect::{is_v4_loopback, port_range_size, Connector, Plan};
-use report::{Json, Latency, Tally};
+use report::{Json, Latency, Percentiles, Tally};
+use timeline::{MeasureArgs, Timeline};
 
 /// Descriptors kept back for what is not a client connection: stdio, the
 /// poll, the signal pipe, the reactor's spare, a probe, log files.
@@ -47,8 +58,12 @@ pub const TIMER_PROGRESS: u64 = 1;
 pub const TIMER_END: u64 = 4;
 /// Timer: stop waiting for answers still in flight.
 pub const TIMER_DRAIN: u64 = 5;
-/// Timer: the start of the measuring window, after the settle time.
+/// Timer: the load begins (after the settle time, or at `--start-at`).
 pub const TIMER_START: u64 = 6;
+/// Timer: the next interval of the [`Timeline`] ends.
+pub const TIMER_INTERVAL: u64 = 7;
+/// Timer: the warmup is over; the measuring window opens.
+pub const TIMER_WARMUP: u64 = 8;
 /// First timer id a mode may use for itself.
 pub const TIMER_MODE: u64 = 16;
 /// Timer ids from here on are `TIMER_CONN + connection number`.
@@ -81,7 +96,7 @@ pub struct TcpArgs {
     pub addr: String,
     /// Client connections to open. Each costs one descriptor; the run refuses
     /// more than the open-file limit allows.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(short = 'c', long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub conns: u32,
     /// Open at most R connections per second (0: as fast as
     /// --connect-concurrency allows). Pacing keeps a burst of SYNs from
@@ -222,6 +237,32 @@ pub fn positive(name: &str, value: f64) -> Result<()> {
     }
 }
 
+/// Parses a duration option: seconds as a number (`10`, `0.5`) or with a
+/// unit, as wrk2 takes them (`500ms`, `10s`, `2m`, `1h`). The range is
+/// checked where the option is used ([`positive`], [`zero_or_more`]).
+pub fn parse_seconds(text: &str) -> std::result::Result<f64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale = match unit {
+        "" | "s" => 1.0,
+        "ms" => 1e-3,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => {
+            return Err(format!(
+                "'{text}' is not a duration (use 10, 10s, 500ms, 2m or 1h)"
+            ))
+        }
+    };
+    number
+        .parse::<f64>()
+        .map(|n| n * scale)
+        .map_err(|_| format!("'{text}' is not a duration (use 10, 10s, 500ms, 2m or 1h)"))
+}
+
 /// What a duration option accepts, for [`zero_or_more`].
 pub const SECONDS: &str = "0 or more seconds";
 /// What a pacing rate accepts, for [`zero_or_more`].
@@ -252,15 +293,29 @@ pub fn reactor<S: Default>(trace: bool) -> Result<Reactor<S>> {
     Reactor::new(config).map_err(|e| Error::io("starting the event loop", e))
 }
 
-/// What every TCP mode keeps about its run: the connector, the measuring
-/// window, the loop's and the CPU's figures at its edges, the progress clock.
+/// What every TCP mode keeps about its run: the connector, its phases
+/// (load start, warmup, measuring window), the loop's and the CPU's figures
+/// at the window's edges, the progress clock.
 pub struct Run {
     /// The mode's name, as the progress line and the JSON print it.
     pub mode: &'static str,
     /// Opens the connections and keeps their numbers.
     pub connector: Connector,
-    /// When the run began (progress lines count from here).
+    /// When the run began (progress lines count from here; so does every
+    /// mode's nanosecond clock).
     pub started: Instant,
+    /// The wall-clock time at `started` (interval logs and JSON lines name
+    /// times on it, so generators on several hosts can be lined up).
+    pub started_wall: SystemTime,
+    /// Load before the window opens (`--warmup`); zero for `conns`.
+    pub warmup: Duration,
+    /// The wall-clock time the load is to begin (`--start-at`), if asked.
+    pub start_at: Option<SystemTime>,
+    /// When the load began (the warmup's start), once it did.
+    pub load_start: Option<Instant>,
+    /// How much later than `--start-at` the load began (connections took
+    /// longer), when that was more than a millisecond.
+    pub start_late: Option<Duration>,
     /// The measuring window's start, once it began.
     pub window_start: Option<Instant>,
     /// The measuring window's end, once it ended (early after Ctrl+C).
@@ -289,6 +344,11 @@ impl Run {
             mode,
             connector: Connector::new(setup.plan.clone()),
             started: now,
+            started_wall: SystemTime::now(),
+            warmup: Duration::ZERO,
+            start_at: None,
+            load_start: None,
+            start_late: None,
             window_start: None,
             window_end: None,
             interrupted: false,
@@ -313,13 +373,111 @@ impl Run {
         self.connector.fill(cx);
     }
 
+    /// Takes `--warmup` and `--start-at`.
+    pub fn set_phases(&mut self, args: &MeasureArgs) {
+        self.warmup = Duration::from_secs_f64(args.warmup);
+        self.start_at = args.start_at;
+    }
+
+    /// Every connection is open: sets [`TIMER_START`] for when the load is
+    /// to begin — after `settle`, or at `--start-at` if that is later.
+    pub fn arm_start<S>(&mut self, cx: &mut Ctx<S>, settle: Duration) {
+        let now = Instant::now();
+        let mut at = now + settle;
+        if let Some(start_at) = self.start_at {
+            if let Ok(ahead) = start_at.duration_since(SystemTime::now()) {
+                if now + ahead > at {
+                    at = now + ahead;
+                    self.progress_line(&format!(
+                        "{}, waiting {:.1} s for --start-at {}",
+                        self.conns_text(),
+                        ahead.as_secs_f64(),
+                        start::utc_text(start_at)
+                    ));
+                }
+            }
+        }
+        cx.set_timer(at, TIMER_START);
+    }
+
+    /// The load begins now ([`TIMER_START`] fired): opens the window at
+    /// once, or sets [`TIMER_WARMUP`] for after the warmup. Returns the
+    /// load's and the window's start on the run's nanosecond clock.
+    pub fn begin_load<S>(&mut self, cx: &mut Ctx<S>) -> (u64, u64) {
+        let now = Instant::now();
+        self.load_start = Some(now);
+        if let Some(start_at) = self.start_at {
+            let late = self.wall(now).duration_since(start_at).unwrap_or_default();
+            if late > Duration::from_millis(1) {
+                self.start_late = Some(late);
+                log::warn!(
+                    "the load began {:.3} s after --start-at {} (connecting took longer): \
+                     generators that began on time measured other seconds",
+                    late.as_secs_f64(),
+                    start::utc_text(start_at)
+                );
+            }
+        }
+        if self.warmup.is_zero() {
+            self.begin_window_at(cx, now);
+        } else {
+            cx.set_timer(now + self.warmup, TIMER_WARMUP);
+            self.progress_line(&format!(
+                "{}, warming up for {:.1} s (not measured)",
+                self.conns_text(),
+                self.warmup.as_secs_f64()
+            ));
+        }
+        let load_ns = (now - self.started).as_nanos() as u64;
+        (load_ns, load_ns + self.warmup.as_nanos() as u64)
+    }
+
+    /// [`TIMER_WARMUP`] fired: the window opens, dated when it was due.
+    pub fn end_warmup<S>(&mut self, cx: &Ctx<S>) {
+        if let (Some(load), None) = (self.load_start, self.window_start) {
+            self.begin_window_at(cx, load + self.warmup);
+        }
+    }
+
+    /// The load is on: it began, and the window has not ended.
+    pub fn loading(&self) -> bool {
+        self.load_start.is_some() && self.window_end.is_none()
+    }
+
+    /// The wall-clock time of `at`, an instant of this run.
+    pub fn wall(&self, at: Instant) -> SystemTime {
+        self.started_wall + at.saturating_duration_since(self.started)
+    }
+
     /// Opens the measuring window now.
     pub fn begin_window<S>(&mut self, cx: &Ctx<S>) {
-        let now = Instant::now();
-        self.window_start = Some(now);
+        self.begin_window_at(cx, Instant::now());
+    }
+
+    /// Opens the measuring window, dated `at` (now, or when a timer was due).
+    pub fn begin_window_at<S>(&mut self, cx: &Ctx<S>, at: Instant) {
+        self.window_start = Some(at);
         self.loop_start = cx.stats();
         self.cpu_start = sys::cpu_time();
-        self.progress_last = now;
+        self.progress_last = Instant::now();
+    }
+
+    /// The JSON fields of the run's phases: `warmup_s`, `start_at_unix_s`,
+    /// `start_unix_s` (the window's start) and `started_late_s`.
+    pub fn phase_json(&self, json: &mut Json) {
+        json.f64("warmup_s", self.warmup.as_secs_f64(), 3);
+        json.opt_f64("start_at_unix_s", self.start_at.map(start::unix_seconds), 3);
+        json.opt_f64(
+            "start_unix_s",
+            self.window_start
+                .map(|at| start::unix_seconds(self.wall(at))),
+            3,
+        );
+        json.opt_f64(
+            "started_late_s",
+            self.start_late.map(|late| late.as_secs_f64()),
+            3,
+        );
     }
 
     /// Closes the measuring window now (once).
@@ -536,7 +694,7 @@ impl Run {
     /// The JSON fields every mode starts with; `duration` is the mode's
     /// measured time (the window; for `conns`, the hold).
     pub fn json_head(&self, json: &mut Json, duration: Duration) {
-        json.u64("schema", 1);
+        json.u64("schema", report::SCHEMA);
         json.str("mode", self.mode);
         json.str("target", &self.connector.plan().target.to_string());
         json.f64("duration_s", duration.as_secs_f64(), 3);
@@ -625,12 +783,98 @@ pub fn outcome(mode: &str, run: &Run, errors: u64, first: Option<&str>) -> Resul
 }
 
 /// Prints the summary: the human lines on stderr, then (with `--json`) the
-/// JSON line on stdout.
+/// JSON line on stdout, marked `"type":"summary"` right after its schema
+/// number (interval lines, printed before it, say `"interval"`).
 pub fn print_summary(lines: &[String], json: Option<String>) {
     eprintln!("{}", lines.join("\n"));
     if let Some(line) = json {
-        println!("{line}");
+        println!("{}", typed_summary(&line));
     }
+}
+
+/// `{"schema":1,...}` as `{"schema":1,"type":"summary",...}`. Every summary
+/// line starts with its schema number (a number: the first comma ends it).
+fn typed_summary(line: &str) -> String {
+    match line.find(',') {
+        Some(comma) if line.starts_with("{\"schema\":") => {
+            format!("{},\"type\":\"summary\"{}", &line[..comma], &line[comma..])
+        }
+        _ => line.to_string(),
+    }
+}
+
+/// The lines a latency mode adds to its summary after its latencies: a
+/// warning when messages left so late against their schedule that the
+/// lateness, not the server, makes up the corrected latency; the spectrum
+/// with `--spectrum`; where the interval log and the plot went (drawing the
+/// plot now). Returns the error that must end the run afterwards (the log
+/// or the plot could not be written), if any.
+pub fn measure_report(
+    lines: &mut Vec<String>,
+    args: &MeasureArgs,
+    timeline: &Timeline,
+    lag: Option<&Latency>,
+    title: &str,
+    what: &str,
+) -> Option<Error> {
+    if let (Some(lag), Some(plain)) = (lag, timeline.total_uncorrected()) {
+        if let Some(warning) = lag_warning(&lag.percentiles(), &plain.percentiles(), what) {
+            lines.push(warning);
+        }
+    }
+    if args.spectrum {
+        lines.extend(report::spectrum(
+            "latency spectrum (milliseconds):",
+            timeline.total().histogram(),
+        ));
+        if let Some(plain) = timeline.total_uncorrected() {
+            lines.extend(report::spectrum(
+                "latency spectrum, uncorrected (milliseconds):",
+                plain.histogram(),
+            ));
+        }
+    }
+    let mut error = None;
+    if let Some(path) = &args.hist_log {
+        match timeline.log_failed() {
+            Some(why) => error = Some(Error::Failed(why.to_string())),
+            None => lines.push(format!(
+                "  interval log: {} ({} one-second histograms)",
+                path.display(),
+                timeline.points().len()
+            )),
+        }
+    }
+    if let Some(path) = &args.plot {
+        let series = plot::Series {
+            name: "latency".to_string(),
+            corrected: timeline.total().histogram(),
+            uncorrected: timeline.total_uncorrected().map(Latency::histogram),
+            points: timeline.points(),
+            offset_s: 0.0,
+        };
+        match plot::draw(path, title, &[series]) {
+            Ok(()) => lines.push(format!("  plot: {}", path.display())),
+            Err(e) => error = error.or(Some(e)),
+        }
+    }
+    error
+}
+
+/// A send lag is large when its median is above 100 µs and above the median
+/// latency measured from the actual send: then most of the corrected latency
+/// is the generator's own lateness.
+pub fn lag_warning(lag: &Percentiles, plain: &Percentiles, what: &str) -> Option<String> {
+    (lag.count > 0 && plain.count > 0 && lag.p50 > 100_000 && lag.p50 > plain.p50).then(|| {
+        format!(
+            "  warning: {what} left {} late (median) against their schedule, more than the {} \
+             they then took (median, uncorrected): the corrected latency is mostly the \
+             generator's own lateness; see the loop utilisation, give the generator a core \
+             (taskset), or lower the rate",
+            report::duration_ns(lag.p50),
+            report::duration_ns(plain.p50)
+        )
+    })
 }
 
 /// The open-loop comparison every rate-driven report prints: achieved vs asked.
@@ -681,5 +925,46 @@ pub fn latency_lines(
             main.json(json, "latency");
             json.null("latency_uncorrected");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_the_units_wrk2_users_type() {
+        assert_eq!(parse_seconds("10"), Ok(10.0));
+        assert_eq!(parse_seconds("2.5s"), Ok(2.5));
+        assert_eq!(parse_seconds("500ms"), Ok(0.5));
+        assert_eq!(parse_seconds("2m"), Ok(120.0));
+        assert_eq!(parse_seconds("1h"), Ok(3600.0));
+        assert!(parse_seconds("10 parsecs")
+            .unwrap_err()
+            .contains("not a duration"));
+        assert!(parse_seconds("s").is_err());
+    }
+
+    #[test]
+    fn the_summary_line_says_it_is_one_right_after_its_schema() {
+        assert_eq!(
+            typed_summary(r#"{"schema":1,"mode":"echo"}"#),
+            r#"{"schema":1,"type":"summary","mode":"echo"}"#
+        );
+        assert_eq!(typed_summary("{}"), "{}");
+    }
+
+    #[test]
+    fn send_lag_is_large_when_it_outweighs_the_round_trip() {
+        let us = |p50: u64| Percentiles {
+            count: 10,
+            p50: p50 * 1000,
+            ..Percentiles::default()
+        };
+        assert!(lag_warning(&us(600), &us(35), "messages")
+            .unwrap()
+            .contains("left 600.0 µs late"));
+        assert!(lag_warning(&us(20), &us(35), "messages").is_none());
+        assert!(lag_warning(&us(150), &us(300), "messages").is_none());
     }
 }
