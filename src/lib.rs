@@ -15,6 +15,8 @@
 //!   accounting and jitter; no I/O.
 //! * [`addr`], [`chat_msg`], [`framing`], [`lines`] — address parsing, the chat
 //!   message text, the TCP chat's length-prefixed frames and stdin lines; no I/O.
+//! * [`safe_text`] — the trust rules for text a peer chose: what may reach a
+//!   terminal, a line client or a log, and what a name may be; no I/O.
 //! * [`cmd`] — the commands; each is a [`reactor::Handler`].
 //! * [`error`] — the error a command can end with, and its exit code.
 //! * [`sys`] — the few raw system calls std and mio do not offer.
@@ -35,6 +37,7 @@ pub mod lines;
 pub mod net;
 pub mod ratelimit;
 pub mod reactor;
+pub mod safe_text;
 pub mod stream;
 pub mod sys;
 pub mod tls;

@@ -18,16 +18,26 @@
 //!   dropped because the receive buffer was full ([`Datagram::drops`]);
 //!   [`drops_now`] reads the same counter directly.
 //!
+//! How: `nix` sets the three options and does the `recvmsg`, decoding the
+//! control messages into typed values (`sock_extended_err` and its offender,
+//! the drop counter), so no pointer arithmetic over `cmsghdr`s is written here.
+//! The one raw call left is `SO_MEMINFO`, which `nix` does not wrap; its
+//! `unsafe` block sits next to its SAFETY note.
+//!
 //! What it must not do: decide anything. It does not remove peers, retry
-//! beyond the one spoiled send, log, or know about commands or the poll. Every
-//! `unsafe` block of the UDP path lives here, next to its SAFETY note.
+//! beyond the one spoiled send, log, or know about commands or the poll.
 
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::mem;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsFd, AsRawFd};
 
 use mio::net::UdpSocket;
+use nix::errno::Errno;
+use nix::sys::socket::{
+    recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, RecvMsg, SockaddrIn, SockaddrIn6,
+    SockaddrStorage,
+};
 use socket2::SockRef;
 
 /// The largest UDP payload over IPv4 (65,535 − 20 bytes of IP − 8 of UDP).
@@ -39,24 +49,34 @@ pub const MAX_DATAGRAM: usize = 65_507;
 const SPOILED_SEND_RETRIES: usize = 3;
 
 /// Room for the control messages of one receive: a `sock_extended_err` plus
-/// its offender address, or the `SO_RXQ_OVFL` counter. `u64`s keep it aligned
-/// for `cmsghdr`.
-const CONTROL_WORDS: usize = 32;
+/// its offender address, or the `SO_RXQ_OVFL` counter. Aligned for `cmsghdr`,
+/// as `recvmsg` and the control-message walk require; it lives on the stack,
+/// so a receive allocates nothing.
+#[repr(C, align(8))]
+struct ControlBuffer([u8; 256]);
+
+impl ControlBuffer {
+    fn new() -> ControlBuffer {
+        ControlBuffer([0; 256])
+    }
+}
 
 /// Asks the kernel for the two reports this module reads: ICMP errors on the
 /// error queue (`IP_RECVERR`, and `IPV6_RECVERR` on an IPv6 socket) and the
 /// drop counter on every datagram (`SO_RXQ_OVFL`).
-pub fn enable_reports(socket: &impl AsRawFd, ipv6: bool) -> io::Result<()> {
-    let fd = socket.as_raw_fd();
+pub fn enable_reports(socket: &impl AsFd, ipv6: bool) -> io::Result<()> {
+    let fd = socket.as_fd();
     if ipv6 {
-        set_int_option(fd, libc::SOL_IPV6, libc::IPV6_RECVERR, 1)?;
+        setsockopt(&fd, sockopt::Ipv6RecvErr, &true)?;
         // IPv4 peers of a dual-stack socket report through the IPv4 option;
         // a v6-only socket may refuse it, which costs nothing.
-        let _ = set_int_option(fd, libc::SOL_IP, libc::IP_RECVERR, 1);
+        let _ = setsockopt(&fd, sockopt::Ipv4RecvErr, &true);
     } else {
-        set_int_option(fd, libc::SOL_IP, libc::IP_RECVERR, 1)?;
+        setsockopt(&fd, sockopt::Ipv4RecvErr, &true)?;
     }
-    set_int_option(fd, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1)
+    // The option is an int the kernel reads as a flag; 1 turns it on.
+    setsockopt(&fd, sockopt::RxqOvfl, &1)?;
+    Ok(())
 }
 
 /// One datagram, received into the front of the caller's buffer.
@@ -74,58 +94,36 @@ pub struct Datagram {
     pub drops: Option<u32>,
 }
 
-/// A `recvmsg` header over one data buffer, a slot for the sender's address
-/// and a control buffer, all owned by the caller (who must keep them alive
-/// while the header is used).
-fn recv_header(
-    name: &mut libc::sockaddr_storage,
-    iov: &mut libc::iovec,
-    control: &mut [u64; CONTROL_WORDS],
-) -> libc::msghdr {
-    // SAFETY: msghdr is plain data; all-zero is a valid empty header (and
-    // fills any padding fields some libcs add).
-    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-    msg.msg_name = (name as *mut libc::sockaddr_storage).cast();
-    msg.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    msg.msg_iov = iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = mem::size_of_val(control) as _;
-    msg
-}
-
 /// Receives one datagram with `recvmsg`, reading the drop counter as well.
 ///
 /// Errors are the socket's: `WouldBlock` when it is empty, and — once per
 /// ICMP report — the report's error (say `ConnectionRefused`); then the
 /// details wait on the error queue for [`recv_error`].
-pub fn recv_datagram(socket: &impl AsRawFd, buf: &mut [u8]) -> io::Result<Datagram> {
-    let mut name = zeroed_storage();
-    let mut control = [0u64; CONTROL_WORDS];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let mut msg = recv_header(&mut name, &mut iov, &mut control);
-    // SAFETY: every pointer in `msg` points at a live local buffer of the
-    // length stated next to it; the kernel writes within those lengths.
-    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let from = sockaddr_to_std(&name, msg.msg_namelen as usize).ok_or_else(|| {
+pub fn recv_datagram(socket: &impl AsFd, buf: &mut [u8]) -> io::Result<Datagram> {
+    let capacity = buf.len();
+    let mut control = ControlBuffer::new();
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg: RecvMsg<'_, '_, SockaddrStorage> = recvmsg(
+        socket.as_fd().as_raw_fd(),
+        &mut iov,
+        Some(&mut control.0),
+        MsgFlags::MSG_DONTWAIT,
+    )?;
+    let from = msg.address.as_ref().and_then(to_std).ok_or_else(|| {
         io::Error::new(io::ErrorKind::InvalidData, "datagram from a non-IP address")
     })?;
     let mut drops = None;
-    for_each_cmsg(&msg, |level, kind, data| {
-        if level == libc::SOL_SOCKET && kind == libc::SO_RXQ_OVFL && data.len() >= 4 {
-            drops = Some(u32::from_ne_bytes([data[0], data[1], data[2], data[3]]));
+    // A truncated control buffer (which 256 bytes never is for this one
+    // message) leaves the count unknown rather than failing the datagram.
+    for cmsg in msg.cmsgs().into_iter().flatten() {
+        if let ControlMessageOwned::RxqOvfl(count) = cmsg {
+            drops = Some(count);
         }
-    });
+    }
     Ok(Datagram {
-        len: (n as usize).min(buf.len()),
+        len: msg.bytes.min(capacity),
         from,
-        truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+        truncated: msg.flags.contains(MsgFlags::MSG_TRUNC),
         drops,
     })
 }
@@ -148,43 +146,46 @@ pub struct QueuedError {
 
 /// Takes the oldest report off the socket's error queue; `Ok(None)` when the
 /// queue is empty. Datagrams are not touched.
-pub fn recv_error(socket: &impl AsRawFd) -> io::Result<Option<QueuedError>> {
-    let mut name = zeroed_storage();
-    let mut control = [0u64; CONTROL_WORDS];
+pub fn recv_error(socket: &impl AsFd) -> io::Result<Option<QueuedError>> {
+    let mut control = ControlBuffer::new();
     // The error queue hands back the head of the bounced datagram; it is not needed.
     let mut payload = [0u8; 64];
-    let mut iov = libc::iovec {
-        iov_base: payload.as_mut_ptr().cast(),
-        iov_len: payload.len(),
+    let mut iov = [IoSliceMut::new(&mut payload)];
+    // MSG_ERRQUEUE never blocks; MSG_DONTWAIT says so for certain.
+    let received = recvmsg::<SockaddrStorage>(
+        socket.as_fd().as_raw_fd(),
+        &mut iov,
+        Some(&mut control.0),
+        MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT,
+    );
+    let msg = match received {
+        Ok(msg) => msg,
+        Err(Errno::EAGAIN) => return Ok(None),
+        Err(e) => return Err(e.into()),
     };
-    let mut msg = recv_header(&mut name, &mut iov, &mut control);
-    // SAFETY: every pointer in `msg` points at a live local buffer of the
-    // stated length. MSG_ERRQUEUE never blocks.
-    let n = unsafe {
-        libc::recvmsg(
-            socket.as_raw_fd(),
-            &mut msg,
-            libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::WouldBlock {
-            Ok(None)
-        } else {
-            Err(e)
-        };
-    }
-    let peer = sockaddr_to_std(&name, msg.msg_namelen as usize);
-    let mut report = None;
-    for_each_cmsg(&msg, |level, kind, data| {
-        let is_recverr = (level == libc::SOL_IP && kind == libc::IP_RECVERR)
-            || (level == libc::SOL_IPV6 && kind == libc::IPV6_RECVERR);
-        if is_recverr && report.is_none() {
-            report = parse_extended_err(data);
-        }
-    });
-    let Some((errno, origin, offender)) = report else {
+    let peer = msg.address.as_ref().and_then(to_std);
+    // The first extended-error message is the report; a truncated control
+    // buffer leaves it without details rather than failing.
+    let report = msg
+        .cmsgs()
+        .into_iter()
+        .flatten()
+        .find_map(|cmsg| match cmsg {
+            ControlMessageOwned::Ipv4RecvErr(ee, offender) => Some((
+                ee,
+                offender
+                    .filter(|sin| i32::from(sin.sin_family) == libc::AF_INET)
+                    .map(|sin| SocketAddr::from(SocketAddrV4::from(SockaddrIn::from(sin)))),
+            )),
+            ControlMessageOwned::Ipv6RecvErr(ee, offender) => Some((
+                ee,
+                offender
+                    .filter(|sin6| i32::from(sin6.sin6_family) == libc::AF_INET6)
+                    .map(|sin6| SocketAddr::from(SocketAddrV6::from(SockaddrIn6::from(sin6)))),
+            )),
+            _ => None,
+        });
+    let Some((ee, offender)) = report else {
         return Ok(Some(QueuedError {
             peer,
             error: io::Error::other("error-queue report without details"),
@@ -192,7 +193,9 @@ pub fn recv_error(socket: &impl AsRawFd) -> io::Result<Option<QueuedError>> {
             offender: None,
         }));
     };
-    let from_icmp = origin == libc::SO_EE_ORIGIN_ICMP || origin == libc::SO_EE_ORIGIN_ICMP6;
+    let errno = ee.ee_errno as i32;
+    let from_icmp =
+        ee.ee_origin == libc::SO_EE_ORIGIN_ICMP || ee.ee_origin == libc::SO_EE_ORIGIN_ICMP6;
     Ok(Some(QueuedError {
         peer,
         error: io::Error::from_raw_os_error(errno),
@@ -201,85 +204,14 @@ pub fn recv_error(socket: &impl AsRawFd) -> io::Result<Option<QueuedError>> {
     }))
 }
 
-/// Reads a `sock_extended_err` and the offender address that follows it:
-/// (errno, origin, offender).
-fn parse_extended_err(data: &[u8]) -> Option<(i32, u8, Option<SocketAddr>)> {
-    let size = mem::size_of::<libc::sock_extended_err>();
-    if data.len() < size {
-        return None;
-    }
-    // SAFETY: `data` holds at least one sock_extended_err (checked above);
-    // read_unaligned copes with any alignment.
-    let ee: libc::sock_extended_err = unsafe {
-        data.as_ptr()
-            .cast::<libc::sock_extended_err>()
-            .read_unaligned()
-    };
-    let rest = &data[size..];
-    let mut storage = zeroed_storage();
-    let len = rest.len().min(mem::size_of::<libc::sockaddr_storage>());
-    // SAFETY: copies `len` bytes, no more than either side holds, into a
-    // sockaddr_storage we own; any bytes are a valid value for its fields.
-    unsafe {
-        std::ptr::copy_nonoverlapping(
-            rest.as_ptr(),
-            (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(),
-            len,
-        );
-    }
-    let offender = sockaddr_to_std(&storage, len);
-    Some((ee.ee_errno as i32, ee.ee_origin, offender))
-}
-
-/// Calls `f(level, type, data)` for each control message of a received `msg`.
-fn for_each_cmsg(msg: &libc::msghdr, mut f: impl FnMut(i32, i32, &[u8])) {
-    // SAFETY: `msg` was just filled by recvmsg, so msg_control/msg_controllen
-    // describe a live buffer of control messages; the CMSG_* macros walk it
-    // without reading past msg_controllen, and each cmsg_len is bounded by it.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
-        while !cmsg.is_null() {
-            let header = libc::CMSG_LEN(0) as usize;
-            let len = ((*cmsg).cmsg_len as usize).saturating_sub(header);
-            let data = std::slice::from_raw_parts(libc::CMSG_DATA(cmsg), len);
-            f((*cmsg).cmsg_level, (*cmsg).cmsg_type, data);
-            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
-        }
-    }
-}
-
-/// An all-zero socket address buffer, for the kernel to fill.
-fn zeroed_storage() -> libc::sockaddr_storage {
-    // SAFETY: sockaddr_storage is plain integers; all zeros is a valid value.
-    unsafe { mem::zeroed() }
-}
-
-/// Converts the first `len` bytes of a kernel socket address into std's;
-/// `None` for non-IP families or a length too short for the family.
-fn sockaddr_to_std(storage: &libc::sockaddr_storage, len: usize) -> Option<SocketAddr> {
-    let base = (storage as *const libc::sockaddr_storage).cast::<u8>();
-    match storage.ss_family as i32 {
-        libc::AF_INET if len >= mem::size_of::<libc::sockaddr_in>() => {
-            // SAFETY: sockaddr_storage is large and aligned enough for every
-            // socket address type, is fully initialised, and its family says
-            // it holds a sockaddr_in.
-            let sin = unsafe { base.cast::<libc::sockaddr_in>().read() };
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
-                u16::from_be(sin.sin_port),
-            )))
-        }
-        libc::AF_INET6 if len >= mem::size_of::<libc::sockaddr_in6>() => {
-            // SAFETY: as above, for a sockaddr_in6.
-            let sin6 = unsafe { base.cast::<libc::sockaddr_in6>().read() };
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
-                u16::from_be(sin6.sin6_port),
-                sin6.sin6_flowinfo,
-                sin6.sin6_scope_id,
-            )))
-        }
-        _ => None,
+/// Converts a socket address from the kernel into std's; `None` for non-IP
+/// families.
+fn to_std(addr: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(sin) = addr.as_sockaddr_in() {
+        Some(SocketAddrV4::from(*sin).into())
+    } else {
+        addr.as_sockaddr_in6()
+            .map(|sin6| SocketAddrV6::from(*sin6).into())
     }
 }
 
@@ -334,13 +266,14 @@ pub fn send_to(socket: &UdpSocket, datagram: &[u8], to: SocketAddr) -> Sent {
 /// The socket's count of dropped datagrams right now, from `SO_MEMINFO`
 /// (the same counter `SO_RXQ_OVFL` reports, without waiting for a datagram
 /// to carry it).
-pub fn drops_now(socket: &impl AsRawFd) -> io::Result<u32> {
+pub fn drops_now(socket: &impl AsFd) -> io::Result<u32> {
     let mut info = [0u32; 16];
     let mut len = mem::size_of_val(&info) as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `info` and updates `len`.
+    // SAFETY: getsockopt writes at most `len` bytes into `info` and updates
+    // `len`. (nix has no SO_MEMINFO option.)
     let rc = unsafe {
         libc::getsockopt(
-            socket.as_raw_fd(),
+            socket.as_fd().as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_MEMINFO,
             info.as_mut_ptr().cast(),
@@ -387,24 +320,6 @@ pub fn peer_for_socket(peer: SocketAddr, local: SocketAddr) -> Option<SocketAddr
         ))),
         (SocketAddr::V6(_), SocketAddr::V4(_)) => None,
         _ => Some(peer),
-    }
-}
-
-fn set_int_option(fd: RawFd, level: i32, name: i32, value: libc::c_int) -> io::Result<()> {
-    // SAFETY: setsockopt reads one int from the pointer we pass, of the size we pass.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
     }
 }
 
@@ -465,6 +380,23 @@ mod tests {
         assert_eq!(report.error.kind(), io::ErrorKind::ConnectionRefused);
         // The report has been taken; the queue is empty again.
         assert!(recv_error(&socket).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_report_names_who_sent_the_icmp_message() {
+        for local in ["127.0.0.1:0", "[::1]:0"] {
+            let socket = StdUdpSocket::bind(local).unwrap();
+            socket.set_nonblocking(true).unwrap();
+            let ipv6 = socket.local_addr().unwrap().is_ipv6();
+            enable_reports(&socket, ipv6).unwrap();
+            let gone = StdUdpSocket::bind(local).unwrap().local_addr().unwrap();
+            socket.send_to(b"anyone?", gone).unwrap();
+            let report = soon(|| recv_error(&socket));
+            assert_eq!(report.peer, Some(gone));
+            assert!(report.port_unreachable, "{report:?}");
+            // On loopback the ICMP message comes from the host itself.
+            assert_eq!(report.offender, Some(SocketAddr::new(gone.ip(), 0)));
+        }
     }
 
     #[test]

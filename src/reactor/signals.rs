@@ -9,6 +9,8 @@ use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use signal_hook_mio::v1_0::Signals;
 
 use super::token::Source;
+use super::{Ctx, Event, Handler};
+use crate::trace;
 
 /// The signals the reactor listens for.
 pub struct SignalSource {
@@ -41,3 +43,14 @@ pub fn name(signal: i32) -> &'static str {
 
 /// SIGUSR1: print the connection table.
 pub const TABLE_SIGNAL: i32 = SIGUSR1;
+
+impl<S> Ctx<S> {
+    pub(super) fn on_signal<H: Handler<Conn = S>>(&mut self, handler: &mut H, signal: i32) {
+        trace!(self.tracer, "signals: {}", name(signal));
+        if signal == TABLE_SIGNAL {
+            self.print_table(handler);
+        } else {
+            handler.handle(self, Event::Signal(signal));
+        }
+    }
+}

@@ -11,14 +11,16 @@
 //! answer is kept, so a socket on fd 0 is never read as stdin.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, RawFd};
 use std::sync::OnceLock;
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry};
 
 use super::token::Source;
+use super::{Ctx, Event, Handler};
 use crate::sys;
+use crate::trace;
 
 const STDIN_FD: RawFd = 0;
 
@@ -91,13 +93,9 @@ impl StdinSource {
         if self.kind == StdinKind::Absent {
             return Ok(0);
         }
-        // SAFETY: read writes at most `buf.len()` bytes into a live buffer.
-        let n = unsafe { libc::read(STDIN_FD, buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        // Fd 0 through std's handle, which lends it as a borrowed descriptor;
+        // std's own buffer is bypassed, and nothing else reads stdin.
+        Ok(nix::unistd::read(io::stdin().as_fd(), buf)?)
     }
 
     /// Stops watching stdin (at end of input). Restores the descriptor's flags.
@@ -121,5 +119,72 @@ impl Drop for StdinSource {
     /// terminal back as it was: a shell left with a non-blocking tty breaks.
     fn drop(&mut self) {
         self.restore();
+    }
+}
+
+impl<S> Ctx<S> {
+    /// Stops reading stdin (e.g. while the socket it feeds is full).
+    pub fn pause_stdin(&mut self) {
+        if !self.stdin_paused {
+            self.stdin_paused = true;
+            trace!(self.tracer, "stdin: paused");
+        }
+    }
+
+    /// Reads stdin again, at once: its readable edge may already be spent.
+    pub fn resume_stdin(&mut self) {
+        if self.stdin_paused {
+            self.stdin_paused = false;
+            trace!(self.tracer, "stdin: resumed");
+            if !self.stdin_eof {
+                self.ready.push(Source::Stdin);
+            }
+        }
+    }
+
+    /// How stdin is served, if the reactor serves it.
+    pub fn stdin_kind(&self) -> Option<StdinKind> {
+        self.stdin.as_ref().map(|s| s.kind())
+    }
+
+    pub(super) fn read_stdin<H: Handler<Conn = S>>(&mut self, handler: &mut H, scratch: &mut [u8]) {
+        let mut budget = self.config.read_budget;
+        loop {
+            if self.stdin_paused || self.stdin_eof {
+                return;
+            }
+            let Some(stdin) = self.stdin.as_mut() else {
+                return;
+            };
+            let always_ready = stdin.kind() != StdinKind::Pollable;
+            match stdin.read(scratch) {
+                Ok(0) => {
+                    self.stdin_eof = true;
+                    stdin.close(self.poll.registry());
+                    trace!(self.tracer, "stdin: end of input");
+                    handler.handle(self, Event::StdinEof);
+                    return;
+                }
+                Ok(n) => {
+                    trace!(self.tracer, "stdin: read {n} B");
+                    handler.handle(self, Event::Stdin(&scratch[..n]));
+                    budget = budget.saturating_sub(n);
+                    if always_ready || budget == 0 {
+                        // A regular file never signals: one chunk per turn, then come back.
+                        self.ready.push(Source::Stdin);
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("stdin: {e}; treating it as ended");
+                    self.stdin_eof = true;
+                    stdin.close(self.poll.registry());
+                    handler.handle(self, Event::StdinEof);
+                    return;
+                }
+            }
+        }
     }
 }

@@ -1,0 +1,227 @@
+//! Listeners and admission: accepting until `WouldBlock`, the access rules
+//! and per-IP limits, refusals, and the spare descriptor that lets a server
+//! out of descriptors still turn a client away instead of spinning.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::time::Instant;
+
+use mio::net::{TcpListener, TcpStream};
+use mio::Interest;
+
+use crate::ratelimit::Throttle;
+use crate::trace;
+
+use super::token::Source;
+use super::{Ctx, Event, Handler};
+
+pub(super) struct Listener {
+    pub(super) socket: TcpListener,
+    /// Accepting stopped because descriptors ran out; resumed when a connection closes.
+    pub(super) paused: bool,
+    /// What a client refused at this listener is told, if not `Config::full_notice`.
+    pub(super) full_notice: Option<Vec<u8>>,
+}
+
+impl<S> Ctx<S> {
+    /// Adds a listening socket; returns its number for [`Event::Accepted`].
+    pub fn add_listener(&mut self, mut socket: TcpListener) -> io::Result<usize> {
+        let index = self.listeners.len();
+        self.poll.registry().register(
+            &mut socket,
+            Source::Listener(index).token(),
+            Interest::READABLE,
+        )?;
+        self.listeners.push(Listener {
+            socket,
+            paused: false,
+            full_notice: None,
+        });
+        Ok(index)
+    }
+
+    /// Binds a TCP listener on `bind:port` (see [`crate::net::listen_tcp`]) and adds
+    /// it; returns its number and the address it got (the port, when 0 was asked).
+    pub fn listen(&mut self, bind: IpAddr, port: u16) -> crate::error::Result<(usize, SocketAddr)> {
+        use crate::error::Error;
+        let socket = crate::net::listen_tcp(bind, port)?;
+        let index = self
+            .add_listener(socket)
+            .map_err(|e| Error::io("registering the listener", e))?;
+        let addr = self
+            .listener_addr(index)
+            .map_err(|e| Error::io("reading the listener address", e))?;
+        Ok((index, addr))
+    }
+
+    /// Sets what a client refused at listener `index` is told (a listener
+    /// whose clients speak another protocol than the server's main one).
+    pub fn set_full_notice(&mut self, index: usize, notice: Vec<u8>) {
+        if let Some(listener) = self.listeners.get_mut(index) {
+            listener.full_notice = Some(notice);
+        }
+    }
+
+    /// What a client refused at listener `index` is told.
+    pub(super) fn full_notice(&self, index: usize) -> &[u8] {
+        self.listeners
+            .get(index)
+            .and_then(|l| l.full_notice.as_deref())
+            .unwrap_or(&self.config.full_notice)
+    }
+
+    /// The local address of listener `index`.
+    pub fn listener_addr(&self, index: usize) -> io::Result<SocketAddr> {
+        self.listeners[index].socket.local_addr()
+    }
+
+    /// Stops accepting: the listeners are closed (used at shutdown).
+    pub fn stop_accepting(&mut self) {
+        for mut listener in self.listeners.drain(..) {
+            let _ = self.poll.registry().deregister(&mut listener.socket);
+        }
+        self.ready.retain(|s| !matches!(s, Source::Listener(_)));
+    }
+
+    pub(super) fn accept_all<H: Handler<Conn = S>>(&mut self, handler: &mut H, index: usize)
+    where
+        S: Default,
+    {
+        loop {
+            let Some(listener) = self.listeners.get_mut(index) else {
+                return;
+            };
+            if listener.paused {
+                return;
+            }
+            match listener.socket.accept() {
+                Ok((stream, peer)) => {
+                    if !self.admit(peer) {
+                        drop(stream);
+                        continue;
+                    }
+                    if self.conns.len() >= self.config.max_conns {
+                        self.stats.refused += 1;
+                        log::warn!(
+                            "refused {peer}: {} connections is the limit (--max-conns)",
+                            self.config.max_conns
+                        );
+                        refuse(stream, self.full_notice(index));
+                        continue;
+                    }
+                    self.stats.accepted += 1;
+                    let _ = stream.set_nodelay(true);
+                    match self.adopt(stream, peer, S::default(), false) {
+                        Ok(id) => {
+                            if self.config.max_conns_per_ip > 0 {
+                                *self.per_ip.entry(peer.ip()).or_insert(0) += 1;
+                                self.conns[id.0].counted_per_ip = true;
+                            }
+                            if let Some(config) = self.config.tls_server.clone() {
+                                self.start_tls_server(id, config);
+                            }
+                            if let Some(limit) = self.config.rate_limit {
+                                self.conns[id.0].throttle =
+                                    Some(Box::new(Throttle::new(limit, Instant::now())));
+                            }
+                            trace!(
+                                self.tracer,
+                                "listener#{index}: accepted {id} from {peer} ({} open)",
+                                self.conns.len()
+                            );
+                            handler.handle(
+                                self,
+                                Event::Accepted {
+                                    conn: id,
+                                    listener: index,
+                                },
+                            );
+                        }
+                        Err(e) => log::warn!("cannot register connection from {peer}: {e}"),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_out_of_descriptors(&e) => {
+                    if !self.refuse_with_spare(index, &e) {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // ECONNABORTED and friends: that client is gone, the listener is fine.
+                    log::debug!("accept on listener#{index}: {e}");
+                    if e.raw_os_error() != Some(libc::ECONNABORTED) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Access rules and the per-IP limit, checked at accept. A refused
+    /// client is logged with its address and counted; it is closed without a word.
+    pub(super) fn admit(&mut self, peer: SocketAddr) -> bool {
+        if let Err(why) = self.config.access.check(peer.ip()) {
+            self.stats.refused_by_rule += 1;
+            log::warn!("refused {peer}: {why}");
+            return false;
+        }
+        let limit = self.config.max_conns_per_ip;
+        if limit > 0 && self.per_ip.get(&peer.ip()).copied().unwrap_or(0) as usize >= limit {
+            self.stats.refused_per_ip += 1;
+            log::warn!(
+                "refused {peer}: {limit} connections from {} already (--max-conns-per-ip)",
+                peer.ip()
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Out of descriptors: free the spare, accept one waiting client, tell it
+    /// the server is full, close it, take the spare back. Without a spare,
+    /// pause the listener until a connection closes. Returns whether to go on
+    /// accepting.
+    pub(super) fn refuse_with_spare(&mut self, index: usize, error: &io::Error) -> bool {
+        let Some(spare) = self.spare_fd.take() else {
+            log::warn!(
+                "out of file descriptors ({error}); accepting paused until a connection closes"
+            );
+            self.listeners[index].paused = true;
+            return false;
+        };
+        drop(spare);
+        let go_on = match self.listeners[index].socket.accept() {
+            Ok((stream, peer)) => {
+                self.stats.refused += 1;
+                log::warn!("refused {peer}: out of file descriptors ({error})");
+                refuse(stream, self.full_notice(index));
+                true
+            }
+            Err(_) => false,
+        };
+        // Only now, with the refused client's descriptor closed, is there one
+        // to take back; taken earlier, the refused socket would still hold it
+        // and the next client would find no spare.
+        self.spare_fd = File::open("/dev/null").ok();
+        if self.spare_fd.is_none() {
+            log::warn!(
+                "out of file descriptors ({error}); accepting paused until a connection closes"
+            );
+            self.listeners[index].paused = true;
+            return false;
+        }
+        go_on
+    }
+}
+
+/// Tells a client it cannot be served, best effort, and closes it.
+fn refuse(mut stream: TcpStream, notice: &[u8]) {
+    let _ = stream.write(notice);
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+fn is_out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}

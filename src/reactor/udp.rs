@@ -1,0 +1,164 @@
+//! The reactor's side of the one UDP socket: reading datagrams until
+//! `WouldBlock`, draining the error queue (ICMP reports name the peer), and
+//! write interest only while a command asks for it.
+
+use std::io;
+
+use mio::net::UdpSocket;
+use mio::Interest;
+
+use crate::trace;
+use crate::udp;
+
+use super::token::Source;
+use super::{Ctx, Event, Handler};
+
+impl<S> Ctx<S> {
+    /// Sets the UDP socket (one per reactor), asking the kernel to report
+    /// unreachable peers and dropped datagrams (see [`crate::udp`]).
+    pub fn set_udp(&mut self, mut socket: UdpSocket) -> io::Result<()> {
+        let ipv6 = socket.local_addr()?.is_ipv6();
+        if let Err(e) = udp::enable_reports(&socket, ipv6) {
+            log::warn!("udp: vanished peers and dropped datagrams will not be reported: {e}");
+        }
+        self.poll
+            .registry()
+            .register(&mut socket, Source::Udp.token(), Interest::READABLE)?;
+        self.udp = Some(socket);
+        Ok(())
+    }
+
+    /// The UDP socket, to send with.
+    pub fn udp(&self) -> Option<&UdpSocket> {
+        self.udp.as_ref()
+    }
+
+    /// The kernel's running count of datagrams the UDP socket dropped because
+    /// its receive buffer was full (`SO_RXQ_OVFL`), as of the latest datagram
+    /// that carried it. Drops after the last datagram show up only with the
+    /// next one; [`udp::drops_now`] reads the counter directly.
+    pub fn udp_dropped(&self) -> u32 {
+        self.udp_dropped
+    }
+
+    /// Asks for [`Event::UdpWritable`] when the UDP socket can take more (after a
+    /// send said `WouldBlock`); `false` stops asking.
+    pub fn udp_want_writable(&mut self, wanted: bool) {
+        if wanted == self.udp_writable_wanted {
+            return;
+        }
+        self.udp_writable_wanted = wanted;
+        let interest = if wanted {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        if let Some(socket) = self.udp.as_mut() {
+            if let Err(e) = self
+                .poll
+                .registry()
+                .reregister(socket, Source::Udp.token(), interest)
+            {
+                log::warn!("udp: cannot change interest: {e}");
+            }
+        }
+    }
+
+    pub(super) fn on_udp_event<H: Handler<Conn = S>>(
+        &mut self,
+        handler: &mut H,
+        scratch: &mut [u8],
+        event: &mio::event::Event,
+    ) {
+        if event.is_writable() && self.udp_writable_wanted {
+            handler.handle(self, Event::UdpWritable);
+        }
+        if event.is_error() {
+            self.read_udp_errors(handler);
+        }
+        if event.is_readable() || event.is_error() {
+            self.read_udp(handler, scratch);
+        }
+    }
+
+    /// Reads datagrams until `WouldBlock` or the read budget (then: the ready list).
+    pub(super) fn read_udp<H: Handler<Conn = S>>(&mut self, handler: &mut H, scratch: &mut [u8]) {
+        let mut budget = self.config.read_budget;
+        loop {
+            let Some(socket) = self.udp.as_ref() else {
+                return;
+            };
+            match udp::recv_datagram(socket, scratch) {
+                Ok(datagram) => {
+                    let n = datagram.len;
+                    let from = datagram.from;
+                    if let Some(dropped) = datagram.drops {
+                        self.udp_dropped = dropped;
+                    }
+                    if datagram.truncated {
+                        log::warn!("udp: a datagram from {from} was cut to {n} B");
+                    }
+                    trace!(self.tracer, "udp: {n} B from {from}");
+                    handler.handle(self, Event::Datagram(&scratch[..n], from));
+                    budget = budget.saturating_sub(n.max(1));
+                    if budget == 0 {
+                        self.ready.push(Source::Udp);
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if udp::is_icmp_error(&e) => {
+                    // An ICMP report was pending; its details wait on the error queue.
+                    if !self.read_udp_errors(handler) {
+                        handler.handle(self, Event::UdpError(e));
+                    }
+                }
+                Err(e) => {
+                    trace!(self.tracer, "udp: error {e}");
+                    handler.handle(self, Event::UdpError(e));
+                    // Do not spin on an error that repeats; come back next turn.
+                    self.ready.push(Source::Udp);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Drains the UDP socket's error queue (ICMP reports); returns whether it held any.
+    pub(super) fn read_udp_errors<H: Handler<Conn = S>>(&mut self, handler: &mut H) -> bool {
+        let mut any = false;
+        loop {
+            let Some(socket) = self.udp.as_ref() else {
+                return any;
+            };
+            match udp::recv_error(socket) {
+                Ok(None) => return any,
+                Ok(Some(report)) => {
+                    any = true;
+                    trace!(
+                        self.tracer,
+                        "udp: error queue: {} about {:?} (ICMP from {:?})",
+                        report.error,
+                        report.peer,
+                        report.offender
+                    );
+                    let event = match report.peer {
+                        Some(peer) if report.port_unreachable => Event::PeerUnreachable(peer),
+                        Some(peer) => Event::UdpError(io::Error::new(
+                            report.error.kind(),
+                            format!("{peer}: {}", report.error),
+                        )),
+                        None => Event::UdpError(report.error),
+                    };
+                    handler.handle(self, event);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    trace!(self.tracer, "udp: reading the error queue: {e}");
+                    return any;
+                }
+            }
+        }
+    }
+}
