@@ -70,10 +70,12 @@ pub const TIMER_MODE: u64 = 16;
 pub const TIMER_CONN: u64 = 1 << 32;
 
 /// A sender woken by a timer sends everything due by then, and is not woken
-/// again sooner than this: the poll's timeout has millisecond granularity
-/// anyway, so waking per message would only add writes (and syscalls), not
-/// punctuality. The lateness this allows is reported as the send lag.
-pub const SEND_TICK_NS: u64 = 1_000_000;
+/// again sooner than this. Deadlines fire to the microsecond (the reactor's
+/// timerfd), so a message due later than this is sent on time; messages due
+/// closer together than this (over 20,000 a second on one connection) go
+/// out in one write instead of one wake-up each. The lateness this allows
+/// is reported as the send lag.
+pub const SEND_TICK_NS: u64 = 50_000;
 
 /// The generator's loop was busier than this: say it may have been the bottleneck.
 pub const BUSY_WARNING: f64 = 0.90;
