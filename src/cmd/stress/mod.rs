@@ -316,7 +316,8 @@ pub struct Run {
     /// When the load began (the warmup's start), once it did.
     pub load_start: Option<Instant>,
     /// How much later than `--start-at` the load began (connections took
-    /// longer), when that was more than a millisecond.
+    /// longer, or the process did not get a CPU), when that was more than a
+    /// millisecond.
     pub start_late: Option<Duration>,
     /// The measuring window's start, once it began.
     pub window_start: Option<Instant>,
@@ -413,8 +414,9 @@ impl Run {
             if late > Duration::from_millis(1) {
                 self.start_late = Some(late);
                 log::warn!(
-                    "the load began {:.3} s after --start-at {} (connecting took longer): \
-                     generators that began on time measured other seconds",
+                    "the load began {:.3} s after --start-at {} (connecting took longer, or \
+                     this process did not get a CPU in time): generators that began on time \
+                     measured other seconds",
                     late.as_secs_f64(),
                     start::utc_text(start_at)
                 );
