@@ -388,7 +388,7 @@ impl Echo {
     fn in_window(&self, now: u64) -> bool {
         self.run.window_end.is_none()
             && self.run.load_start.is_some()
-            && (self.window_ns.0..=self.window_ns.1).contains(&now)
+            && (self.window_ns.0..self.window_ns.1).contains(&now)
     }
 
     /// Once every connection is open (or failed), the load is scheduled.
@@ -458,6 +458,9 @@ impl Echo {
                     }
                 }
                 self.run.end_window(cx);
+                // Echoes completed in the drain are not counted: the last
+                // interval ends with the window.
+                self.timeline.finish(self.window_ns.1);
                 self.draining = true;
                 if self.in_flight == 0 {
                     cx.stop();
