@@ -6,7 +6,6 @@ pub mod access_args;
 pub mod chat;
 pub mod chat_client;
 pub mod chat_server;
-pub mod chat_udp;
 pub mod echo_client;
 pub mod echo_server;
 pub mod ips;
