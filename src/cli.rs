@@ -107,6 +107,12 @@ pub enum StressCommand {
     /// UDP streamer with a built-in sink: sent, received, lost, reordered, duplicated.
     #[command(long_about = cmd::stress::udp::LONG_ABOUT)]
     Udp(cmd::stress::udp::Args),
+    /// One report from several generators' interval logs (--hist-log).
+    #[command(long_about = cmd::stress::merge::LONG_ABOUT)]
+    Merge(cmd::stress::merge::Args),
+    /// Draw interval logs (from --hist-log) as one SVG file.
+    #[command(long_about = cmd::stress::plot::LONG_ABOUT)]
+    Plot(cmd::stress::plot::Args),
 }
 
 /// Folds clap's rendering of a command-line mistake into the one line

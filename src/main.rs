@@ -55,6 +55,8 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Stress(StressCommand::Chat(args)) => cmd::stress::chat::run(args, trace),
         Command::Stress(StressCommand::Conns(args)) => cmd::stress::conns::run(args, trace),
         Command::Stress(StressCommand::Udp(args)) => cmd::stress::udp::run(args, trace),
+        Command::Stress(StressCommand::Merge(args)) => cmd::stress::merge::run(args),
+        Command::Stress(StressCommand::Plot(args)) => cmd::stress::plot::run(args),
     }
 }
 
