@@ -45,3 +45,4 @@ pub mod stream;
 pub mod sys;
 pub mod tls;
 pub mod udp;
+pub mod units;

@@ -602,7 +602,7 @@ fn broker_options_are_checked() {
         (&["--broker", "tls://127.0.0.1:4222"][..], "not supported"),
         (
             &["--broker", "nats://127.0.0.1:4222", "--broker-ping", "0"][..],
-            "seconds",
+            "--broker-ping",
         ),
     ] {
         let mut full = vec!["chat", "server", "--relay-only", "--port", "0"];

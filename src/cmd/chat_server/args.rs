@@ -92,8 +92,9 @@ pub struct Args {
     /// TCP port to listen on (0: the system picks one, printed at start).
     #[arg(long, short, default_value_t = 0)]
     pub port: u16,
-    /// Local address to listen on (0.0.0.0: every IPv4 interface; :: for IPv6).
-    #[arg(long, default_value = "0.0.0.0")]
+    /// Local address to listen on: an IP (0.0.0.0: every IPv4 interface; :: for IPv6;
+    /// [::1] works too) or a host name such as localhost.
+    #[arg(long, default_value = "0.0.0.0", value_parser = crate::units::parse_bind)]
     pub bind: IpAddr,
     /// Your name in the chat (asked for on stdin when missing).
     #[arg(long, conflicts_with = "relay_only")]
@@ -106,7 +107,7 @@ pub struct Args {
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_conns: u32,
     /// Bytes that may wait for one client (suffixes K, M, G: binary multiples).
-    #[arg(long, default_value = "1M", value_parser = parse_bytes)]
+    #[arg(long, default_value = "1M", value_parser = crate::units::parse_size_min1)]
     pub max_backlog: usize,
     /// What to do with a client whose backlog is full.
     #[arg(long, value_enum, default_value_t = OnBacklog::Disconnect)]
@@ -165,19 +166,20 @@ pub struct BrokerArgs {
     /// Bytes of messages that may wait for the broker while its link is
     /// down or slow (suffixes K, M, G); beyond it messages for other hubs are
     /// dropped, counted and logged; the local room never waits.
-    #[arg(long, value_name = "BYTES", default_value = "4M", value_parser = parse_bytes,
-          requires = "broker")]
+    #[arg(long, value_name = "BYTES", default_value = "4M",
+          value_parser = crate::units::parse_size_min1, requires = "broker")]
     pub broker_backlog: usize,
-    /// Seconds between PINGs to the broker; a link that has not answered one
-    /// by the next is dropped and reconnected (dead within two intervals).
-    #[arg(long, value_name = "SECS", default_value_t = 2.0, value_parser = parse_seconds,
+    /// Time between PINGs to the broker (500ms, 2s, ...; a bare number is
+    /// seconds); a link that has not answered one by the next is dropped and
+    /// reconnected (dead within two intervals).
+    #[arg(long, value_name = "TIME", default_value = "2s", value_parser = parse_interval,
           requires = "broker")]
-    pub broker_ping: f64,
-    /// Longest wait between reconnect attempts, in seconds: the wait doubles
-    /// from 0.1 s after each failure up to this, each drawn between half and all of it.
-    #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = parse_seconds,
+    pub broker_ping: Duration,
+    /// Longest wait between reconnect attempts: the wait doubles from 100ms
+    /// after each failure up to this, each drawn between half and all of it.
+    #[arg(long, value_name = "TIME", default_value = "5s", value_parser = parse_interval,
           requires = "broker")]
-    pub broker_reconnect_max: f64,
+    pub broker_reconnect_max: Duration,
     /// User name for the broker (instead of USER:PASS@ in the URL).
     #[arg(long, value_name = "USER", requires = "broker_password")]
     pub broker_user: Option<String>,
@@ -245,8 +247,8 @@ impl BrokerArgs {
             hub_id: self.hub_id.clone().unwrap_or_else(Link::random_id),
             room: self.room.clone(),
             backlog: self.broker_backlog,
-            ping_every: Duration::from_secs_f64(self.broker_ping),
-            reconnect_max: Duration::from_secs_f64(self.broker_reconnect_max),
+            ping_every: self.broker_ping,
+            reconnect_max: self.broker_reconnect_max,
         }))
     }
 }
@@ -262,13 +264,13 @@ fn parse_token(text: &str) -> std::result::Result<String, String> {
     }
 }
 
-/// Parses a number of seconds between 0.05 and 3600 (decimals allowed).
-fn parse_seconds(text: &str) -> std::result::Result<f64, String> {
-    match text.trim().parse::<f64>() {
-        Ok(secs) if (0.05..=3600.0).contains(&secs) => Ok(secs),
-        _ => Err(format!(
-            "'{text}' is not a number of seconds from 0.05 to 3600"
-        )),
+/// Parses a broker interval: a duration from 50ms to 1h.
+fn parse_interval(text: &str) -> std::result::Result<Duration, String> {
+    let interval = crate::units::parse_duration(text)?;
+    if (Duration::from_millis(50)..=Duration::from_secs(3600)).contains(&interval) {
+        Ok(interval)
+    } else {
+        Err(format!("'{text}' is not between 50ms and 1h"))
     }
 }
 
@@ -281,52 +283,19 @@ pub enum OnBacklog {
     DropOldest,
 }
 
-/// Parses a byte count: `65536`, `64K`, `1M`, `1MiB`, `2G`.
-fn parse_bytes(text: &str) -> std::result::Result<usize, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let number: usize = digits
-        .parse()
-        .map_err(|_| format!("'{text}' is not a byte count (e.g. 65536, 64K, 1M)"))?;
-    let scale: usize = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(format!("unknown unit in '{text}' (use K, M or G)")),
-    };
-    match number.checked_mul(scale) {
-        Some(0) => Err("the backlog must be at least 1 byte".to_string()),
-        Some(bytes) => Ok(bytes),
-        None => Err(format!("'{text}' is too large")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn byte_counts_take_binary_suffixes() {
-        assert_eq!(parse_bytes("65536"), Ok(65_536));
-        assert_eq!(parse_bytes("64K"), Ok(65_536));
-        assert_eq!(parse_bytes("1MiB"), Ok(1 << 20));
-        assert_eq!(parse_bytes("2g"), Ok(2 << 30));
-        assert!(parse_bytes("0").is_err());
-        assert!(parse_bytes("1T").is_err());
-        assert!(parse_bytes("lots").is_err());
-    }
 
     #[test]
     fn rooms_and_seconds_are_checked() {
         assert_eq!(parse_token("lobby"), Ok("lobby".to_string()));
         assert!(parse_token("a.b").is_err());
         assert!(parse_token("").is_err());
-        assert_eq!(parse_seconds("0.5"), Ok(0.5));
-        assert!(parse_seconds("0").is_err());
-        assert!(parse_seconds("nan").is_err());
+        assert_eq!(parse_interval("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_interval("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_interval("0").is_err());
+        assert!(parse_interval("1us").is_err());
+        assert!(parse_interval("2h").is_err());
     }
 }
