@@ -36,6 +36,8 @@ pub mod net;
 pub mod ratelimit;
 pub mod reactor;
 pub mod stream;
+pub mod stream_io;
 pub mod sys;
 pub mod tls;
 pub mod udp;
+pub mod udp_batch;
