@@ -526,6 +526,27 @@ fn udp_to_its_own_socket_sees_every_datagram() {
 }
 
 #[test]
+fn udp_without_segmentation_sees_every_datagram_too() {
+    let outcome = run(
+        &[
+            "stress", "udp", "--count", "10000", "--rate", "20000", "--size", "50", "--no-gso",
+            "--json",
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(outcome.code, Some(0), "stderr:\n{}", outcome.stderr);
+    assert!(
+        outcome.stderr.contains("segmentation offload off"),
+        "{}",
+        outcome.stderr
+    );
+    assert_eq!(outcome.num("sent"), 10000.0);
+    assert_eq!(outcome.num("sink/unique"), 10000.0);
+    assert_eq!(outcome.num("sink/duplicated"), 0.0);
+    assert_eq!(outcome.num("sink/other"), 0.0);
+}
+
+#[test]
 fn udp_to_sockloop_udp_sink_agrees_with_the_sink_report() {
     let mut sink = Proc::start(sockloop(&[
         "udp-sink",
