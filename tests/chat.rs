@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use sockloop::chat_msg;
 use support::{
-    chat_server_with, cpu_seconds, eventually, peak_rss_kib, rss_kib, sockloop, OutLines as Lines,
-    Proc,
+    chat_server_with, cpu_seconds, eventually, peak_rss_kib, rss_kib, sockloop, vm_data_kib,
+    OutLines as Lines, Proc,
 };
 
 const LONG: Duration = Duration::from_secs(20);
@@ -71,6 +71,23 @@ fn wait_count(server: &mut Proc, needle: &str, count: usize) {
 
 /// Bytes queued per connection, from the table SIGUSR1 prints.
 fn connection_table(server: &mut Proc) -> Vec<(String, usize)> {
+    table_rows(server)
+        .into_iter()
+        .map(|row| (row.peer, row.out))
+        .collect()
+}
+
+/// One row of the connection table.
+struct Row {
+    peer: String,
+    /// Bytes queued for the peer.
+    out: usize,
+    /// Bytes the server holds from the peer (half a frame).
+    held: usize,
+}
+
+/// The rows of the table SIGUSR1 prints.
+fn table_rows(server: &mut Proc) -> Vec<Row> {
     let start = server.drain_lines().len();
     server.signal(libc::SIGUSR1);
     let (header, n) = eventually(LONG, "the connection table", || {
@@ -90,13 +107,17 @@ fn connection_table(server: &mut Proc) -> Vec<(String, usize)> {
     });
     eventually(LONG, "the table's rows", || {
         let lines = server.drain_lines();
-        let rows: Vec<(String, usize)> = lines[header + 1..]
+        let rows: Vec<Row> = lines[header + 1..]
             .iter()
             .filter(|l| l.trim_start().starts_with("conn#"))
             .take(n)
             .map(|l| {
                 let words: Vec<&str> = l.split_whitespace().collect();
-                (words[1].to_string(), words[3].parse().expect("out B"))
+                Row {
+                    peer: words[1].to_string(),
+                    out: words[3].parse().expect("out B"),
+                    held: words[4].parse().expect("in B"),
+                }
             })
             .collect();
         (rows.len() == n).then_some(rows)
@@ -460,6 +481,49 @@ fn an_over_long_length_closes_that_connection_at_once_without_allocating_it() {
 
     a.say("a", "still here");
     assert_eq!(b.recv_chat(), ("a".to_string(), "still here".to_string()));
+}
+
+#[test]
+fn memory_follows_the_bytes_a_peer_sent_not_the_length_it_announced() {
+    // Each client announces a long frame and sends one byte of it. The
+    // server may hold those bytes, not what was announced: 300 x 64 KiB
+    // (19 MiB) with 2-byte lengths, 50 x 100 MB (5 GB) with 4-byte ones.
+    let cases: [(&[&str], Vec<u8>, usize); 2] = [
+        (&[], vec![0xff, 0xff, b'x'], 300),
+        (
+            &[
+                "--length-bytes",
+                "4",
+                "--max-frame",
+                "100000000",
+                "--max-backlog",
+                "200M",
+            ],
+            [&100_000_000u32.to_be_bytes()[..], b"x"].concat(),
+            50,
+        ),
+    ];
+    for (extra, header, n) in cases {
+        let (mut server, addr) = chat_server(extra);
+        let mut peers: Vec<TcpStream> = (0..n).map(|_| support::connect(addr)).collect();
+        wait_clients(&mut server, n);
+        table_rows(&mut server); // the table's own allocations, before measuring
+        let before = vm_data_kib(server.pid());
+        for peer in &mut peers {
+            peer.write_all(&header).expect("write within the timeout");
+        }
+        // Every connection's bytes have been read when the table says so.
+        eventually(LONG, "every partial frame read", || {
+            let rows = table_rows(&mut server);
+            (rows.len() == n && rows.iter().all(|r| r.held == header.len())).then_some(())
+        });
+        let grown = vm_data_kib(server.pid()).saturating_sub(before);
+        assert!(
+            grown < 2048,
+            "{extra:?}: VmData grew by {grown} KiB for {n} clients holding {} bytes each",
+            header.len()
+        );
+    }
 }
 
 #[test]

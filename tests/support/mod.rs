@@ -402,6 +402,12 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmHWM")
 }
 
+/// A process's data segment and anonymous mappings in KiB (VmData): what
+/// it has asked the kernel for, touched or not, so a reservation shows at once.
+pub fn vm_data_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmData")
+}
+
 /// A `FIELD:   N kB` line of /proc/PID/status, in KiB.
 fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
