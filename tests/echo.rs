@@ -562,6 +562,35 @@ fn sigusr1_lists_one_row_per_client() {
 }
 
 #[test]
+fn an_idle_server_says_it_spends_its_time_blocked_in_poll() {
+    // Each SIGUSR1 ends the poll it interrupts (EINTR): that wait must still
+    // count as time blocked, or an idle server reports itself busy.
+    let (mut server, _addr) = echo_server(&[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let before = server.drain_lines().len();
+        server.signal(libc::SIGUSR1);
+        let header = server.wait_line_after(before, "connection table:", Duration::from_secs(5));
+        let share: f64 = header
+            .split("% blocked in poll")
+            .next()
+            .and_then(|head| head.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no share of time blocked in {header:?}"));
+        if share >= 90.0 {
+            assert!(share <= 100.0, "{header}");
+            return;
+        }
+        // Idle a little longer, so startup weighs less; the deadline bounds it.
+        assert!(
+            Instant::now() < deadline,
+            "still {share}% blocked: {header}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn trace_shows_accept_read_write_and_close() {
     let mut server = Proc::start(sockloop(&[
         "--trace",

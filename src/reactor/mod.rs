@@ -236,7 +236,10 @@ impl<S: Default> Reactor<S> {
         };
         match cx.poll.poll(events, timeout) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            // A signal ended the wait (its event comes with the next poll).
+            // The wait still counts, and the rest of the turn runs as for a
+            // poll that returned nothing: deadlines may be due.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => events.clear(),
             Err(e) => return Err(e),
         }
         let woke = Instant::now();
