@@ -591,6 +591,30 @@ fn an_idle_server_says_it_spends_its_time_blocked_in_poll() {
 }
 
 #[test]
+fn unbounded_reports_its_peak_memory_not_what_is_left_at_exit() {
+    const SENT: usize = 64 * 1024 * 1024;
+    let (mut server, addr) = echo_server(&["--unbounded"]);
+    // A client that sends and never reads: the server queues its echo.
+    let mut hog = connect(addr);
+    write_all(&mut hog, &pattern(SENT, 3));
+    // Gone with its echo unread: the server frees the queue before it exits.
+    drop(hog);
+    server.wait_line("conn#0 ", Duration::from_secs(20));
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(20)).success());
+    let lesson = server.wait_line("what you just saw", Duration::from_secs(5));
+    let peak_mib: f64 = lesson
+        .split(" MiB")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no size in MiB: {lesson}"));
+    // Most of what was sent was held at once (the kernel's buffers hold the rest).
+    assert!(peak_mib >= 40.0, "{lesson}");
+    assert!(lesson.contains("peak"), "{lesson}");
+}
+
+#[test]
 fn trace_shows_accept_read_write_and_close() {
     let mut server = Proc::start(sockloop(&[
         "--trace",
@@ -637,4 +661,28 @@ fn naive_client_deadlocks_and_explains_while_the_real_one_finishes() {
     );
     assert_eq!(code, 0, "{err}");
     assert!(out == input);
+}
+
+#[test]
+fn naive_client_against_an_unbounded_server_says_the_server_held_the_echo() {
+    // No deadlock: the server reads everything and keeps the echo in its
+    // own memory. The diagnosis must say so, not blame the kernel buffers.
+    let (_server, addr) = echo_server(&["--unbounded"]);
+    // More than the kernel buffers on both ends could ever hold.
+    let most = |setting: &str| -> usize {
+        let text = std::fs::read_to_string(format!("/proc/sys/net/ipv4/{setting}")).unwrap();
+        text.split_whitespace().nth(2).unwrap().parse().unwrap()
+    };
+    let input = pattern(2 * (most("tcp_rmem") + most("tcp_wmem")) + (8 << 20), 9);
+    let (code, out, err) = run_client(
+        &addr.to_string(),
+        &["--naive", "--watchdog", "10"],
+        input.clone(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out == input, "the echo differs");
+    assert!(err.contains("what you just saw"), "{err}");
+    assert!(!err.contains("fitted in the kernel buffers"), "{err}");
+    assert!(err.contains("its own memory"), "{err}");
 }

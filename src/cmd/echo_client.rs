@@ -258,6 +258,9 @@ fn run_naive(args: &Args) -> Result<()> {
             }
         }
     }
+    // Measured now, while the echo still waits in them: the buffers this
+    // end had when everything was sent.
+    let buffers = kernel_buffers(&stream);
     let _ = stream.shutdown(std::net::Shutdown::Write);
     let mut echo = Vec::new();
     stream
@@ -267,11 +270,46 @@ fn run_naive(args: &Args) -> Result<()> {
         .read_to_end(&mut echo)
         .map_err(io_err("reading the echo"))?;
     sys::write_all_fd(1, &echo).map_err(io_err("writing to stdout"))?;
-    eprintln!(
-        "what you just saw: all {sent} bytes fitted in the kernel buffers, so sending everything \
-         before reading happened to work. Try more input (e.g. 20 MB) to see it stall."
-    );
+    eprintln!("{}", no_deadlock_lesson(sent, buffers));
     Ok(())
+}
+
+/// The most the kernel buffers between us and the server can hold: our
+/// send and receive buffers as they are now, and the server's at the
+/// system's maximum (it reads, so its receive buffer may have grown to it).
+/// `None` when a size cannot be read.
+fn kernel_buffers(stream: &std::net::TcpStream) -> Option<u64> {
+    let socket = socket2::SockRef::from(stream);
+    let ours = socket.send_buffer_size().ok()? + socket.recv_buffer_size().ok()?;
+    let most = |setting: &str| -> Option<u64> {
+        sys::proc_sys(setting)?
+            .split_whitespace()
+            .nth(2)?
+            .parse()
+            .ok()
+    };
+    let theirs = most("net/ipv4/tcp_rmem")? + most("net/ipv4/tcp_wmem")?;
+    Some(ours as u64 + theirs)
+}
+
+/// What `--naive` says when everything was sent without a stall: either it
+/// all fitted in the kernel buffers, or the server held it in its memory.
+fn no_deadlock_lesson(sent: u64, buffers: Option<u64>) -> String {
+    match buffers {
+        Some(room) if sent > room => format!(
+            "what you just saw: the server took all {sent} bytes while we read none of its echo, \
+             but the kernel buffers between us hold at most about {room} (ours now, the server's \
+             at the system maximum). So the server kept reading without being able to send, and \
+             queued the echo in its own memory: it applies no backpressure (like `sockloop echo \
+             server --unbounded`). Sending everything before reading worked only because that \
+             server grew; with enough input it runs out of memory instead. Against a server with \
+             backpressure the same input deadlocks."
+        ),
+        _ => format!(
+            "what you just saw: all {sent} bytes fitted in the kernel buffers, so sending everything \
+             before reading happened to work. Try more input (e.g. 20 MB) to see it stall."
+        ),
+    }
 }
 
 /// The watchdog's diagnosis, with the kernel's queues as evidence.
