@@ -17,7 +17,7 @@ use clap::Args as ClapArgs;
 
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};
-use crate::reactor::{ConnId, Ctx, Event, Handler};
+use crate::reactor::{ConnId, Ctx, Event, Handler, Queued, SCRATCH_SIZE};
 use crate::sys;
 use crate::tls::ClientTlsArgs;
 
@@ -26,6 +26,11 @@ pub const VERIFY_WINDOW: usize = 16 * 1024 * 1024;
 
 /// Output queued for the server before stdin is paused.
 const OUT_LIMIT: usize = 64 * 1024;
+
+/// The connection's bound on queued output: [`OUT_LIMIT`] plus the one chunk
+/// of stdin (at most [`SCRATCH_SIZE`]) read before the pause, so no byte of
+/// the stream is ever refused.
+const QUEUE_LIMIT: usize = OUT_LIMIT + SCRATCH_SIZE;
 
 /// The long `--help` text of `echo client` (also given to its subcommand in `cli.rs`,
 /// where a doc comment would otherwise replace it).
@@ -120,7 +125,16 @@ impl Handler for EchoClient {
                 if self.verify {
                     self.pending.extend(bytes);
                 }
-                cx.send(self.conn, bytes);
+                if let Queued::OverLimit { queued } = cx.send(self.conn, bytes) {
+                    // Stdin pauses at OUT_LIMIT, so this means a bug, not a slow server.
+                    return self.finish(
+                        cx,
+                        Err(Error::Failed(format!(
+                            "{} bytes of input refused with {queued} bytes queued",
+                            bytes.len()
+                        ))),
+                    );
+                }
                 self.regulate_stdin(cx);
             }
             Event::StdinEof => {
@@ -186,7 +200,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         }
         return run_naive(args);
     }
-    let (mut reactor, conn) = super::open_client(&args.server, &args.tls, OUT_LIMIT, trace)?;
+    let (mut reactor, conn) = super::open_client(&args.server, &args.tls, QUEUE_LIMIT, trace)?;
     let mut client = EchoClient {
         conn,
         verify: args.verify,

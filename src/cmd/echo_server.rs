@@ -80,7 +80,8 @@ impl Handler for Echo {
                 }
             }
             Event::Data(conn, bytes) => {
-                cx.send(conn, bytes);
+                // Never refused: the reactor read no more than the output room left.
+                let _ = cx.send(conn, bytes);
                 cx.charge_messages(conn, 1);
             }
             Event::PeerClosed(conn) => cx.close_after_flush(conn),

@@ -70,6 +70,8 @@ pub mod signals;
 mod stats;
 pub mod stdin;
 mod tcp;
+#[cfg(test)]
+mod tests;
 pub mod timer;
 mod tls;
 pub mod token;
@@ -93,7 +95,7 @@ pub use api::{Config, ConnId, Event, Handler, Queued};
 use signals::SignalSource;
 pub use stats::LoopStats;
 use stdin::{StdinKind, StdinSource};
-use timer::{Deadline, Timers};
+use timer::{Backoff, Deadline, Timers};
 pub use token::Source;
 use trace::Tracer;
 
@@ -131,6 +133,8 @@ pub struct Ctx<S> {
     /// client when the open-file limit is reached.
     spare_fd: Option<File>,
     udp: Option<UdpSocket>,
+    /// The UDP socket failed to receive: when to try again.
+    udp_backoff: Backoff,
     udp_writable_wanted: bool,
     /// The kernel's running count of datagrams the UDP socket dropped for
     /// want of receive-buffer room, as last reported with a datagram.
@@ -186,6 +190,7 @@ impl<S: Default> Reactor<S> {
                 listeners: Vec::new(),
                 spare_fd: File::open("/dev/null").ok(),
                 udp: None,
+                udp_backoff: Backoff::default(),
                 udp_writable_wanted: false,
                 udp_dropped: 0,
                 stdin,
@@ -273,7 +278,9 @@ impl<S: Default> Reactor<S> {
                 Deadline::Command(id) => handler.handle(cx, Event::Timer(id)),
                 Deadline::ResumeReading(key) => cx.end_throttle(key),
                 Deadline::Handshake(key) => cx.check_handshake(key),
-                Deadline::CloseGrace(key) => cx.end_close_grace(key),
+                Deadline::CloseGrace(key, since) => cx.end_close_grace(key, since),
+                Deadline::RetryAccept(index) => cx.retry_accept(handler, index),
+                Deadline::RetryUdp => cx.retry_udp(handler, scratch),
             }
         }
 
