@@ -145,7 +145,7 @@ fn a_byte_rate_limit_never_lifts_backpressure() {
     let (mut server, addr) = echo_server(&["--rate-limit", "100000/s,50000000/s"]);
     let mut hog = connect(addr);
     let data = pattern(64 * 1024, 12);
-    let sent = fill_until_blocked(&mut hog, &data, 64 * 1024 * 1024);
+    let sent = fill_until_paused(&mut server, &mut hog, &data, 64 * 1024 * 1024);
     assert!(sent < 64 * 1024 * 1024, "the server never held back");
     let before = server.drain_lines().len();
     server.signal(libc::SIGUSR1);
