@@ -51,6 +51,11 @@
 //!   queue, one [`Event::PeerUnreachable`] or [`Event::UdpError`] per report;
 //!   an ordinary read would only have returned the bare errno, once, without
 //!   saying which peer (`udp.rs`).
+//! * **An error that may pass is retried on a deadline.** A listener that
+//!   cannot accept for a reason of its own, or a UDP socket whose receive
+//!   fails, is set aside until a backoff deadline (10 ms doubling to 1 s,
+//!   [`timer::Backoff`]): retried at once it would spin, never retried it
+//!   would strand what waits behind the error (`accept.rs`, `udp.rs`).
 //! * **No source is read twice at once.** One handler runs at a time, which
 //!   is why one scratch buffer serves every read.
 //!
@@ -61,7 +66,8 @@
 //! do), `accept.rs` (listeners and admission), `tcp.rs` (a connection's
 //! reads, writes, close and reaping), `tls.rs`, `udp.rs`, `stdin.rs`,
 //! `signals.rs`, `timer.rs` (deadlines), `stats.rs` (the loop's figures,
-//! the SIGUSR1 table, trace lines), `token.rs` (the token map), `trace.rs`.
+//! the SIGUSR1 table, trace lines), `token.rs` (the token map), `trace.rs`;
+//! `tests.rs` tests the edges above from the inside, over loopback.
 
 mod accept;
 mod api;
