@@ -42,3 +42,4 @@ pub mod stream;
 pub mod sys;
 pub mod tls;
 pub mod udp;
+pub mod units;

@@ -1,13 +1,13 @@
-//! The chat server's UDP door (`chat server --udp-port P`): `udp-chat` peers
-//! in the same room as the TCP clients.
+//! The chat server's UDP peer set (`chat server --udp-port P`): the
+//! `udp-chat` peers in the same room as the TCP clients.
 //!
 //! A UDP peer has no connection, so this file keeps what a connection would
-//! have given the server for free: who is there (a bounded set), when each
-//! peer was last heard (one silent for `--udp-peer-timeout` is gone), a
-//! per-peer `--rate-limit` bucket, and a bounded outbox for datagrams the
-//! kernel had no room for. The message logic — names, joins, leaves,
-//! relaying — stays in `chat_server.rs`; this file only keeps the peer set
-//! and sends.
+//! have given the server for free: who is there (at most `--udp-max-peers`),
+//! when each peer was last heard (one silent for `--udp-peer-timeout` is
+//! gone), a per-peer `--rate-limit` bucket, and an outbox for datagrams the
+//! kernel had no room for (at most [`OUTBOX_MAX`]; more are dropped and counted).
+//! The message logic (names, joins, leaves, relaying) is in `door_udp.rs`;
+//! this file only keeps the peer set and sends.
 //!
 //! What it must not do: allocate or format per recipient. A datagram goes out
 //! straight from the message text; only when the socket is full is the text

@@ -1,0 +1,134 @@
+//! The `chat server` command line: its options, their defaults, and the
+//! long `--help` text.
+//!
+//! Every limit the server keeps (clients, backlog, UDP peers, timeouts) is
+//! an option here with its default in `--help`. What one option decides
+//! alone is checked as it is parsed (a byte count is at least 1, a timeout
+//! at least a second); a rule that needs two options at once
+//! (`--max-backlog` must hold a `--max-frame` frame and a notice) is checked
+//! by `run`, which knows the notice's size.
+//!
+//! What it must not do: hold any state of the running server.
+
+use std::net::IpAddr;
+
+use clap::{Args as ClapArgs, ValueEnum};
+
+use super::udp_room;
+use crate::cmd::access_args::AccessArgs;
+use crate::cmd::chat::FramingArgs;
+use crate::tls::ServerTlsArgs;
+
+/// The long `--help` text of `chat server` (also used by `cli.rs`, whose doc
+/// comment on the subcommand would otherwise replace it).
+pub const LONG_ABOUT: &str =
+    "TCP group chat server: relays every framed message from one client to every \
+    other client (never back to the sender) and prints it on stdout. With one client it \
+    is the lecture's 1-to-1 chat.\n\n\
+    The server's own user types messages on stdin (the first line is the name unless \
+    --name is given); end of input ends the chat. With --relay-only the server only \
+    relays. Joins and leaves are printed on stderr and announced to the others.\n\n\
+    Frames are a big-endian length (2 bytes, or 4 with --length-bytes 4) and that many \
+    bytes of UTF-8 text '[TIMESTAMP] NAME:\\n\\tTEXT'; length 0 means 'I am leaving'. A \
+    bad frame closes only that client's connection. Each client may have at most \
+    --max-backlog bytes waiting; a client that does not read is disconnected (or, with \
+    --on-backlog drop-oldest, loses its oldest messages and is told so), so it never \
+    slows the others.\n\n\
+    More doors into the same room, all served by the same one-thread loop:\n\
+    --line-port P: newline-terminated clients such as 'nc' or 'telnet'. They are asked \
+    'Enter your username to start the chat:'; their first line is their name, each later \
+    line a message (the server stamps it '[TIMESTAMP] NAME:\\n\\tTEXT' and frames it for \
+    framed clients); they receive every message as text ending in a newline. A line \
+    longer than --max-frame closes that client; --max-backlog and --on-backlog apply.\n\
+    --udp-port P: 'sockloop udp-chat' peers (one datagram = one message text). A peer \
+    joins by sending, and leaves with '<LEAVES THE CHAT>', by being silent for \
+    --udp-peer-timeout seconds (an empty datagram keeps it in), or when its port is \
+    reported unreachable. At most --udp-max-peers at once; datagrams from newcomers are \
+    ignored while the room is full.\n\n\
+    Access control (--allow, --deny, --max-conns-per-ip) is checked when a client \
+    connects; --allow/--deny also filter UDP datagrams. --rate-limit slows a TCP client \
+    over its rate (each frame or line is one message; its reads pause, it is not \
+    disconnected); for a UDP peer, which cannot be slowed, datagrams over the rate are \
+    dropped. --tls-cert/--tls-key make every TCP port speak TLS, the line port \
+    included (use 'ncat --ssl' or 'openssl s_client' there).\n\n\
+    Prints 'chat server listening on IP:PORT' on stderr when ready (then one line for \
+    each extra door). Ctrl+C or SIGTERM: stop accepting, flush what is queued (at most \
+    2 s), exit 0; UDP peers are sent the leave text, so they forget the server.";
+
+/// Command-line options of `chat server`.
+#[derive(Debug, Clone, ClapArgs)]
+#[command(
+    about = "TCP group chat server: relays every message to every other client",
+    long_about = LONG_ABOUT,
+    after_help = "Examples:\n  sockloop chat server --port 8080 --name Alice\n  \
+        sockloop chat server --port 8080 --relay-only --max-backlog 256K --idle-timeout 600\n  \
+        sockloop chat client localhost:8080 --name Bob      (in another terminal)\n  \
+        sockloop chat server --port 8080 --relay-only --line-port 8081 --udp-port 8082\n  \
+        nc localhost 8081                                   (a plain-text client)\n  \
+        sockloop udp-chat --name Eve 127.0.0.1:8082         (a UDP peer)\n  \
+        sockloop chat server --port 8443 --tls-cert /tmp/tls/cert.pem --tls-key /tmp/tls/key.pem\n  \
+        sockloop chat server --port 8080 --deny 10.0.0.0/8 --max-conns-per-ip 4 --rate-limit 20/s\n\n\
+        Send SIGUSR1 to print the connection table with each client's queued bytes."
+)]
+pub struct Args {
+    /// TCP port to listen on (0: the system picks one, printed at start).
+    #[arg(long, short, default_value_t = 0)]
+    pub port: u16,
+    /// Local address to listen on: an IP (0.0.0.0: every IPv4 interface; :: for IPv6;
+    /// [::1] works too) or a host name such as localhost.
+    #[arg(long, default_value = "0.0.0.0", value_parser = crate::units::parse_bind)]
+    pub bind: IpAddr,
+    /// Your name in the chat (asked for on stdin when missing).
+    #[arg(long, conflicts_with = "relay_only")]
+    pub name: Option<String>,
+    /// Only relay between clients: no local user, stdin is not read; announcements
+    /// come from "server".
+    #[arg(long)]
+    pub relay_only: bool,
+    /// Most clients at once; an extra one is sent a "server full" chat message and closed.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_conns: u32,
+    /// Bytes that may wait for one client (suffixes K, M, G: binary multiples).
+    #[arg(long, default_value = "1M", value_parser = crate::units::parse_size_min1)]
+    pub max_backlog: usize,
+    /// What to do with a client whose backlog is full.
+    #[arg(long, value_enum, default_value_t = OnBacklog::Disconnect)]
+    pub on_backlog: OnBacklog,
+    /// Close a client that has sent nothing for this many seconds (default: never).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout: Option<u64>,
+    /// Also open a plain-text door on this TCP port (same --bind) for
+    /// newline-terminated clients such as nc and telnet (0: the system picks one).
+    #[arg(long, value_name = "PORT")]
+    pub line_port: Option<u16>,
+    /// Also let udp-chat peers into the room through this UDP port (same --bind;
+    /// 0: the system picks one).
+    #[arg(long, value_name = "PORT")]
+    pub udp_port: Option<u16>,
+    /// Seconds after which a silent UDP peer is taken out of the room.
+    #[arg(long, value_name = "SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..), requires = "udp_port")]
+    pub udp_peer_timeout: u64,
+    /// Most UDP peers in the room at once; datagrams from new ones are ignored while full.
+    #[arg(long, value_name = "N", default_value_t = udp_room::DEFAULT_MAX_PEERS,
+          value_parser = clap::value_parser!(u32).range(1..), requires = "udp_port")]
+    pub udp_max_peers: u32,
+    /// The framing both ends agreed on.
+    #[command(flatten)]
+    pub framing: FramingArgs,
+    /// Who may connect, and how fast each client may send.
+    #[command(flatten)]
+    pub access: AccessArgs,
+    /// TLS (applies to every TCP port of the server).
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
+}
+
+/// The policy for a client that does not keep up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnBacklog {
+    /// Close its connection (logged with its address); the others go on.
+    Disconnect,
+    /// Drop its oldest queued messages and send it a notice of how many it missed.
+    DropOldest,
+}

@@ -1,0 +1,360 @@
+//! `sockloop chat server`: the TCP group-chat hub (the lecture's 1-to-1 chat
+//! is the case of one client).
+//!
+//! Every frame a client sends is relayed to every *other* client and its
+//! text printed on stdout; the server's own user, unless `--relay-only`,
+//! types on stdin and speaks to everyone. Joins and leaves are printed on
+//! stderr and announced to the others as chat messages from the server's name.
+//!
+//! What keeps one client from hurting the others:
+//!
+//! * **Fan-out stores a frame once.** The received wire bytes become one
+//!   `Rc<[u8]>` that every recipient's output buffer shares; memory is
+//!   O(message), not O(message × clients), and nothing is formatted or
+//!   allocated per recipient.
+//! * **A bounded backlog per client** (`--max-backlog`). A client that does
+//!   not read is disconnected when it would exceed it, or, with
+//!   `--on-backlog drop-oldest`, loses its oldest queued frames and is told
+//!   how many it missed. Either way the others are not slowed.
+//! * **A malformed frame closes only its connection**, with the reason logged:
+//!   an over-long length is refused before anything is allocated for it.
+//!
+//! # Three doors, one room
+//!
+//! * **Framed clients** (`--port`): the length-prefixed frames of the TCP chat.
+//! * **Line clients** (`--line-port`): `nc`, `telnet` — newline-terminated
+//!   text. On connecting, a line client is asked for its name with the chat's
+//!   own prompt (`Enter your username to start the chat:`); its first
+//!   non-empty line is its name, and it hears the room only from then on.
+//!   Every later non-empty line becomes a chat message `[TIMESTAMP] NAME:\n\tTEXT`
+//!   stamped by the server; a line that is exactly `<LEAVES THE CHAT>` is
+//!   relayed and then closes that client. It receives every message as text
+//!   followed by a newline. A line longer than `--max-frame` is a protocol
+//!   error that closes only that client; bytes that are not UTF-8 are taken lossily.
+//! * **UDP peers** (`--udp-port`, [`udp_room`]): `udp-chat` programs.
+//!   One datagram is one chat message text. A peer joins by sending and leaves
+//!   with the leave text, by being silent for `--udp-peer-timeout`, or when
+//!   the kernel reports its port unreachable.
+//!
+//! **Encode once per wire format.** A message reaches the room as an
+//! `Outgoing` (`fanout.rs`): its text, plus at most one `Rc` per wire format
+//! (frame, line, datagram), each made the first time a recipient of that
+//! kind needs it and then shared by all of them. A frame relayed from a framed client is
+//! the bytes it arrived as. Nothing is formatted per recipient.
+//!
+//! What it must not do: block on any one client, copy a frame per recipient,
+//! or log per frame unless trace logging is on.
+//!
+//! # Where things are
+//!
+//! This file holds [`run`], the `Hub` (the room's state) and its event
+//! dispatch. Each concern of the hub is a child module with its own
+//! `impl Hub` block:
+//!
+//! * `args.rs`: the command line ([`Args`], [`OnBacklog`], [`LONG_ABOUT`]).
+//! * `member.rs`: the clients ([`Member`]), their names, joining and leaving.
+//! * `read.rs`: a TCP client's bytes, either door, into whole messages.
+//! * `door_framed.rs`, `door_line.rs`, `door_udp.rs`: what each door adds;
+//!   [`udp_room`] keeps the UDP door's peer set.
+//! * `fanout.rs`: one message to the room, encoded once per wire format.
+//! * `backlog.rs`: a client that does not keep up (`--on-backlog`).
+//! * `held.rs`: messages held back by `--rate-limit`.
+//! * `console.rs`: the server's own user, its stdout, and shutdown.
+
+mod args;
+mod backlog;
+mod console;
+mod door_framed;
+mod door_line;
+mod door_udp;
+mod fanout;
+mod held;
+mod member;
+mod read;
+pub mod udp_room;
+
+pub use args::{Args, OnBacklog, LONG_ABOUT};
+pub use member::Member;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::chat::{hint, ChatInput};
+use crate::chat_msg::{self, NAME_PROMPT};
+use crate::error::{Error, Result};
+use crate::framing::{self, FrameConfig};
+use crate::net;
+use crate::reactor::{signals, Config, ConnId, Ctx, Event, Handler, Reactor};
+use crate::udp;
+use backlog::notice_reserve;
+use console::HINT;
+use member::Input;
+use udp_room::UdpRoom;
+
+/// The name the server speaks with when it has none of its own (`--relay-only`,
+/// or before its user has typed one).
+pub const DEFAULT_NAME: &str = "server";
+
+/// How long a shutdown waits for clients to take what is queued for them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Timer: look for idle clients.
+const TIMER_IDLE_SWEEP: u64 = 1;
+/// Timer: the shutdown grace period is over.
+const TIMER_GRACE: u64 = 2;
+/// Timer: look for UDP peers silent for `--udp-peer-timeout`.
+const TIMER_UDP_SWEEP: u64 = 3;
+/// Timer bit: connection KEY (the low bits) may relay messages it had held
+/// back for being over its `--rate-limit`.
+const TIMER_RELEASE: u64 = 1 << 40;
+
+/// Receive buffer asked for the UDP socket when the system default is smaller.
+const MIN_UDP_RECV_BUFFER: usize = 256 * 1024;
+
+/// The hub: the relay, the server's own user, and the shutdown. Its fields
+/// are the room's state; its methods are in the child modules, one concern
+/// each (see the module docs).
+struct Hub {
+    frames: FrameConfig,
+    on_backlog: OnBacklog,
+    max_backlog: usize,
+    /// `--idle-timeout`, and how often idleness is checked.
+    idle: Option<(Duration, Duration)>,
+    /// The local user's typing; `None` with `--relay-only`, and while a
+    /// `feed` is under way (so relaying may borrow the hub).
+    input: Option<ChatInput>,
+    /// The name the server speaks with.
+    name: Box<str>,
+    /// Room kept for a missed-frames notice (its largest encoded size).
+    notice_reserve: usize,
+    /// The listener of the plain-text door, if there is one.
+    line_listener: Option<usize>,
+    /// What a line client is asked first: the name prompt and a newline.
+    prompt: Box<[u8]>,
+    /// The UDP door's peers, if there is one.
+    udp: Option<UdpRoom>,
+    /// Scratch list of UDP peers found silent; reused.
+    silent: Vec<SocketAddr>,
+    /// Clients accepted and not yet closed.
+    n_members: usize,
+    /// Scratch list of connection ids for fan-out; reused, never shrunk.
+    ids: Vec<ConnId>,
+    /// Frames from one framed client, as they came, waiting to go to the
+    /// room as one shared buffer (see `flush_batch`); reused.
+    batch: Vec<u8>,
+    /// Who sent the frames in `batch`.
+    batch_from: Option<ConnId>,
+    /// Messages to print, written at the end of each read (see `flush_stdout`);
+    /// reused.
+    stdout: Vec<u8>,
+    /// False once stdout failed (say, a closed pipe): the relay goes on, silently.
+    printing: bool,
+    /// Shutting down: not accepting, clients flushing, no more announcements.
+    stopping: bool,
+}
+
+impl Handler for Hub {
+    type Conn = Member;
+
+    fn handle(&mut self, cx: &mut Ctx<Member>, event: Event<'_>) {
+        match event {
+            Event::Accepted { conn, listener } => self.on_accepted(cx, conn, listener),
+            Event::Data(conn, bytes) => self.on_data(cx, conn, bytes),
+            Event::PeerClosed(conn) => self.on_peer_closed(cx, conn),
+            Event::Drained(conn) => self.on_drained(cx, conn),
+            Event::Closed(conn, reason) => self.on_closed(cx, conn, reason),
+            Event::Stdin(bytes) => self.on_stdin(cx, bytes),
+            Event::StdinEof => self.on_stdin_eof(cx),
+            Event::Datagram(bytes, from) => self.on_datagram(cx, bytes, from),
+            Event::PeerUnreachable(peer) => {
+                self.udp_peer_gone(cx, peer, "unreachable: nothing listens on its port")
+            }
+            Event::UdpError(error) => log::warn!("udp: {error}"),
+            Event::UdpWritable => {
+                if let Some(udp) = self.udp.as_mut() {
+                    udp.flush(cx);
+                }
+            }
+            Event::Timer(TIMER_IDLE_SWEEP) => self.sweep_idle(cx),
+            Event::Timer(TIMER_UDP_SWEEP) => self.sweep_udp(cx),
+            Event::Timer(id) if id & TIMER_RELEASE != 0 => {
+                self.release_held(cx, ConnId((id & !TIMER_RELEASE) as usize))
+            }
+            Event::Timer(TIMER_GRACE) => {
+                log::warn!(
+                    "shutdown: {} did not take their output within {:?}; closing anyway",
+                    Clients(self.n_members),
+                    SHUTDOWN_GRACE
+                );
+                cx.stop();
+            }
+            Event::Signal(signal) => {
+                if self.stopping {
+                    log::info!("{}: stopping now", signals::name(signal));
+                    cx.stop();
+                } else {
+                    self.shut_down(cx, signals::name(signal));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn describe(&self, out: &mut String) {
+        if let Some(udp) = &self.udp {
+            udp.describe(out);
+        }
+    }
+
+    fn buffered_in(&self, member: &Member) -> usize {
+        match &member.input {
+            Some(Input::Framed(decoder)) => decoder.buffered(),
+            Some(Input::Lines(lines)) => lines.buffered(),
+            None => 0,
+        }
+    }
+}
+
+/// "1 client", "3 clients": a count for log lines, formatted without allocating.
+struct Clients(usize);
+
+impl std::fmt::Display for Clients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            1 => write!(f, "1 client"),
+            n => write!(f, "{n} clients"),
+        }
+    }
+}
+
+/// Runs the chat server until SIGINT, SIGTERM or (unless `--relay-only`) the end of stdin.
+pub fn run(args: &Args, trace: bool) -> Result<()> {
+    let frames = args.framing.config()?;
+    let name: Box<str> = Box::from(args.name.as_deref().unwrap_or(DEFAULT_NAME));
+    let notice_reserve = notice_reserve(&name, frames);
+    let smallest_backlog = framing::encoded_len(frames.max_frame, frames) + notice_reserve;
+    if args.max_backlog < smallest_backlog {
+        return Err(Error::Usage(format!(
+            "--max-backlog {} is too small: one frame of --max-frame {} bytes and a notice \
+             take {smallest_backlog} bytes; raise --max-backlog or lower --max-frame",
+            args.max_backlog, frames.max_frame
+        )));
+    }
+    let limit = super::echo_server::raise_fd_limit();
+    let full_notice = match framing::encode(
+        chat_msg::format_now(&name, "the server is full; try again later").as_bytes(),
+        frames,
+    ) {
+        Ok(frame) => frame.to_vec(),
+        Err(_) => framing::close_frame(frames).to_vec(),
+    };
+    let mut config = Config {
+        out_limit: args.max_backlog,
+        pause_reads_when_full: false,
+        max_conns: args.max_conns as usize,
+        stdin: !args.relay_only,
+        trace,
+        full_notice,
+        ..Config::default()
+    };
+    args.access.apply(&mut config);
+    config.tls_server = args.tls.config()?;
+    let tls = config.tls_server.is_some();
+    let mut reactor = Reactor::new(config).map_err(|e| Error::io("starting the event loop", e))?;
+    let (_, addr) = reactor.cx().listen(args.bind, args.port)?;
+    let line_door = match args.line_port {
+        Some(port) => {
+            let (index, addr) = reactor
+                .cx()
+                .listen(args.bind, port)
+                .map_err(|e| e.at_door("--line-port"))?;
+            // A line client turned away should read plain text, not a frame.
+            reactor
+                .cx()
+                .set_full_notice(index, b"server full, try again later\n".to_vec());
+            Some((index, addr))
+        }
+        None => None,
+    };
+    let udp_door = match args.udp_port {
+        Some(port) => {
+            let socket = net::bind_udp(args.bind, port).map_err(|e| e.at_door("--udp-port"))?;
+            let addr = socket
+                .local_addr()
+                .map_err(|e| Error::io("reading the UDP socket address", e))?;
+            if udp::recv_buffer(&socket).is_ok_and(|size| size < MIN_UDP_RECV_BUFFER) {
+                let _ = udp::set_recv_buffer(&socket, MIN_UDP_RECV_BUFFER);
+            }
+            reactor
+                .cx()
+                .set_udp(socket)
+                .map_err(|e| Error::io("registering the UDP socket", e))?;
+            let room = UdpRoom::new(
+                args.udp_max_peers as usize,
+                Duration::from_secs(args.udp_peer_timeout),
+                args.access.rate_limit,
+            );
+            reactor
+                .cx()
+                .set_timer_in(room.sweep_every(), TIMER_UDP_SWEEP);
+            Some((room, addr))
+        }
+        None => None,
+    };
+    log::debug!(
+        "open-file limit {limit}: up to about {} clients",
+        limit.saturating_sub(16)
+    );
+    let idle = args.idle_timeout.map(|secs| {
+        let timeout = Duration::from_secs(secs);
+        let every = (timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        (timeout, every)
+    });
+    if let Some((_, every)) = idle {
+        reactor.cx().set_timer_in(every, TIMER_IDLE_SWEEP);
+    }
+    // The main port first: scripts take the first "listening on" line.
+    let tls_note = if tls { " (TLS)" } else { "" };
+    net::announce(&format!("chat server{tls_note}"), addr);
+    if let Some((_, addr)) = line_door {
+        net::announce(&format!("chat server line door{tls_note}"), addr);
+    }
+    let (udp_room, udp_addr) = match udp_door {
+        Some((room, addr)) => (Some(room), Some(addr)),
+        None => (None, None),
+    };
+    if let Some(addr) = udp_addr {
+        net::announce("chat server udp door", addr);
+    }
+    let input = if args.relay_only {
+        None
+    } else {
+        let input = ChatInput::new(args.name.as_deref(), frames.max_frame);
+        if input.name().is_some() {
+            hint(HINT);
+        }
+        Some(input)
+    };
+    let mut hub = Hub {
+        frames,
+        on_backlog: args.on_backlog,
+        max_backlog: args.max_backlog,
+        idle,
+        input,
+        name,
+        notice_reserve,
+        line_listener: line_door.map(|(index, _)| index),
+        prompt: format!("{NAME_PROMPT}\n").into_bytes().into_boxed_slice(),
+        udp: udp_room,
+        silent: Vec::new(),
+        n_members: 0,
+        ids: Vec::new(),
+        batch: Vec::new(),
+        batch_from: None,
+        stdout: Vec::new(),
+        printing: true,
+        stopping: false,
+    };
+    reactor.run(&mut hub).map_err(|e| Error::io("polling", e))?;
+    Ok(())
+}
