@@ -44,7 +44,7 @@ use crate::cmd::rand::XorShift;
 use crate::conn::CloseReason;
 use crate::framing::PrefixLen;
 use crate::nats::{self, Parser, ServerInfo, ServerUrl, DEFAULT_MAX_PAYLOAD};
-use crate::reactor::{ConnId, Ctx};
+use crate::reactor::{ConnId, Ctx, Queued};
 use crate::safe_text::visible_line;
 
 /// Timer bit: the broker link's own deadlines. Below it, the kind (bits
@@ -87,6 +87,9 @@ pub(super) const MAX_SERVERS: usize = 32;
 /// Most bytes handed to the connection ahead of the kernel; the rest waits
 /// in the outbox, so a broken link loses at most this much.
 pub(super) const WATERMARK: usize = 256 * 1024;
+/// Bytes of the connection's output bound kept free of any one command
+/// (for its control line, and a PING or PONG beside it).
+const CONN_LIMIT_ROOM: usize = 1024;
 
 /// Where the link is (see the module docs for the diagram).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,6 +201,8 @@ pub(super) struct Link {
     max_payload: usize,
     /// The current server's name.
     server_name: String,
+    /// The output bound of the link's connection (`--max-backlog`).
+    conn_limit: usize,
     /// Decodes what the server sends. Taken out while it is fed, so the
     /// hub may use the link for what it decodes.
     pub(super) parser: Option<Parser>,
@@ -239,6 +244,7 @@ impl Link {
             pings_out: 0,
             max_payload: DEFAULT_MAX_PAYLOAD,
             server_name: String::new(),
+            conn_limit: usize::MAX,
             parser: None,
             pump_armed: false,
             rng,
@@ -256,6 +262,7 @@ impl Link {
 
     /// Makes the first attempt.
     pub(super) fn start(&mut self, cx: &mut Ctx<Member>) {
+        self.conn_limit = cx.config().out_limit;
         log::info!(
             "broker: hub {} joins room '{}' (subject {}); {} server(s) to try",
             self.hub_id,
@@ -276,9 +283,13 @@ impl Link {
         self.state
     }
 
-    /// The broker's `max_payload` (the default until an INFO said otherwise).
+    /// The largest command payload this link sends: the broker's
+    /// `max_payload` (the default until an INFO said otherwise), and small
+    /// enough that one command always fits under the connection's output
+    /// bound (`--max-backlog`).
     pub(super) fn max_payload(&self) -> usize {
         self.max_payload
+            .min(self.conn_limit.saturating_sub(CONN_LIMIT_ROOM))
     }
 
     /// The largest payload accepted from the server.
@@ -586,14 +597,17 @@ impl Link {
         frames: &[u8],
         prefix: PrefixLen,
     ) {
-        if self.outbox.publish_frames(frames, prefix, self.max_payload) {
+        if self
+            .outbox
+            .publish_frames(frames, prefix, self.max_payload())
+        {
             self.arm_pump(cx);
         }
     }
 
     /// Publishes one message text to the room.
     pub(super) fn publish_text(&mut self, cx: &mut Ctx<Member>, text: &str, prefix: PrefixLen) {
-        if self.outbox.publish_text(text, prefix, self.max_payload) {
+        if self.outbox.publish_text(text, prefix, self.max_payload()) {
             self.arm_pump(cx);
         }
     }
@@ -631,8 +645,11 @@ impl Link {
         };
         let queued = cx.conn(conn).map_or(usize::MAX, |c| c.out_len());
         let room = WATERMARK.saturating_sub(queued);
-        self.outbox
-            .take(room, self.max_payload, |bytes| cx.send(conn, bytes));
+        let max_payload = self.max_payload();
+        // Refused (the connection's output bound): it stays, for the next drain.
+        self.outbox.take(room, max_payload, |bytes| {
+            cx.send(conn, bytes) == Queued::Yes
+        });
     }
 
     /// The hub is stopping: what waits goes out (within the close grace),
@@ -644,9 +661,10 @@ impl Link {
             return;
         };
         if was == LinkState::Flowing {
-            let max_payload = self.max_payload;
-            self.outbox
-                .take(usize::MAX, max_payload, |bytes| cx.send(conn, bytes));
+            let max_payload = self.max_payload();
+            self.outbox.take(usize::MAX, max_payload, |bytes| {
+                cx.send(conn, bytes) == Queued::Yes
+            });
             cx.close_after_flush(conn);
         } else {
             cx.close(conn, CloseReason::Shutdown);

@@ -249,44 +249,47 @@ impl Outbox {
         true
     }
 
-    /// Hands whole commands to `send`, at most `room` bytes of them (at
-    /// least one); a command over `max_payload` (made for a server that took
+    /// Hands whole commands to `send`, at most `room` bytes of them (but
+    /// at least one), in as few calls as they allow; stops at the first
+    /// call that refuses (`send` returns false), which keeps what it was
+    /// offered. A command over `max_payload` (made for a server that took
     /// more) is dropped and counted instead.
     pub(super) fn take(
         &mut self,
         mut room: usize,
         max_payload: usize,
-        mut send: impl FnMut(&[u8]),
+        mut send: impl FnMut(&[u8]) -> bool,
     ) {
-        if room == 0 {
-            return;
-        }
-        let mut run_start = self.head;
-        let mut at = self.head;
-        while let Some(&record) = self.records.front() {
-            if at > run_start && record.len > room {
+        let mut first = true;
+        loop {
+            while let Some(&record) = self.records.front() {
+                if record.payload <= max_payload {
+                    break;
+                }
+                self.records.pop_front();
+                self.head += record.len;
+                self.stats.dropped_too_big += record.messages;
+            }
+            let (mut end, mut n, mut messages) = (self.head, 0, 0);
+            for record in &self.records {
+                let fits = record.len <= room || (first && n == 0);
+                if record.payload > max_payload || !fits {
+                    break;
+                }
+                end += record.len;
+                room = room.saturating_sub(record.len);
+                n += 1;
+                messages += record.messages;
+            }
+            if n == 0 || !send(&self.pending[self.head..end]) {
                 break;
             }
-            self.records.pop_front();
-            if record.payload > max_payload {
-                if at > run_start {
-                    send(&self.pending[run_start..at]);
-                    self.stats.published_bytes += (at - run_start) as u64;
-                }
-                self.stats.dropped_too_big += record.messages;
-                at += record.len;
-                run_start = at;
-                continue;
-            }
-            at += record.len;
-            room = room.saturating_sub(record.len);
-            self.stats.published += record.messages;
+            self.stats.published += messages;
+            self.stats.published_bytes += (end - self.head) as u64;
+            self.records.drain(..n);
+            self.head = end;
+            first = false;
         }
-        if at > run_start {
-            send(&self.pending[run_start..at]);
-            self.stats.published_bytes += (at - run_start) as u64;
-        }
-        self.head = at;
         if self.head == self.pending.len() {
             self.pending.clear();
             self.head = 0;
@@ -314,7 +317,10 @@ mod tests {
 
     fn drain(outbox: &mut Outbox) -> Vec<u8> {
         let mut out = Vec::new();
-        outbox.take(usize::MAX, 1 << 20, |b| out.extend_from_slice(b));
+        outbox.take(usize::MAX, 1 << 20, |b| {
+            out.extend_from_slice(b);
+            true
+        });
         out
     }
 
@@ -376,9 +382,15 @@ mod tests {
         }
         let one = outbox.records[0].len;
         let mut got = Vec::new();
-        outbox.take(one + 1, 1 << 20, |b| got.extend_from_slice(b));
-        assert_eq!(got.len(), one);
-        outbox.take(1, 1 << 20, |b| got.extend_from_slice(b));
+        let mut keep = |b: &[u8]| {
+            got.extend_from_slice(b);
+            true
+        };
+        outbox.take(one + 1, 1 << 20, &mut keep);
+        outbox.take(1, 1 << 20, &mut keep);
         assert_eq!(got.len(), 2 * one, "at least one, even past the room");
+        outbox.take(usize::MAX, 1 << 20, |_| false);
+        assert_eq!(outbox.len(), one, "a refused command stays queued");
+        assert_eq!(outbox.stats.published, 2);
     }
 }
