@@ -11,7 +11,10 @@
 // from INFO; a hub that starts before its broker exists, with a tiny
 // --broker-backlog that overflows (counted, shown by SIGUSR1); a broker that
 // stops answering (SIGSTOP) found dead by PING/PONG; the broker's
-// max_payload; credentials; `/who` across hubs; usage errors.
+// max_payload; credentials; `/who` across hubs; messages crossing to every
+// door (framed, line, UDP) and a leave text kept from UDP peers; a stopping
+// hub telling the others its members left; `stress chat` spread over two
+// hubs; usage errors.
 //
 // These tests need `nats-server` (Debian package `nats-server`). Without
 // it they fail, saying what to install; `scripts/test` installs it.
