@@ -87,6 +87,8 @@ pub(super) const MAX_SERVERS: usize = 32;
 /// Most bytes handed to the connection ahead of the kernel; the rest waits
 /// in the outbox, so a broken link loses at most this much.
 pub(super) const WATERMARK: usize = 256 * 1024;
+/// The smallest limit on a message from the broker (see `Link::inbound_max`).
+const INBOUND_MAX: usize = 8 * 1024 * 1024;
 /// Bytes of the connection's output bound kept free of any one command
 /// (for its control line, and a PING or PONG beside it).
 const CONN_LIMIT_ROOM: usize = 1024;
@@ -292,9 +294,12 @@ impl Link {
             .min(self.conn_limit.saturating_sub(CONN_LIMIT_ROOM))
     }
 
-    /// The largest payload accepted from the server.
+    /// The largest payload accepted from the server: the servers of a
+    /// cluster may not all have the same `max_payload`, and a message another
+    /// hub published through one with a larger limit is no protocol error. An
+    /// incomplete message holds only what arrived of it.
     pub(super) fn inbound_max(&self) -> usize {
-        self.max_payload.max(DEFAULT_MAX_PAYLOAD)
+        self.max_payload.max(INBOUND_MAX)
     }
 
     fn server(&self) -> SocketAddr {
