@@ -20,6 +20,7 @@
 //! * [`cmd`] — the commands; each is a [`reactor::Handler`].
 //! * [`error`] — the error a command can end with, and its exit code.
 //! * [`sys`] — the few raw system calls std and mio do not offer.
+//! * [`websocket`] — WebSocket frames (RFC 6455) for the chat's web door; no I/O.
 //! * [`udp`] — UDP receive details: which peer vanished (ICMP error queue),
 //!   how many datagrams the kernel dropped.
 //!
@@ -42,3 +43,4 @@ pub mod stream;
 pub mod sys;
 pub mod tls;
 pub mod udp;
+pub mod websocket;
