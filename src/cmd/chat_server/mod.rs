@@ -72,9 +72,11 @@ mod held;
 mod member;
 mod read;
 pub mod udp_room;
+mod web;
 
 pub use args::{Args, OnBacklog, LONG_ABOUT};
 pub use member::Member;
+pub use web::WebArgs;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -86,6 +88,7 @@ use crate::framing::{self, FrameConfig};
 use crate::net;
 use crate::reactor::{signals, Config, ConnId, Ctx, Event, Handler, Reactor};
 use crate::udp;
+use crate::websocket;
 use backlog::notice_reserve;
 use console::HINT;
 use member::Input;
@@ -104,6 +107,8 @@ const TIMER_IDLE_SWEEP: u64 = 1;
 const TIMER_GRACE: u64 = 2;
 /// Timer: look for UDP peers silent for `--udp-peer-timeout`.
 const TIMER_UDP_SWEEP: u64 = 3;
+/// Timer: web door deadlines and keepalive pings.
+const TIMER_WEB_SWEEP: u64 = 4;
 /// Timer bit: connection KEY (the low bits) may relay messages it had held
 /// back for being over its `--rate-limit`.
 const TIMER_RELEASE: u64 = 1 << 40;
@@ -133,6 +138,8 @@ struct Hub {
     prompt: Box<[u8]>,
     /// The UDP door's peers, if there is one.
     udp: Option<UdpRoom>,
+    /// The web door, if there is one.
+    web: Option<web::WebDoor>,
     /// Scratch list of UDP peers found silent; reused.
     silent: Vec<SocketAddr>,
     /// Clients accepted and not yet closed.
@@ -177,6 +184,7 @@ impl Handler for Hub {
             }
             Event::Timer(TIMER_IDLE_SWEEP) => self.sweep_idle(cx),
             Event::Timer(TIMER_UDP_SWEEP) => self.sweep_udp(cx),
+            Event::Timer(TIMER_WEB_SWEEP) => self.sweep_web(cx),
             Event::Timer(id) if id & TIMER_RELEASE != 0 => {
                 self.release_held(cx, ConnId((id & !TIMER_RELEASE) as usize))
             }
@@ -210,6 +218,7 @@ impl Handler for Hub {
         match &member.input {
             Some(Input::Framed(decoder)) => decoder.buffered(),
             Some(Input::Lines(lines)) => lines.buffered(),
+            Some(Input::Web(web)) => web.buffered(),
             None => 0,
         }
     }
@@ -232,7 +241,9 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     let frames = args.framing.config()?;
     let name: Box<str> = Box::from(args.name.as_deref().unwrap_or(DEFAULT_NAME));
     let notice_reserve = notice_reserve(&name, frames);
-    let smallest_backlog = framing::encoded_len(frames.max_frame, frames) + notice_reserve;
+    let largest_message =
+        framing::encoded_len(frames.max_frame, frames).max(websocket::frame_len(frames.max_frame));
+    let smallest_backlog = largest_message + notice_reserve;
     if args.max_backlog < smallest_backlog {
         return Err(Error::Usage(format!(
             "--max-backlog {} is too small: one frame of --max-frame {} bytes and a notice \
@@ -298,6 +309,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         }
         None => None,
     };
+    let web_door = Hub::open_web_door(reactor.cx(), args.bind, &args.web, tls, frames.max_frame)?;
     log::debug!(
         "open-file limit {limit}: up to about {} clients",
         limit.saturating_sub(16)
@@ -323,6 +335,11 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     if let Some(addr) = udp_addr {
         net::announce("chat server udp door", addr);
     }
+    let web_door = web_door.map(|(door, addr)| {
+        net::announce(&format!("chat server web door{tls_note}"), addr);
+        web::tell_where(addr, tls);
+        door
+    });
     let input = if args.relay_only {
         None
     } else {
@@ -343,6 +360,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         line_listener: line_door.map(|(index, _)| index),
         prompt: format!("{NAME_PROMPT}\n").into_bytes().into_boxed_slice(),
         udp: udp_room,
+        web: web_door,
         silent: Vec::new(),
         n_members: 0,
         ids: Vec::new(),
