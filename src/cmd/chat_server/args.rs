@@ -57,7 +57,7 @@ pub const LONG_ABOUT: &str =
     over its rate (each frame or line is one message; its reads pause, it is not \
     disconnected); for a UDP peer, which cannot be slowed, datagrams over the rate are \
     dropped. --tls-cert/--tls-key make every TCP port speak TLS, the line port \
-    included (use 'ncat --ssl' or 'openssl s_client' there).\n\n\
+    included (use 'ncat --ssl' or 'openssl s_client' there) and the web port (https, wss).\n\n\
     Prints 'chat server listening on IP:PORT' on stderr when ready (then one line for \
     each extra door). Ctrl+C or SIGTERM: stop accepting, flush what is queued (at most \
     2 s), exit 0; UDP peers are sent the leave text, so they forget the server.";

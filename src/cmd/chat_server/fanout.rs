@@ -1,9 +1,9 @@
 //! Fan-out: one message to everyone in the room but its origin, each in the
 //! wire format of its door, and the messages the server speaks itself.
 //!
-//! An `Outgoing` makes each wire format (frame, line, datagram) at most once
-//! per message, when the first recipient of that kind needs it, and every
-//! recipient of that kind shares it through an `Rc`. A recipient whose queue
+//! An `Outgoing` makes each wire format (frame, line, datagram, WebSocket
+//! text frame) at most once per message, when the first recipient of that
+//! kind needs it, and every recipient of that kind shares it through an `Rc`. A recipient whose queue
 //! is full is handed to the backlog policy (`backlog.rs`), which never waits
 //! for it. A message the server makes that is over `--max-frame` is logged
 //! and sent to no one.

@@ -19,7 +19,7 @@
 //! * **A malformed frame closes only its connection**, with the reason logged:
 //!   an over-long length is refused before anything is allocated for it.
 //!
-//! # Three doors, one room
+//! # Four doors, one room
 //!
 //! * **Framed clients** (`--port`): the length-prefixed frames of the TCP chat.
 //! * **Line clients** (`--line-port`): `nc`, `telnet` — newline-terminated
@@ -35,10 +35,15 @@
 //!   One datagram is one chat message text. A peer joins by sending and leaves
 //!   with the leave text, by being silent for `--udp-peer-timeout`, or when
 //!   the kernel reports its port unreachable.
+//! * **Browsers** (`--web-port`, `web.rs`): `GET /` serves the chat page,
+//!   compiled into the binary; `GET /ws` upgrades the same connection to a
+//!   WebSocket, whose text messages are chat messages exactly as a framed
+//!   client's frames (and go through the same `relay`). A connection still
+//!   speaking HTTP is not a member and hears nothing of the room.
 //!
 //! **Encode once per wire format.** A message reaches the room as an
 //! `Outgoing` (`fanout.rs`): its text, plus at most one `Rc` per wire format
-//! (frame, line, datagram), each made the first time a recipient of that
+//! (frame, line, datagram, WebSocket text frame), each made the first time a recipient of that
 //! kind needs it and then shared by all of them. A frame relayed from a framed client is
 //! the bytes it arrived as. Nothing is formatted per recipient.
 //!
@@ -54,8 +59,9 @@
 //! * `args.rs`: the command line ([`Args`], [`OnBacklog`], [`LONG_ABOUT`]).
 //! * `member.rs`: the clients ([`Member`]), their names, joining and leaving.
 //! * `read.rs`: a TCP client's bytes, either door, into whole messages.
-//! * `door_framed.rs`, `door_line.rs`, `door_udp.rs`: what each door adds;
-//!   [`udp_room`] keeps the UDP door's peer set.
+//! * `door_framed.rs`, `door_line.rs`, `door_udp.rs`, `web.rs`: what each
+//!   door adds; [`udp_room`] keeps the UDP door's peer set; `page/` is the
+//!   web door's page.
 //! * `fanout.rs`: one message to the room, encoded once per wire format.
 //! * `backlog.rs`: a client that does not keep up (`--on-backlog`).
 //! * `held.rs`: messages held back by `--rate-limit`.
