@@ -43,4 +43,5 @@ pub mod stream;
 pub mod sys;
 pub mod tls;
 pub mod udp;
+pub mod units;
 pub mod websocket;

@@ -5,6 +5,7 @@
 //
 // Every run is short (2-3 s of measuring) and every wait has a deadline.
 
+mod stress_support;
 mod support;
 
 use std::io::{BufReader, Read, Write};
@@ -16,58 +17,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{echo_server, run_with_input, sockloop, Proc};
-
-/// What one `sockloop stress ...` run left behind.
-struct Outcome {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-    json: Option<Value>,
-}
-
-/// Runs `sockloop ARGS` to the end (killed after `within`) and collects its output.
-fn run(args: &[&str], within: Duration) -> Outcome {
-    let (code, stdout, stderr) = run_with_input(args, Vec::new(), within);
-    let stdout = String::from_utf8_lossy(&stdout).into_owned();
-    let json = stdout
-        .lines()
-        .find(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).expect("the --json line is JSON"));
-    Outcome {
-        code: Some(code).filter(|c| *c >= 0),
-        stdout,
-        stderr,
-        json,
-    }
-}
-
-impl Outcome {
-    fn json(&self) -> &Value {
-        self.json.as_ref().unwrap_or_else(|| {
-            panic!(
-                "no JSON line on stdout {:?}; stderr:\n{}",
-                self.stdout, self.stderr
-            )
-        })
-    }
-
-    /// A number at a `/`-separated path of the JSON line, e.g. `"connect/failures/total"`.
-    fn num(&self, path: &str) -> f64 {
-        let mut v = self.json();
-        for key in path.split('/') {
-            v = v
-                .get(key)
-                .unwrap_or_else(|| panic!("JSON has no {path:?}: {}", self.stdout.trim()));
-        }
-        v.as_f64()
-            .unwrap_or_else(|| panic!("JSON {path:?} is not a number: {v}"))
-    }
-}
+use stress_support::{assert_documented, run, Outcome};
+use support::{echo_server, sockloop, Proc};
 
 /// The fields the README's JSON appendix promises in every TCP mode's line.
 const COMMON_FIELDS: &[&str] = &[
     "schema",
+    "type",
     "mode",
     "target",
     "duration_s",
@@ -77,24 +33,6 @@ const COMMON_FIELDS: &[&str] = &[
     "connect",
     "generator",
 ];
-
-/// Every field of the JSON line, at any depth, is described in the README's JSON appendix.
-fn assert_documented(value: &Value) {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md");
-    let mut stack = vec![value];
-    while let Some(Value::Object(map)) = stack.pop() {
-        for (key, inner) in map {
-            assert!(
-                doc.contains(&format!("`{key}`"))
-                    || doc.contains(&format!(".{key}`"))
-                    || doc.contains(&format!("`{key}.")),
-                "field {key:?} is not documented in the README's JSON appendix"
-            );
-            stack.push(inner);
-        }
-    }
-}
 
 fn assert_fields(outcome: &Outcome, fields: &[&str]) {
     assert_documented(outcome.json());
@@ -107,6 +45,7 @@ fn assert_fields(outcome: &Outcome, fields: &[&str]) {
         );
     }
     assert_eq!(outcome.json()["schema"], 1);
+    assert_eq!(outcome.json()["type"], "summary");
     for key in [
         "refused",
         "timed_out",
@@ -333,7 +272,7 @@ fn open_loop_rate_shows_a_stall_as_latency_not_as_missing_samples() {
             "--conns",
             "10",
             "--rate",
-            "100",
+            "1000",
             "--duration",
             "3",
             "--json",
@@ -505,7 +444,7 @@ fn chat_run(addr: SocketAddr) -> Outcome {
             "--senders",
             "5",
             "--rate",
-            "100",
+            "500",
             "--duration",
             "2",
             "--json",

@@ -41,8 +41,9 @@ pub struct Args {
     /// TCP port to listen on (0: the system picks one, printed at start).
     #[arg(long, short, default_value_t = 0)]
     pub port: u16,
-    /// Local address to listen on (0.0.0.0: every IPv4 interface; :: for IPv6).
-    #[arg(long, default_value = "0.0.0.0")]
+    /// Local address to listen on: an IP (0.0.0.0: every IPv4 interface; :: for IPv6;
+    /// [::1] works too) or a host name such as localhost.
+    #[arg(long, default_value = "0.0.0.0", value_parser = crate::units::parse_bind)]
     pub bind: IpAddr,
     /// Most clients at once; extra ones are told the server is full and closed.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]

@@ -5,7 +5,8 @@
 //! does three things, in this order:
 //!
 //! 1. **poll** — block until a source is ready or the nearest deadline
-//!    passes (no blocking at all while work is left over from the last turn);
+//!    passes, to the microsecond (a timerfd in the poll; see `timer.rs`),
+//!    and no blocking at all while work is left over from the last turn;
 //! 2. **dispatch** — for each event, decode its token into a [`Source`] and
 //!    call that source's handler: accept, read, write, read stdin, take
 //!    signals; then serve the ready list and the deadlines that passed;
@@ -168,6 +169,7 @@ impl<S: Default> Reactor<S> {
             None
         };
         let signals = SignalSource::open(poll.registry())?;
+        let timers = Timers::new(poll.registry());
         let mut ready = Vec::new();
         if let Some(source) = &stdin {
             // Regular files and /dev/null never raise a readiness event: start reading them now.
@@ -191,7 +193,7 @@ impl<S: Default> Reactor<S> {
                 stdin,
                 stdin_paused: false,
                 stdin_eof: false,
-                timers: Timers::default(),
+                timers,
                 tracer,
                 per_ip: HashMap::new(),
                 stats: LoopStats::default(),
@@ -230,7 +232,7 @@ impl<S: Default> Reactor<S> {
         // 1. Poll. Work left from the last turn means: look, but do not wait.
         let now = Instant::now();
         let timeout = if cx.ready.is_empty() && cx.dirty.is_empty() {
-            cx.timers.timeout(now)
+            cx.timers.poll_timeout(now)
         } else {
             Some(Duration::ZERO)
         };
@@ -261,7 +263,7 @@ impl<S: Default> Reactor<S> {
                 Source::Conn(key) => cx.read_conn(handler, scratch, key),
                 Source::Stdin => cx.read_stdin(handler, scratch),
                 Source::Udp => cx.read_udp(handler, scratch),
-                Source::Signals => {}
+                Source::Signals | Source::Timer => {}
             }
         }
         let now = Instant::now();
@@ -311,6 +313,8 @@ impl<S> Ctx<S> {
                         self.on_signal(handler, signal);
                     }
                 }
+                // The deadlines it woke us for pass after the events (`turn`).
+                Source::Timer => self.timers.on_clock(),
             }
         }
     }

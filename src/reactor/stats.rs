@@ -113,6 +113,7 @@ impl<S> Ctx<S> {
             Source::Udp => "udp".to_string(),
             Source::Stdin => "stdin".to_string(),
             Source::Signals => "signals".to_string(),
+            Source::Timer => "timer".to_string(),
             Source::Conn(key) => match self.conns.get(key) {
                 Some(conn) => format!("conn#{key} {} ({} B queued)", conn.peer, conn.out.len()),
                 None => format!("conn#{key} (gone)"),

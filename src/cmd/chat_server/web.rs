@@ -262,13 +262,13 @@ pub(super) fn full_notice() -> Vec<u8> {
 
 impl WebDoor {
     /// The door for `listener`, with its answers made once.
-    pub(super) fn new(
+    fn new(
         listener: usize,
+        origins: Origins,
         args: &WebArgs,
         tls: bool,
         max_frame: usize,
-    ) -> Result<WebDoor> {
-        let origins = Origins::parse(&args.web_origin)?;
+    ) -> WebDoor {
         let html = PAGE_HTML.replace(MAX_BYTES_MARK, &format!("data-max-bytes=\"{max_frame}\""));
         let pair = |content_type: &str, body: &[u8], extra: &str| {
             (
@@ -282,7 +282,7 @@ impl WebDoor {
         let (page, page_head) = pair("text/html; charset=utf-8", html.as_bytes(), &csp);
         let (script, script_head) = pair("text/javascript; charset=utf-8", PAGE_JS.as_bytes(), "");
         let (style, style_head) = pair("text/css; charset=utf-8", PAGE_CSS.as_bytes(), "");
-        Ok(WebDoor {
+        WebDoor {
             listener,
             origins,
             tls,
@@ -298,7 +298,7 @@ impl WebDoor {
             ping: Rc::from(websocket::ping(b"")),
             scratch: Vec::new(),
             wire: Vec::new(),
-        })
+        }
     }
 }
 
@@ -432,9 +432,10 @@ impl Hub {
         let Some(port) = args.web_port else {
             return Ok(None);
         };
-        let (index, addr) = cx.listen(bind, port)?;
+        let origins = Origins::parse(&args.web_origin)?;
+        let (index, addr) = cx.listen(bind, port).map_err(|e| e.at_door("--web-port"))?;
         cx.set_full_notice(index, full_notice());
-        let door = WebDoor::new(index, args, tls, max_frame)?;
+        let door = WebDoor::new(index, origins, args, tls, max_frame);
         cx.set_timer_in(SWEEP_EVERY, TIMER_WEB_SWEEP);
         Ok(Some((door, addr)))
     }
