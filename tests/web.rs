@@ -8,9 +8,11 @@
 // an unmasked frame, invalid UTF-8 and a huge frame header each closing only
 // their own socket, with the right close code; a fragmented message (with a
 // ping between its fragments) arriving whole; the close handshake; keepalive
-// pings, and a client that never answers them being closed; the room's
-// rules (--deny, --max-conns-per-ip, --rate-limit, the backlog) at the web
-// door; wss over TLS; and 1,000 web clients in one room.
+// pings, and a client that never answers them being closed; a connection
+// that never finishes its request closed at its deadline, and one still
+// speaking HTTP hearing nothing of the room; the close frame at shutdown;
+// the room's rules (--deny, --max-conns-per-ip, --rate-limit, the backlog)
+// at the web door; wss over TLS; and 1,000 web clients in one room.
 //
 // The WebSocket client is tungstenite (an implementation independent of the
 // server's codec); the hostile frames are written byte by byte. Every wait
@@ -577,6 +579,38 @@ fn a_silent_web_client_is_pinged_and_closed_when_it_never_answers() {
     // The polite one was pinged too, answered, and still hears the room.
     framed.say("Fred", "still with us?");
     assert!(polite.join().unwrap().contains("Fred"));
+}
+
+#[test]
+fn a_connection_that_never_finishes_its_request_is_closed_at_the_deadline() {
+    let (_server, doors) = web_server(&[]);
+    let mut slow = support::connect(doors.web);
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap(); // and never the blank line
+    let mut witness = web_client(doors.web);
+    let mut framed = Framed::connect(doors.tcp);
+    // The read's own timeout (30 s) is the test's deadline: the server's is 10 s.
+    let mut rest = Vec::new();
+    let ended = slow.read_to_end(&mut rest);
+    assert!(
+        matches!(&ended, Ok(_)) || ended.as_ref().is_err_and(is_gone),
+        "{ended:?}"
+    );
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    // The room went on meanwhile.
+    framed.say("Fred", "still going");
+    wait_text(&mut witness, "still going");
+}
+
+#[test]
+fn at_shutdown_web_members_are_told_the_server_is_going_away() {
+    let (mut server, doors) = web_server(&[]);
+    let mut raw = raw_websocket(doors.web);
+    server.wait_line("connected by the web door", LONG);
+    server.signal(libc::SIGTERM);
+    assert_eq!(expect_close(&mut raw), 1001);
+    assert!(server.wait_exit(LONG).success());
 }
 
 // ----- The room's rules at the web door ------------------------------------------------------
