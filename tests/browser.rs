@@ -5,7 +5,9 @@
 // Covered: the page asks for a name and connects; a message typed in the
 // page reaches a framed TCP client under that name; a framed client's
 // message appears in the page; a message carrying `<script>` and `<b>` is
-// shown as text, and no script from it runs.
+// shown as text, and no script from it runs; when the server goes away and
+// comes back on the same port, the page reconnects by itself and hears the
+// room again.
 //
 // This test needs chromium, chromium-driver and the selenium Python package.
 // Without them it FAILS, saying what to install: `scripts/test` installs them
@@ -85,7 +87,7 @@ fn require_browser() {
 }
 
 #[test]
-fn a_real_browser_chats_with_a_framed_client_and_shows_markup_as_text() {
+fn a_real_browser_chats_shows_markup_as_text_and_reconnects_by_itself() {
     require_browser();
     let (mut server, tcp) = chat_server_with(&["--web-port", "0"], |_| {});
     let web = last_word_addr(&server.wait_line("web door listening on", LONG));
@@ -107,6 +109,8 @@ fn a_real_browser_chats_with_a_framed_client_and_shows_markup_as_text() {
             greeting,
             "--expect",
             hostile,
+            "--reconnect-expect",
+            "welcome back",
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -139,6 +143,19 @@ fn a_real_browser_chats_with_a_framed_client_and_shows_markup_as_text() {
     steps.wait(&format!("SEEN {greeting}"));
     steps.wait(&format!("SEEN {hostile}"));
     steps.wait("TEXT-ONLY");
+
+    // The server goes away; a new one comes up on the same web port; the page finds it.
+    drop(framed);
+    drop(server);
+    steps.wait("OFFLINE");
+    let port = web.port().to_string();
+    let (mut server, tcp) = chat_server_with(&["--web-port", &port], |_| {});
+    server.wait_line("web door listening on", LONG);
+    let mut framed = Framed::connect(tcp);
+    steps.wait("RECONNECTED");
+    server.wait_line("connected by the web door", LONG);
+    framed.say("Fred", "welcome back");
+    steps.wait("SEEN welcome back");
     steps.wait("DONE");
     let deadline = Instant::now() + LONG;
     let status = loop {
@@ -152,6 +169,6 @@ fn a_real_browser_chats_with_a_framed_client_and_shows_markup_as_text() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "web_page.py: {status}");
-    // Closing the browser closed its WebSocket: the room hears Wendy leave.
-    framed.wait("Wendy left the chat");
+    // Closing the browser closed its WebSocket, and the server saw it go.
+    server.wait_line("left (1 client)", LONG);
 }

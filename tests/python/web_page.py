@@ -12,13 +12,17 @@ reports on stdout, one line per step, so the test can follow it:
     SEEN <text>        a message with exactly <text> is on the page
     TEXT-ONLY          every --expect text is shown as text: no element was
                        made from it and no script from it ran
+    OFFLINE            (with --reconnect-expect) the page saw the server go
+    RECONNECTED        ... and connected again by itself
+    SEEN <text>        ... and a message sent after that is on the page
     DONE               all is well (after the screenshot, if one was asked)
 
 Every wait is bounded (--timeout seconds). Exit codes: 0 all well, 1 a check
 failed (the reason on stderr), 3 the browser or Selenium is missing (what to
 install on stderr).
 
-Usage: web_page.py URL --name NAME --send TEXT [--expect TEXT]... [--screenshot PNG]
+Usage: web_page.py URL --name NAME --send TEXT [--expect TEXT]...
+                     [--reconnect-expect TEXT] [--screenshot PNG]
 """
 
 import argparse
@@ -61,6 +65,7 @@ def main():
     parser.add_argument("--name", required=True)
     parser.add_argument("--send", required=True)
     parser.add_argument("--expect", action="append", default=[])
+    parser.add_argument("--reconnect-expect")
     parser.add_argument("--screenshot")
     parser.add_argument("--timeout", type=float, default=30)
     args = parser.parse_args()
@@ -134,6 +139,14 @@ def main():
         if elements or ran:
             fail(f"text from the room became page content: {elements} element(s), script ran: {ran}")
         say("TEXT-ONLY")
+        if args.reconnect_expect:
+            status = lambda kind: kind in driver.find_element(By.ID, "status").get_attribute("class")
+            wait_for("the page to see the server go", args.timeout, lambda: status("offline"))
+            say("OFFLINE")
+            wait_for("the page to reconnect", args.timeout, lambda: status("online"))
+            say("RECONNECTED")
+            wait_for(f"{args.reconnect_expect!r} on the page", args.timeout, lambda: shown(args.reconnect_expect))
+            say(f"SEEN {args.reconnect_expect}")
         if args.screenshot:
             driver.save_screenshot(args.screenshot)
         say("DONE")
