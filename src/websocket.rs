@@ -162,7 +162,8 @@ struct Head {
     /// Payload bytes received so far.
     got: u64,
     /// The payload goes to the caller's scratch buffer (a whole unfragmented
-    /// message inside one input), not to the decoder's own.
+    /// message, or a whole control frame, inside one input), not to the
+    /// decoder's own.
     in_scratch: bool,
 }
 
@@ -173,7 +174,7 @@ pub struct Decoder {
     max_message: usize,
     /// The header being received: at most 2 + 8 + 4 bytes.
     header: [u8; 14],
-    header_len: usize,
+    header_len: u8,
     /// The frame whose payload is being received.
     frame: Option<Head>,
     /// An incomplete text message: fragments so far, unmasked. Empty and
@@ -181,8 +182,9 @@ pub struct Decoder {
     message: Vec<u8>,
     /// A fragmented text message is under way (`message` holds its start).
     continuing: bool,
-    /// A control frame's payload, up to 125 bytes.
-    control: [u8; MAX_CONTROL_PAYLOAD],
+    /// A control frame's payload (at most 125 bytes) split across inputs;
+    /// empty and unallocated otherwise.
+    control: Vec<u8>,
     /// A close frame was received: the rest of the stream is ignored.
     closed: bool,
 }
@@ -198,19 +200,19 @@ impl Decoder {
             frame: None,
             message: Vec::new(),
             continuing: false,
-            control: [0; MAX_CONTROL_PAYLOAD],
+            control: Vec::new(),
             closed: false,
         }
     }
 
     /// Bytes held for an incomplete frame or message.
     pub fn buffered(&self) -> usize {
-        self.header_len + self.message.len()
+        usize::from(self.header_len) + self.message.len() + self.control.len()
     }
 
     /// The heap capacity the decoder holds (0 when idle).
     pub fn capacity(&self) -> usize {
-        self.message.capacity()
+        self.message.capacity() + self.control.capacity()
     }
 
     /// True once a close frame was received.
@@ -239,12 +241,11 @@ impl Decoder {
                         return Ok(());
                     };
                     let mut head = head;
-                    // A whole, unfragmented data frame inside this input:
-                    // unmask it in the caller's scratch, not in a buffer of our own.
-                    head.in_scratch = !head.opcode.is_control()
-                        && head.fin
-                        && !self.continuing
-                        && head.len <= input.len() as u64;
+                    // A whole control frame, or a whole unfragmented data
+                    // frame, inside this input: unmask it in the caller's
+                    // scratch, not in a buffer of our own.
+                    let whole = head.opcode.is_control() || (head.fin && !self.continuing);
+                    head.in_scratch = whole && head.len <= input.len() as u64;
                     if head.in_scratch {
                         scratch.clear();
                     }
@@ -255,20 +256,16 @@ impl Decoder {
             let (chunk, rest) = input.split_at(want);
             input = rest;
             let start = head.got as usize;
-            if head.opcode.is_control() {
-                let dest = &mut self.control[start..start + want];
-                dest.copy_from_slice(chunk);
-                unmask(dest, head.mask, start);
+            let buffer = if head.in_scratch {
+                &mut *scratch
+            } else if head.opcode.is_control() {
+                &mut self.control
             } else {
-                let buffer = if head.in_scratch {
-                    &mut *scratch
-                } else {
-                    &mut self.message
-                };
-                let from = buffer.len();
-                buffer.extend_from_slice(chunk);
-                unmask(&mut buffer[from..], head.mask, start);
-            }
+                &mut self.message
+            };
+            let from = buffer.len();
+            buffer.extend_from_slice(chunk);
+            unmask(&mut buffer[from..], head.mask, start);
             head.got += want as u64;
             if head.got < head.len {
                 self.frame = Some(head);
@@ -296,8 +293,8 @@ impl Decoder {
             2 + ext + mask
         };
         loop {
-            let total = need(&self.header, self.header_len);
-            if self.header_len == total {
+            let total = need(&self.header, usize::from(self.header_len));
+            if usize::from(self.header_len) == total {
                 break;
             }
             if self.header_len == 2 {
@@ -307,14 +304,14 @@ impl Decoder {
             let Some((&byte, rest)) = input.split_first() else {
                 return Ok(None);
             };
-            self.header[self.header_len] = byte;
+            self.header[usize::from(self.header_len)] = byte;
             self.header_len += 1;
             *input = rest;
         }
         if self.header_len == 2 {
             self.check_start()?;
         }
-        let header = &self.header[..self.header_len];
+        let header = &self.header[..usize::from(self.header_len)];
         let fin = header[0] & 0x80 != 0;
         let opcode = Opcode::from_bits(header[0] & 0x0F).expect("checked by check_start");
         let masked = header[1] & 0x80 != 0;
@@ -424,41 +421,48 @@ impl Decoder {
         scratch: &[u8],
         on_message: &mut impl FnMut(Message<'_>),
     ) -> Result<(), WsError> {
-        let len = head.len as usize;
-        match head.opcode {
-            Opcode::Ping => on_message(Message::Ping(&self.control[..len])),
-            Opcode::Pong => on_message(Message::Pong(&self.control[..len])),
-            Opcode::Close => {
-                let close = parse_close(&self.control[..len])?;
-                self.closed = true;
-                self.message = Vec::new();
-                on_message(Message::Close(close));
-            }
-            Opcode::Text | Opcode::Continuation | Opcode::Binary => {
-                if !head.fin {
-                    self.continuing = true;
-                    return Ok(());
+        if head.opcode.is_control() {
+            // Taken, so an idle decoder holds no allocation.
+            let control = std::mem::take(&mut self.control);
+            let payload = if head.in_scratch {
+                scratch
+            } else {
+                &control[..]
+            };
+            match head.opcode {
+                Opcode::Ping => on_message(Message::Ping(payload)),
+                Opcode::Pong => on_message(Message::Pong(payload)),
+                _ => {
+                    let close = parse_close(payload)?;
+                    self.closed = true;
+                    self.message = Vec::new();
+                    on_message(Message::Close(close));
                 }
-                self.continuing = false;
-                let bytes = if head.in_scratch {
-                    scratch
-                } else {
-                    &self.message[..]
-                };
-                let text = std::str::from_utf8(bytes).map_err(|e| {
-                    WsError::new(
-                        code::INVALID_DATA,
-                        format!(
-                            "a text message that is not UTF-8 (at byte {})",
-                            e.valid_up_to()
-                        ),
-                    )
-                })?;
-                on_message(Message::Text(text));
-                // Between messages the decoder holds no allocation.
-                self.message = Vec::new();
             }
+            return Ok(());
         }
+        if !head.fin {
+            self.continuing = true;
+            return Ok(());
+        }
+        self.continuing = false;
+        let bytes = if head.in_scratch {
+            scratch
+        } else {
+            &self.message[..]
+        };
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            WsError::new(
+                code::INVALID_DATA,
+                format!(
+                    "a text message that is not UTF-8 (at byte {})",
+                    e.valid_up_to()
+                ),
+            )
+        })?;
+        on_message(Message::Text(text));
+        // Between messages the decoder holds no allocation.
+        self.message = Vec::new();
         Ok(())
     }
 }
@@ -683,6 +687,18 @@ mod tests {
         let (got, result, decoder) = check(100, &[&wire]);
         assert_eq!(result, Ok(()));
         assert_eq!(got, [Got::Ping(b"p".to_vec()), text("Hello, wörld")]);
+        assert_eq!((decoder.buffered(), decoder.capacity()), (0, 0));
+    }
+
+    #[test]
+    fn a_control_frame_split_across_reads_comes_out_whole_and_leaves_nothing_held() {
+        let mut wire = masked(Opcode::Text, false, b"a");
+        wire.extend(masked(Opcode::Ping, true, b"split ping"));
+        wire.extend(masked(Opcode::Continuation, true, b"b"));
+        let chunks: Vec<&[u8]> = wire.chunks(3).collect();
+        let (got, result, decoder) = check(100, &chunks);
+        assert_eq!(result, Ok(()));
+        assert_eq!(got, [Got::Ping(b"split ping".to_vec()), text("ab")]);
         assert_eq!((decoder.buffered(), decoder.capacity()), (0, 0));
     }
 
