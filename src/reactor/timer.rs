@@ -40,8 +40,62 @@ pub enum Deadline {
     ResumeReading(usize),
     /// Connection KEY must have finished its TLS handshake by now.
     Handshake(usize),
-    /// Connection KEY, closing, has had its grace: close it now.
-    CloseGrace(usize),
+    /// Connection KEY, closing since the instant given, has had its grace:
+    /// close it now. The instant tells the connection that began closing then
+    /// from a later one that reused its key (accepted after that instant).
+    CloseGrace(usize, Instant),
+    /// Listener I failed to accept for a reason that may pass: try again.
+    RetryAccept(usize),
+    /// The UDP socket failed to receive for a reason that may pass: try again.
+    RetryUdp,
+}
+
+/// How long to wait before trying again a source whose last attempt failed
+/// with an error that may pass (a listener out of kernel memory, a UDP
+/// socket error that repeats): 10 ms, doubling to at most 1 s, back to the
+/// start after a success. The source is left alone meanwhile, so an error
+/// that repeats costs a few wake-ups a second, never a spinning loop; and
+/// it *is* retried, so nothing waits for an edge that may never come.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Backoff {
+    /// The wait before the next retry; zero until something fails.
+    next: Duration,
+    /// A retry deadline is set and has not fired yet.
+    pending: bool,
+}
+
+impl Backoff {
+    /// The first wait after a failure.
+    pub const FIRST: Duration = Duration::from_millis(10);
+    /// The longest wait.
+    pub const MOST: Duration = Duration::from_secs(1);
+
+    /// Records a failure; returns how long to wait before retrying, or
+    /// `None` when a retry is already set.
+    pub fn fail(&mut self) -> Option<Duration> {
+        if self.pending {
+            return None;
+        }
+        let wait = self.next.max(Backoff::FIRST);
+        self.next = (wait * 2).min(Backoff::MOST);
+        self.pending = true;
+        Some(wait)
+    }
+
+    /// The retry deadline fired: the source may be tried again.
+    pub fn retry_due(&mut self) {
+        self.pending = false;
+    }
+
+    /// True while waiting for a retry: leave the source alone.
+    pub fn waiting(&self) -> bool {
+        self.pending
+    }
+
+    /// A success: the next failure starts over at [`Backoff::FIRST`].
+    pub fn succeeded(&mut self) {
+        self.next = Duration::ZERO;
+    }
 }
 
 /// The pending deadlines, nearest first, and the clock that wakes the poll for them.
@@ -183,6 +237,23 @@ mod tests {
         assert_eq!(timers.pop_due(later), Some(Deadline::Handshake(1)));
         assert_eq!(timers.pop_due(later), Some(Deadline::Command(3)));
         assert!(timers.is_empty());
+    }
+
+    #[test]
+    fn a_backoff_doubles_to_its_cap_and_starts_over_after_a_success() {
+        let mut backoff = Backoff::default();
+        assert_eq!(backoff.fail(), Some(Duration::from_millis(10)));
+        assert!(backoff.waiting());
+        assert_eq!(backoff.fail(), None, "one retry at a time");
+        let mut waits = Vec::new();
+        for _ in 0..9 {
+            backoff.retry_due();
+            waits.push(backoff.fail().unwrap().as_millis());
+        }
+        assert_eq!(waits, [20, 40, 80, 160, 320, 640, 1000, 1000, 1000]);
+        backoff.retry_due();
+        backoff.succeeded();
+        assert_eq!(backoff.fail(), Some(Duration::from_millis(10)));
     }
 
     #[test]

@@ -618,7 +618,9 @@ impl Hub {
                 }
                 held.extend_from_slice(&wire);
             }
-            Message::Ping(payload) => cx.send(conn, &websocket::pong(payload)),
+            Message::Ping(payload) => {
+                let _ = cx.send(conn, &websocket::pong(payload));
+            }
             Message::Pong(_) => {}
             Message::Close(status) => {
                 // Answer with the same status (section 5.5.1), then leave.
