@@ -12,7 +12,7 @@
 // --broker-backlog that overflows (counted, shown by SIGUSR1); a broker that
 // stops answering (SIGSTOP) found dead by PING/PONG; the broker's
 // max_payload; credentials; `/who` across hubs; messages crossing to every
-// door (framed, line, UDP) and a leave text kept from UDP peers; a stopping
+// door (framed, line, UDP, web) and a leave text kept from UDP peers; a stopping
 // hub telling the others its members left; `stress chat` spread over two
 // hubs; usage errors.
 //
@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use sockloop::chat_msg;
 use support::{chat_server_with, sockloop, Proc};
+use tungstenite::client::IntoClientRequest;
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -694,9 +695,32 @@ fn messages_cross_hubs_to_every_door_and_a_leave_text_never_reaches_udp_peers() 
     let nats = Nats::start(-1, &[]);
     let (mut hub_a, addr_a) = hub_with(&nats.url(), &["--line-port", "0"], true);
     let line_a = support::last_word_addr(&hub_a.wait_line("line door listening on", LONG));
-    let (mut hub_b, _) = hub_with(&nats.url(), &["--udp-port", "0"], true);
+    let (mut hub_b, _) = hub_with(&nats.url(), &["--udp-port", "0", "--web-port", "0"], true);
     let udp_b = support::last_word_addr(&hub_b.wait_line("udp door listening on", LONG));
+    let web_b = support::last_word_addr(&hub_b.wait_line("web door listening on", LONG));
     let mut ann = Member::join(&mut hub_a, addr_a, "Ann");
+
+    // Wes, a browser on hub B, and Ann (framed, hub A) hear each other.
+    let request = format!("ws://{web_b}/ws").into_client_request().unwrap();
+    let (mut wes, _) = tungstenite::client(request, support::connect(web_b)).expect("handshake");
+    wes.send(tungstenite::Message::text(chat_msg::format_now(
+        "Wes",
+        "hi from a browser",
+    )))
+    .unwrap();
+    ann.wait_for("Wes", "hi from a browser");
+    ann.say("hi Wes");
+    let deadline = Instant::now() + LONG;
+    loop {
+        assert!(Instant::now() < deadline, "Wes never heard Ann");
+        if let tungstenite::Message::Text(text) = wes.read().expect("a message for Wes") {
+            if chat_msg::parse(text.as_str())
+                .is_some_and(|m| m.sender == "Ann" && m.text == "hi Wes")
+            {
+                break;
+            }
+        }
+    }
 
     // Eve, a UDP peer of hub B, joins by speaking; Ann (framed, hub A) hears her.
     let eve = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();

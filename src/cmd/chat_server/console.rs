@@ -13,7 +13,7 @@
 
 use std::rc::Rc;
 
-use super::member::{Member, Origin};
+use super::member::{Member, Origin, Wire};
 use super::udp_room::UdpRoom;
 use super::{Clients, Hub, SHUTDOWN_GRACE, TIMER_GRACE};
 use crate::chat_msg::{self, LEAVE_TEXT};
@@ -103,12 +103,16 @@ impl Hub {
             SHUTDOWN_GRACE
         );
         let close: Rc<[u8]> = Rc::from(framing::close_frame(self.frames));
+        let web_close = self.web_goodbye();
         cx.conn_ids(&mut self.ids);
         for &id in &self.ids {
-            match cx.state(id) {
-                Some(m) if m.link => continue, // The broker link closes itself.
-                Some(m) if !m.line => {
+            match cx.state(id).map(|m| (m.wire(), m.listening(), m.link)) {
+                Some((_, _, true)) => continue, // The broker link closes itself.
+                Some((Wire::Framed, _, _)) => {
                     let _ = cx.queue(id, &close);
+                }
+                Some((Wire::Web, true, _)) => {
+                    let _ = cx.queue(id, &web_close);
                 }
                 _ => {}
             }

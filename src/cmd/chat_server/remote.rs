@@ -27,9 +27,9 @@ use std::time::Instant;
 use super::args::OnBacklog;
 use super::broker::{timer_parts, LinkState, KIND_WHO, SID_ROOM, SID_WHO, SID_WHO_REPLY};
 use super::door_framed::frames_as_lines;
-use super::member::Member;
+use super::member::{Member, Wire};
 use super::outbox::{HUB_HEADER, PREFIX_HEADER, RUN_HEADER, SEQ_HEADER};
-use super::Hub;
+use super::{web, Hub};
 use crate::chat_msg;
 use crate::conn::CloseReason;
 use crate::framing::{self, FrameConfig, PrefixLen};
@@ -338,20 +338,22 @@ impl Hub {
     }
 
     /// Queues whole frames for every listening member: framed members share
-    /// `framed`, line members share one run of lines made from it.
+    /// `framed`, line members one run of lines made from it, web members one
+    /// run of WebSocket text frames (as `flush_batch` does for a local sender).
     fn queue_for_all(&mut self, cx: &mut Ctx<Member>, framed: &Rc<[u8]>, width: usize) {
         let mut lines: Option<Rc<[u8]>> = None;
+        let mut webs: Option<Rc<[u8]>> = None;
         cx.conn_ids(&mut self.ids);
         for i in 0..self.ids.len() {
             let id = self.ids[i];
-            let line = match cx.state(id) {
-                Some(member) if member.listening() => member.line,
+            let wire = match cx.state(id) {
+                Some(member) if member.listening() => member.wire(),
                 _ => continue,
             };
-            let frame = if line {
-                lines.get_or_insert_with(|| frames_as_lines(framed, width))
-            } else {
-                framed
+            let frame = match wire {
+                Wire::Line => lines.get_or_insert_with(|| frames_as_lines(framed, width)),
+                Wire::Web => webs.get_or_insert_with(|| web::frames_as_web(framed, width)),
+                Wire::Framed => framed,
             };
             if let Queued::OverLimit { queued } = cx.queue(id, frame) {
                 let frame = Rc::clone(frame);

@@ -23,7 +23,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::broker::{timer_id, WhoRequest, KIND_WHO};
-use super::member::Member;
+use super::member::{Member, Wire};
 use super::outbox::{Dest, HUB_HEADER};
 use super::Hub;
 use crate::nats::{self, Msg};
@@ -70,7 +70,12 @@ impl Hub {
             if let Some(member) = cx.state(id) {
                 if let Some(name) = member.name.as_deref().filter(|_| !member.link) {
                     if !member.leaving {
-                        add(name, if member.line { "line" } else { "framed" }, out);
+                        let door = match member.wire() {
+                            Wire::Line => "line",
+                            Wire::Web => "web",
+                            Wire::Framed => "framed",
+                        };
+                        add(name, door, out);
                     }
                 }
             }
@@ -225,7 +230,7 @@ impl Hub {
         more: usize,
         text: &str,
     ) {
-        let Some(line) = cx.state(asker).map(|m| m.line) else {
+        let Some(wire) = cx.state(asker).map(Member::wire) else {
             return;
         };
         let mut answer = format!("{} in the room: {text}", count + more);
@@ -244,7 +249,7 @@ impl Hub {
             answer.truncate(cut);
             answer.push_str(" ...");
         }
-        if let Some(message) = self.encode_for(line, &answer) {
+        if let Some(message) = self.encode_as(wire, &answer) {
             let _ = cx.queue(asker, &message);
         }
     }
