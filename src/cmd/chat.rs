@@ -102,7 +102,7 @@ impl ChatInput {
             name: name.map(Box::from),
         };
         if input.name.is_none() {
-            eprintln!("{}", chat_msg::NAME_PROMPT);
+            crate::errln!("{}", chat_msg::NAME_PROMPT);
         }
         input
     }
@@ -171,7 +171,7 @@ impl ChatInput {
 /// stdin from a pipe or a file do not need it.
 pub fn hint(text: &str) {
     if std::io::stdin().is_terminal() {
-        eprintln!("{text}");
+        crate::errln!("{text}");
     }
 }
 
@@ -183,7 +183,7 @@ fn take_line(name: &mut Option<Box<str>>, line: &[u8], on_typed: &mut impl FnMut
         None => {
             let typed = text.trim();
             if typed.is_empty() {
-                eprintln!("{}", chat_msg::NAME_PROMPT);
+                crate::errln!("{}", chat_msg::NAME_PROMPT);
                 return;
             }
             let name = name.insert(Box::from(typed));

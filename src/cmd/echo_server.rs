@@ -145,7 +145,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         .run(&mut echo)
         .map_err(|e| Error::io("polling", e))?;
     if args.unbounded {
-        eprintln!("{}", UNBOUNDED_LESSON.replace("{rss}", &rss_text()));
+        crate::errln!("{}", UNBOUNDED_LESSON.replace("{rss}", &rss_text()));
     }
     Ok(())
 }

@@ -6,7 +6,9 @@
 //! | `0 ..`                   | TCP connections: the slab key *is* the token |
 //! | `usize::MAX - 1`         | the UDP socket                          |
 //! | `usize::MAX - 2`         | standard input                          |
-//! | `usize::MAX - 3`         | the signal pipe (SIGINT, SIGTERM, SIGUSR1) |
+//! | `usize::MAX - 3`         | the signal pipe (SIGINT, SIGTERM, SIGUSR1, SIGCONT) |
+//! | `usize::MAX - 4`         | standard output (only while bytes wait for it) |
+//! | `usize::MAX - 5`         | standard error (only while bytes wait for it) |
 //! | `usize::MAX - 8 - i`     | TCP listener number `i` (up to 4)       |
 //!
 //! The fixed tokens sit at the top of the range, where a slab key never
@@ -20,6 +22,8 @@ pub const MAX_LISTENERS: usize = 4;
 const UDP: usize = usize::MAX - 1;
 const STDIN: usize = usize::MAX - 2;
 const SIGNALS: usize = usize::MAX - 3;
+const STDOUT: usize = usize::MAX - 4;
+const STDERR: usize = usize::MAX - 5;
 const LISTENER_BASE: usize = usize::MAX - 8;
 
 /// A poll source, as decoded from its token.
@@ -33,6 +37,10 @@ pub enum Source {
     Stdin,
     /// The signal pipe.
     Signals,
+    /// Standard output, registered while bytes wait for it.
+    Stdout,
+    /// Standard error, registered while bytes wait for it.
+    Stderr,
     /// A TCP connection: its slab key.
     Conn(usize),
 }
@@ -48,6 +56,8 @@ impl Source {
             Source::Udp => UDP,
             Source::Stdin => STDIN,
             Source::Signals => SIGNALS,
+            Source::Stdout => STDOUT,
+            Source::Stderr => STDERR,
             Source::Conn(key) => {
                 debug_assert!(key < LISTENER_BASE - MAX_LISTENERS);
                 key
@@ -62,6 +72,8 @@ impl From<Token> for Source {
             UDP => Source::Udp,
             STDIN => Source::Stdin,
             SIGNALS => Source::Signals,
+            STDOUT => Source::Stdout,
+            STDERR => Source::Stderr,
             t if t <= LISTENER_BASE && t > LISTENER_BASE - MAX_LISTENERS => {
                 Source::Listener(LISTENER_BASE - t)
             }
@@ -82,6 +94,8 @@ mod tests {
             Source::Udp,
             Source::Stdin,
             Source::Signals,
+            Source::Stdout,
+            Source::Stderr,
             Source::Conn(0),
             Source::Conn(19_999),
         ] {

@@ -348,7 +348,7 @@ impl Run {
     /// Ctrl+C: close the window and stop the loop; the summary is still printed.
     pub fn interrupt<S>(&mut self, cx: &mut Ctx<S>) {
         if !self.interrupted {
-            eprintln!(
+            crate::errln!(
                 "[{:>6.1}s] {}: interrupted, finishing",
                 self.started.elapsed().as_secs_f64(),
                 self.mode
@@ -382,7 +382,7 @@ impl Run {
 
     /// Prints `[   2.0s] echo: BODY` on stderr.
     pub fn progress_line(&self, body: &str) {
-        eprintln!(
+        crate::errln!(
             "[{:>6.1}s] {}: {body}",
             self.started.elapsed().as_secs_f64(),
             self.mode
@@ -625,11 +625,13 @@ pub fn outcome(mode: &str, run: &Run, errors: u64, first: Option<&str>) -> Resul
 }
 
 /// Prints the summary: the human lines on stderr, then (with `--json`) the
-/// JSON line on stdout.
+/// JSON line on stdout. Neither waits: what a stuck reader has not taken by
+/// the end is given a bounded time at exit (`console::finish`).
 pub fn print_summary(lines: &[String], json: Option<String>) {
-    eprintln!("{}", lines.join("\n"));
-    if let Some(line) = json {
-        println!("{line}");
+    crate::errln!("{}", lines.join("\n"));
+    if let Some(mut line) = json {
+        line.push('\n');
+        let _ = crate::reactor::console::out_data(line.as_bytes());
     }
 }
 
