@@ -590,7 +590,7 @@ fn connect_timeout_gives_up_with_one_clear_line() {
             "--name",
             "Ann",
             "--connect-timeout",
-            "0.5",
+            "500ms",
         ],
         Vec::new(),
         Duration::from_secs(20),
@@ -599,7 +599,7 @@ fn connect_timeout_gives_up_with_one_clear_line() {
     let last = err.lines().last().unwrap_or_default();
     assert_eq!(
         last,
-        format!("sockloop: cannot connect to {addr}: no answer within 0.5 s (--connect-timeout)")
+        format!("sockloop: cannot connect to {addr}: no answer within 500ms (--connect-timeout)")
     );
 
     let (code, _, err) = support::run_with_input(

@@ -22,8 +22,11 @@ use crate::conn::CloseReason;
 use crate::error::{Error, Result};
 use crate::reactor::{signals, ConnId, Ctx, Event};
 
-/// Default of `--connect-timeout`, in seconds.
-pub const DEFAULT_CONNECT_TIMEOUT: f64 = 10.0;
+/// Default of `--connect-timeout`.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest `--connect-timeout` taken: a day.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(86_400);
 
 /// Timer ids of the dialer: this bit plus the attempt's number, so that the
 /// deadline of an attempt already over is told apart.
@@ -32,26 +35,20 @@ const TIMER_DIAL: u64 = 1 << 48;
 /// The connect options every client command takes.
 #[derive(Debug, Clone, ClapArgs)]
 pub struct DialArgs {
-    /// Seconds to wait for each of the server's addresses to answer before
-    /// the next is tried (fractions allowed: 0.5). Ctrl+C ends the wait at once.
-    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_CONNECT_TIMEOUT,
-          value_parser = parse_timeout)]
-    pub connect_timeout: f64,
+    /// How long to wait for each of the server's addresses to answer before
+    /// the next is tried: 500ms, 10s, 2m (a bare number is seconds), at most
+    /// a day. Ctrl+C ends the wait at once.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_timeout)]
+    pub connect_timeout: Duration,
 }
 
-/// Parses `--connect-timeout`: a number of seconds above 0 and at most a day.
-fn parse_timeout(text: &str) -> std::result::Result<f64, String> {
-    let secs: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{text}' is not a number of seconds (e.g. 10 or 0.5)"))?;
-    if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 {
-        Ok(secs)
-    } else {
-        Err(format!(
-            "'{text}': give a number of seconds above 0 and at most 86400"
-        ))
+/// Parses `--connect-timeout`: a duration above zero, at most a day.
+fn parse_timeout(text: &str) -> std::result::Result<Duration, String> {
+    let timeout = crate::units::parse_duration_nonzero(text)?;
+    if timeout > MAX_CONNECT_TIMEOUT {
+        return Err(format!("'{text}' is more than a day"));
     }
+    Ok(timeout)
 }
 
 /// TLS for the connection once it is up: the configuration and the name to check.
@@ -97,7 +94,7 @@ impl Dialer {
         Ok(Dialer {
             addrs: crate::addr::resolve_all(server)?,
             next: 0,
-            timeout: Duration::from_secs_f64(args.connect_timeout),
+            timeout: args.connect_timeout,
             tls,
             attempt: 0,
             trying: None,
@@ -207,10 +204,7 @@ impl Dialer {
         if self.timed_out {
             return io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!(
-                    "no answer within {} s (--connect-timeout)",
-                    self.timeout.as_secs_f64()
-                ),
+                format!("no answer within {:?} (--connect-timeout)", self.timeout),
             );
         }
         match reason {
@@ -228,12 +222,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_timeout_is_seconds_above_zero() {
-        assert_eq!(parse_timeout("10"), Ok(10.0));
-        assert_eq!(parse_timeout("0.5"), Ok(0.5));
+    fn the_timeout_is_a_duration_above_zero_and_at_most_a_day() {
+        assert_eq!(parse_timeout("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_timeout("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_timeout("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_timeout("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_timeout("0").is_err());
         assert!(parse_timeout("-1").is_err());
-        assert!(parse_timeout("inf").is_err());
-        assert!(parse_timeout("10s").is_err());
+        assert!(parse_timeout("25h").is_err());
+        assert_eq!(
+            parse_timeout(&DEFAULT_CONNECT_TIMEOUT.as_secs().to_string()),
+            Ok(DEFAULT_CONNECT_TIMEOUT)
+        );
     }
 }

@@ -21,7 +21,7 @@ use clap::Args as ClapArgs;
 use super::dial::{DialArgs, Dialed, Dialer};
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};
-use crate::reactor::{console, ConnId, Ctx, Event, Handler, StdoutRoom};
+use crate::reactor::{console, ConnId, Ctx, Event, Handler, Queued, StdoutRoom, SCRATCH_SIZE};
 use crate::sys;
 use crate::tls::ClientTlsArgs;
 
@@ -30,6 +30,11 @@ pub const VERIFY_WINDOW: usize = 16 * 1024 * 1024;
 
 /// Output queued for the server before stdin is paused.
 const OUT_LIMIT: usize = 64 * 1024;
+
+/// The connection's bound on queued output: [`OUT_LIMIT`] plus the one chunk
+/// of stdin (at most [`SCRATCH_SIZE`]) read before the pause, so no byte of
+/// the stream is ever refused.
+const QUEUE_LIMIT: usize = OUT_LIMIT + SCRATCH_SIZE;
 
 /// The long `--help` text of `echo client` (also given to its subcommand in `cli.rs`,
 /// where a doc comment would otherwise replace it).
@@ -145,7 +150,16 @@ impl Handler for EchoClient {
                 if self.verify {
                     self.pending.extend(bytes);
                 }
-                cx.send(conn, bytes);
+                if let Queued::OverLimit { queued } = cx.send(conn, bytes) {
+                    // Stdin pauses at OUT_LIMIT, so this means a bug, not a slow server.
+                    return self.finish(
+                        cx,
+                        Err(Error::Failed(format!(
+                            "{} bytes of input refused with {queued} bytes queued",
+                            bytes.len()
+                        ))),
+                    );
+                }
                 self.regulate_stdin(cx);
             }
             Event::StdinEof => {
@@ -212,7 +226,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         return run_naive(args);
     }
     let (mut reactor, dialer) =
-        super::open_client(&args.server, &args.dial, &args.tls, OUT_LIMIT, trace)?;
+        super::open_client(&args.server, &args.dial, &args.tls, QUEUE_LIMIT, trace)?;
     let mut client = EchoClient {
         dialer,
         conn: None,
@@ -253,8 +267,7 @@ fn run_naive(args: &Args) -> Result<()> {
     use std::io::{Read, Write};
     use std::os::fd::AsRawFd;
 
-    let timeout = std::time::Duration::from_secs_f64(args.dial.connect_timeout);
-    let (stream, server) = crate::net::connect_to(&args.server, timeout)?;
+    let (stream, server) = crate::net::connect_to(&args.server, args.dial.connect_timeout)?;
     let mut stream: std::net::TcpStream = stream.into();
     let io_err = |what: &str| {
         let what = what.to_string();
@@ -302,6 +315,9 @@ fn run_naive(args: &Args) -> Result<()> {
             }
         }
     }
+    // Measured now, while the echo still waits in them: the buffers this
+    // end had when everything was sent.
+    let buffers = kernel_buffers(&stream);
     let _ = stream.shutdown(std::net::Shutdown::Write);
     let mut echo = Vec::new();
     stream
@@ -315,12 +331,46 @@ fn run_naive(args: &Args) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
         Err(e) => return Err(Error::io("writing to stdout", e)),
     }
-    let _ = writeln!(
-        std::io::stderr(),
-        "what you just saw: all {sent} bytes fitted in the kernel buffers, so sending everything \
-         before reading happened to work. Try more input (e.g. 20 MB) to see it stall."
-    );
+    let _ = writeln!(std::io::stderr(), "{}", no_deadlock_lesson(sent, buffers));
     Ok(())
+}
+
+/// The most the kernel buffers between us and the server can hold: our
+/// send and receive buffers as they are now, and the server's at the
+/// system's maximum (it reads, so its receive buffer may have grown to it).
+/// `None` when a size cannot be read.
+fn kernel_buffers(stream: &std::net::TcpStream) -> Option<u64> {
+    let socket = socket2::SockRef::from(stream);
+    let ours = socket.send_buffer_size().ok()? + socket.recv_buffer_size().ok()?;
+    let most = |setting: &str| -> Option<u64> {
+        sys::proc_sys(setting)?
+            .split_whitespace()
+            .nth(2)?
+            .parse()
+            .ok()
+    };
+    let theirs = most("net/ipv4/tcp_rmem")? + most("net/ipv4/tcp_wmem")?;
+    Some(ours as u64 + theirs)
+}
+
+/// What `--naive` says when everything was sent without a stall: either it
+/// all fitted in the kernel buffers, or the server held it in its memory.
+fn no_deadlock_lesson(sent: u64, buffers: Option<u64>) -> String {
+    match buffers {
+        Some(room) if sent > room => format!(
+            "what you just saw: the server took all {sent} bytes while we read none of its echo, \
+             but the kernel buffers between us hold at most about {room} (ours now, the server's \
+             at the system maximum). So the server kept reading without being able to send, and \
+             queued the echo in its own memory: it applies no backpressure (like `sockloop echo \
+             server --unbounded`). Sending everything before reading worked only because that \
+             server grew; with enough input it runs out of memory instead. Against a server with \
+             backpressure the same input deadlocks."
+        ),
+        _ => format!(
+            "what you just saw: all {sent} bytes fitted in the kernel buffers, so sending everything \
+             before reading happened to work. Try more input (e.g. 20 MB) to see it stall."
+        ),
+    }
 }
 
 /// The watchdog's diagnosis, with the kernel's queues as evidence.

@@ -7,8 +7,9 @@
 //! | `usize::MAX - 1`         | the UDP socket                          |
 //! | `usize::MAX - 2`         | standard input                          |
 //! | `usize::MAX - 3`         | the signal pipe (SIGINT, SIGTERM, SIGUSR1, SIGCONT) |
-//! | `usize::MAX - 4`         | standard output (only while bytes wait for it) |
-//! | `usize::MAX - 5`         | standard error (only while bytes wait for it) |
+//! | `usize::MAX - 4`         | the deadline clock (a timerfd)          |
+//! | `usize::MAX - 5`         | standard output (only while bytes wait for it) |
+//! | `usize::MAX - 6`         | standard error (only while bytes wait for it) |
 //! | `usize::MAX - 8 - i`     | TCP listener number `i` (up to 4)       |
 //!
 //! The fixed tokens sit at the top of the range, where a slab key never
@@ -22,8 +23,9 @@ pub const MAX_LISTENERS: usize = 4;
 const UDP: usize = usize::MAX - 1;
 const STDIN: usize = usize::MAX - 2;
 const SIGNALS: usize = usize::MAX - 3;
-const STDOUT: usize = usize::MAX - 4;
-const STDERR: usize = usize::MAX - 5;
+const TIMER: usize = usize::MAX - 4;
+const STDOUT: usize = usize::MAX - 5;
+const STDERR: usize = usize::MAX - 6;
 const LISTENER_BASE: usize = usize::MAX - 8;
 
 /// A poll source, as decoded from its token.
@@ -37,6 +39,8 @@ pub enum Source {
     Stdin,
     /// The signal pipe.
     Signals,
+    /// The timerfd set to the nearest deadline.
+    Timer,
     /// Standard output, registered while bytes wait for it.
     Stdout,
     /// Standard error, registered while bytes wait for it.
@@ -56,6 +60,7 @@ impl Source {
             Source::Udp => UDP,
             Source::Stdin => STDIN,
             Source::Signals => SIGNALS,
+            Source::Timer => TIMER,
             Source::Stdout => STDOUT,
             Source::Stderr => STDERR,
             Source::Conn(key) => {
@@ -72,6 +77,7 @@ impl From<Token> for Source {
             UDP => Source::Udp,
             STDIN => Source::Stdin,
             SIGNALS => Source::Signals,
+            TIMER => Source::Timer,
             STDOUT => Source::Stdout,
             STDERR => Source::Stderr,
             t if t <= LISTENER_BASE && t > LISTENER_BASE - MAX_LISTENERS => {
@@ -94,6 +100,7 @@ mod tests {
             Source::Udp,
             Source::Stdin,
             Source::Signals,
+            Source::Timer,
             Source::Stdout,
             Source::Stderr,
             Source::Conn(0),

@@ -266,7 +266,10 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     let (_, addr) = reactor.cx().listen(args.bind, args.port)?;
     let line_door = match args.line_port {
         Some(port) => {
-            let (index, addr) = reactor.cx().listen(args.bind, port)?;
+            let (index, addr) = reactor
+                .cx()
+                .listen(args.bind, port)
+                .map_err(|e| e.at_door("--line-port"))?;
             // A line client turned away should read plain text, not a frame.
             reactor
                 .cx()
@@ -277,7 +280,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     };
     let udp_door = match args.udp_port {
         Some(port) => {
-            let socket = net::bind_udp(args.bind, port)?;
+            let socket = net::bind_udp(args.bind, port).map_err(|e| e.at_door("--udp-port"))?;
             let addr = socket
                 .local_addr()
                 .map_err(|e| Error::io("reading the UDP socket address", e))?;
