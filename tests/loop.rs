@@ -489,6 +489,7 @@ fn a_chat_server_started_in_the_background_of_its_terminal_says_how_to_run_it_an
     let mut job = Job {
         shell: shell.spawn().expect("spawn sh"),
         pid: None,
+        dir: dir.clone(),
     };
     let pid: u32 = eventually(Duration::from_secs(10), "the job's pid", || {
         std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
@@ -522,13 +523,14 @@ fn a_chat_server_started_in_the_background_of_its_terminal_says_how_to_run_it_an
     let status = job.shell.wait().expect("the shell ends with its job");
     assert!(status.success(), "{status}");
     job.pid = None;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A shell and its background job; both are killed if the test fails.
+/// A shell, its background job and their files; the processes are killed
+/// if the test fails, the files removed in any case.
 struct Job {
     shell: std::process::Child,
     pid: Option<u32>,
+    dir: std::path::PathBuf,
 }
 
 impl Drop for Job {
@@ -538,6 +540,7 @@ impl Drop for Job {
         }
         let _ = self.shell.kill();
         let _ = self.shell.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
