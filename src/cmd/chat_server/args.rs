@@ -15,6 +15,7 @@ use std::net::IpAddr;
 use clap::{Args as ClapArgs, ValueEnum};
 
 use super::udp_room;
+use super::web::WebArgs;
 use crate::cmd::access_args::AccessArgs;
 use crate::cmd::chat::FramingArgs;
 use crate::tls::ServerTlsArgs;
@@ -47,13 +48,19 @@ pub const LONG_ABOUT: &str =
     joins by sending, and leaves with '<LEAVES THE CHAT>', by being silent for \
     --udp-peer-timeout seconds (an empty datagram keeps it in), or when its port is \
     reported unreachable. At most --udp-max-peers at once; datagrams from newcomers are \
-    ignored while the room is full.\n\n\
+    ignored while the room is full.\n\
+    --web-port P: browsers. GET / serves the chat page (compiled into the binary; it asks \
+    for a name and reconnects by itself), GET /ws is a WebSocket (RFC 6455) whose text \
+    messages are chat messages, both ways, exactly as a framed client's frames. Only pages \
+    this server served may open it (--web-origin adds origins); frames must be masked, a \
+    message is at most --max-frame bytes, a silent browser is pinged after --web-ping \
+    seconds. A bad frame closes only that browser, with a WebSocket close code.\n\n\
     Access control (--allow, --deny, --max-conns-per-ip) is checked when a client \
     connects; --allow/--deny also filter UDP datagrams. --rate-limit slows a TCP client \
     over its rate (each frame or line is one message; its reads pause, it is not \
     disconnected); for a UDP peer, which cannot be slowed, datagrams over the rate are \
     dropped. --tls-cert/--tls-key make every TCP port speak TLS, the line port \
-    included (use 'ncat --ssl' or 'openssl s_client' there).\n\n\
+    included (use 'ncat --ssl' or 'openssl s_client' there) and the web port (https, wss).\n\n\
     Prints 'chat server listening on IP:PORT' on stderr when ready (then one line for \
     each extra door). Ctrl+C or SIGTERM: stop accepting, flush what is queued (at most \
     2 s), exit 0; UDP peers are sent the leave text, so they forget the server.";
@@ -69,6 +76,8 @@ pub const LONG_ABOUT: &str =
         sockloop chat server --port 8080 --relay-only --line-port 8081 --udp-port 8082\n  \
         nc localhost 8081                                   (a plain-text client)\n  \
         sockloop udp-chat --name Eve 127.0.0.1:8082         (a UDP peer)\n  \
+        sockloop chat server --port 8080 --relay-only --web-port 8000\n  \
+        (then open http://localhost:8000/ in a browser)\n  \
         sockloop chat server --port 8443 --tls-cert /tmp/tls/cert.pem --tls-key /tmp/tls/key.pem\n  \
         sockloop chat server --port 8080 --deny 10.0.0.0/8 --max-conns-per-ip 4 --rate-limit 20/s\n\n\
         Send SIGUSR1 to print the connection table with each client's queued bytes."
@@ -130,6 +139,9 @@ pub struct Args {
     /// TLS (applies to every TCP port of the server).
     #[command(flatten)]
     pub tls: ServerTlsArgs,
+    /// The web door: a page and a WebSocket for browsers.
+    #[command(flatten)]
+    pub web: WebArgs,
 }
 
 /// The policy for a client that does not keep up.

@@ -22,7 +22,7 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use super::member::{Member, Origin};
+use super::member::{Member, Origin, Wire};
 use super::udp_room::UdpRoom;
 use super::{Clients, Hub, SHUTDOWN_GRACE, TIMER_GRACE};
 use crate::chat_msg::{self, LEAVE_TEXT};
@@ -156,10 +156,17 @@ impl Hub {
             SHUTDOWN_GRACE
         );
         let close: Rc<[u8]> = Rc::from(framing::close_frame(self.frames));
+        let web_close = self.web_goodbye();
         cx.conn_ids(&mut self.ids);
         for &id in &self.ids {
-            if cx.state(id).is_some_and(|m| !m.line) {
-                let _ = cx.queue(id, &close);
+            match cx.state(id).map(|m| (m.wire(), m.listening())) {
+                Some((Wire::Framed, _)) => {
+                    let _ = cx.queue(id, &close);
+                }
+                Some((Wire::Web, true)) => {
+                    let _ = cx.queue(id, &web_close);
+                }
+                _ => {}
             }
             cx.close_after_flush(id);
         }

@@ -65,6 +65,11 @@ impl Hub {
                     held.push(b'\n');
                 })
                 .map_err(|error| format!("{error} (--max-frame)")),
+            Input::Web(web) => {
+                // Protocol errors are answered there, with a close frame.
+                self.on_web_data(cx, conn, web, bytes, &mut held, &mut wait, &mut leaving);
+                Ok(())
+            }
         };
         self.flush_batch(cx);
         self.flush_stdout(cx);
