@@ -65,7 +65,8 @@
 //! * `fanout.rs`: one message to the room, encoded once per wire format.
 //! * `backlog.rs`: a client that does not keep up (`--on-backlog`).
 //! * `held.rs`: messages held back by `--rate-limit`.
-//! * `console.rs`: the server's own user, its stdout, and shutdown.
+//! * `console.rs`: the server's own user, its copy of the room on stdout
+//!   (dropped and counted, never waited for), and shutdown.
 //! * `broker.rs`: the link to a NATS broker (`--broker`) that joins this
 //!   hub's room to other hubs'; `outbox.rs`: what waits for it;
 //!   `remote.rs`: what other hubs send, delivered here;
@@ -105,7 +106,7 @@ use crate::udp;
 use crate::websocket;
 use backlog::notice_reserve;
 use broker::{Link, TIMER_BROKER};
-use console::HINT;
+use console::{ConsoleCopy, HINT};
 use member::Input;
 use udp_room::UdpRoom;
 
@@ -166,11 +167,9 @@ struct Hub {
     batch: Vec<u8>,
     /// Who sent the frames in `batch`.
     batch_from: Option<ConnId>,
-    /// Messages to print, written at the end of each read (see `flush_stdout`);
-    /// reused.
-    stdout: Vec<u8>,
-    /// False once stdout failed (say, a closed pipe): the relay goes on, silently.
-    printing: bool,
+    /// The copy of the room on stdout: batched per read, dropped and counted
+    /// when stdout does not keep up (`console.rs`).
+    console: ConsoleCopy,
     /// Shutting down: not accepting, clients flushing, no more announcements.
     stopping: bool,
     /// The link to the NATS broker that joins this hub's room to other
@@ -218,6 +217,8 @@ impl Handler for Hub {
                 );
                 cx.stop();
             }
+            Event::StdoutReady => self.on_stdout_ready(),
+            Event::StdoutClosed => self.on_stdout_closed(),
             Event::Signal(signal) => {
                 if self.stopping {
                     log::info!("{}: stopping now", signals::name(signal));
@@ -292,6 +293,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         stdin: !args.relay_only,
         trace,
         full_notice,
+        background_hint: "; or serve without a local user: --relay-only",
         ..Config::default()
     };
     args.access.apply(&mut config);
@@ -395,8 +397,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         ids: Vec::new(),
         batch: Vec::new(),
         batch_from: None,
-        stdout: Vec::new(),
-        printing: true,
+        console: ConsoleCopy::new(!args.no_stdout),
         stopping: false,
         broker: link,
     };
@@ -404,5 +405,6 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         link.start(reactor.cx());
     }
     reactor.run(&mut hub).map_err(|e| Error::io("polling", e))?;
+    hub.note_unprinted();
     Ok(())
 }

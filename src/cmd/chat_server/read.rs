@@ -72,7 +72,7 @@ impl Hub {
             }
         };
         self.flush_batch(cx);
-        self.flush_stdout();
+        self.flush_stdout(cx);
         let holding = !held.is_empty();
         if let Some(member) = cx.state_mut(conn) {
             member.input = Some(input);
@@ -112,7 +112,7 @@ impl Hub {
             match cx.take_message(conn) {
                 Ok(()) => {
                     self.on_line(cx, conn, &line);
-                    self.flush_stdout();
+                    self.flush_stdout(cx);
                 }
                 Err(wait) => {
                     if let Some(member) = cx.state_mut(conn) {

@@ -228,7 +228,7 @@ impl Hub {
             return;
         };
         let result = parser.feed(bytes, |op| self.on_link_op(cx, op));
-        self.flush_stdout();
+        self.flush_stdout(cx);
         if let Some(link) = self.broker.as_mut() {
             parser.set_max_payload(link.inbound_max());
             if let Err(error) = result {
