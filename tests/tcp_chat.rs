@@ -17,7 +17,8 @@
 //!   never obeyed;
 //! - the room's bounds: a guest that does not read is disconnected at
 //!   `--max-backlog` while members get everything; a frame over `--max-frame`
-//!   closes only its connection.
+//!   closes only its connection; a member that does not read slows piped
+//!   input down, and input goes on once that member is gone.
 //!
 //! Every wait has a deadline; processes are killed and reaped when dropped.
 
@@ -616,6 +617,50 @@ fn a_guest_that_does_not_read_is_disconnected_and_members_get_everything() {
         .count();
     assert_eq!(lines, 8000, "Bob got every line once");
     drop(slow);
+}
+
+/// A member that does not read pauses Ann's stdin (piped input goes at the
+/// pace of the slowest member). When that member goes, nothing is left to
+/// wait for: Ann must read her input again, although no link drains and her
+/// paused stdin brings no event of its own.
+#[test]
+fn stdin_resumes_when_the_member_that_paused_it_is_gone() {
+    let mut ann = member_on(0, "Ann", &[], &["--max-backlog", "256K", "--trace"]);
+    // A fake member, Fay, says hello and then reads nothing; a small receive
+    // buffer makes Ann's queue for her grow soon. She listens nowhere: a dial
+    // to her address is refused at once.
+    let (_nobody, fay_listen) = support::refusing_addr();
+    let fay = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    fay.set_recv_buffer_size(4096).unwrap();
+    fay.connect_timeout(&ann.addr.into(), LONG).unwrap();
+    let mut fay = support::with_deadlines(fay.into());
+    write_frame(
+        &mut fay,
+        &format!("sockloop-mesh/1 hello id=0000000000000001 dial=1 listen={fay_listen} name=Fay"),
+    );
+    let welcome = read_frame(&mut fay).expect("Ann's welcome");
+    assert!(welcome.starts_with("sockloop-mesh/1 welcome"), "{welcome}");
+    ann.wait_members(2);
+    // Far more typing than Fay's socket buffers and half Ann's backlog hold.
+    let line = "x".repeat(999);
+    let mut typing = ann.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        for i in 0..20_000 {
+            if writeln!(typing, "{i} {line}").is_err() {
+                break;
+            }
+        }
+    });
+    ann.proc.wait_line("stdin: paused", LONG);
+    // Fay goes with unread bytes: her end resets the link.
+    fay.set_nonblocking(true).unwrap();
+    drop(fay);
+    let gone = ann.proc.wait_line("Fay (member at", LONG);
+    let from = ann.proc.seen.iter().position(|l| *l == gone).unwrap();
+    ann.proc
+        .wait_line_after(from, "nobody else is in the chat yet", LONG);
+    ann.proc.wait_line_after(from, "stdin: resumed", LONG);
+    writer.join().unwrap();
 }
 
 #[test]

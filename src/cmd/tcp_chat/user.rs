@@ -2,7 +2,9 @@
 //! on stdout, starting the mesh once the name is known, and leaving it.
 //!
 //! *Invariant:* stdin is read only while no member has more than half its
-//! backlog waiting, so piped input goes at the pace of the slowest member.
+//! backlog waiting, so piped input goes at the pace of the slowest member;
+//! the check runs again whenever a queue drains or a link closes, so paused
+//! input never waits for a member that is gone.
 
 use std::rc::Rc;
 use std::time::Instant;
