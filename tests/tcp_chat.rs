@@ -17,8 +17,9 @@
 //!   never obeyed;
 //! - the room's bounds: a guest that does not read is disconnected at
 //!   `--max-backlog` while members get everything; a frame over `--max-frame`
-//!   closes only its connection; a member that does not read slows piped
-//!   input down, and input goes on once that member is gone.
+//!   closes only its connection; `--max-guests` counts listening guests too;
+//!   a member that does not read slows piped input down, and input goes on
+//!   once that member is gone.
 //!
 //! Every wait has a deadline; processes are killed and reaped when dropped.
 
@@ -661,6 +662,33 @@ fn stdin_resumes_when_the_member_that_paused_it_is_gone() {
         .wait_line_after(from, "nobody else is in the chat yet", LONG);
     ann.proc.wait_line_after(from, "stdin: resumed", LONG);
     writer.join().unwrap();
+}
+
+/// `--max-guests` counts every guest, the silent ones that only listen
+/// too: neither a named guest nor another silent connection gets past it.
+#[test]
+fn listening_guests_count_toward_max_guests() {
+    let mut ann = member_on(0, "Ann", &[], &["--max-guests", "1"]);
+    let _quiet = connect(ann.addr);
+    ann.proc.wait_line("is listening", LONG);
+    let mut dee = connect(ann.addr);
+    write_frame(&mut dee, &chat_text("Dee", "room for me?"));
+    let notice = read_frame(&mut dee).expect("a notice");
+    assert!(notice.contains("room for 1 guests"), "{notice}");
+    assert_eq!(read_frame(&mut dee), None, "Dee is closed");
+    // Another silent one is refused once it has been silent long enough.
+    let mut silent = connect(ann.addr);
+    let notice = read_frame(&mut silent).expect("a notice");
+    assert!(notice.contains("room for 1 guests"), "{notice}");
+    assert_eq!(
+        read_frame(&mut silent),
+        None,
+        "the second listener is closed"
+    );
+    let from = ann.proc.drain_lines().len();
+    ann.proc.signal(libc::SIGUSR1);
+    ann.proc
+        .wait_line_after(from, "0 member(s), 1 guest(s)", LONG);
 }
 
 #[test]

@@ -22,8 +22,10 @@
 //! text), `sockloop chat client`, or anything that speaks the same frames. The
 //! member it connected to is its hub: it prints the guest's messages and
 //! passes them to every member and guest, and passes everything it receives
-//! to its guests. A guest that stays silent becomes a guest after
-//! [`IDENT_WAIT`] (what it was sent meanwhile was held for it).
+//! to its guests. A connection that stays silent becomes a guest that only
+//! listens after [`IDENT_WAIT`] (what it was sent meanwhile was held for it).
+//! Listening guests count toward `--max-guests` like named ones: one past
+//! the bound is sent a notice and closed.
 //!
 //! # Start in any order, leave in any way
 //!
@@ -163,7 +165,8 @@ pub struct Args {
     /// Most members linked at once; a hello beyond it is refused (the dialer retries later).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_peers: u32,
-    /// Most guests (framed clients that are not members) at once.
+    /// Most guests (framed clients that are not members, silent listeners
+    /// included) at once; one more is sent a notice and closed.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=65_536))]
     pub max_guests: u32,
     /// Bytes that may wait for one member or guest (suffixes K, M, G); one that
