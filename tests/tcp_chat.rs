@@ -19,7 +19,8 @@
 //!   `--max-backlog` while members get everything; a frame over `--max-frame`
 //!   closes only its connection; `--max-guests` counts listening guests too;
 //!   a member that does not read slows piped input down, and input goes on
-//!   once that member is gone.
+//!   once that member is gone; addresses given up make room in a full
+//!   address book.
 //!
 //! Every wait has a deadline; processes are killed and reaped when dropped.
 
@@ -689,6 +690,48 @@ fn listening_guests_count_toward_max_guests() {
     ann.proc.signal(libc::SIGUSR1);
     ann.proc
         .wait_line_after(from, "0 member(s), 1 guest(s)", LONG);
+}
+
+/// Addresses Ann has stopped dialing do not keep the address book full: a
+/// member that links to her later still has its listen address recorded, so
+/// she can dial it again if it vanishes.
+#[test]
+fn stopped_addresses_make_room_in_a_full_address_book() {
+    // With --max-peers 1 the book holds 4 addresses: four PEERs that refuse
+    // Ann for good fill it with addresses she will not dial again.
+    let refusers: Vec<TcpListener> = (0..4)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let peers: Vec<SocketAddr> = refusers.iter().map(|l| l.local_addr().unwrap()).collect();
+    let mut ann = member_on(0, "Ann", &peers, &["--max-peers", "1"]);
+    for listener in &refusers {
+        let (link, _) = listener.accept().unwrap();
+        let mut link = support::with_deadlines(link);
+        let hello = read_frame(&mut link).expect("Ann's hello");
+        assert!(hello.starts_with("sockloop-mesh/1 hello"), "{hello}");
+        write_frame(&mut link, "sockloop-mesh/1 bye retry=no why=not you");
+        assert_eq!(read_frame(&mut link), None, "Ann closes a refused dial");
+    }
+    for peer in &peers {
+        ann.proc
+            .wait_line(&format!("{peer} refused us: not you"), LONG);
+    }
+    // Fay links to Ann; where Fay listens goes into the book.
+    let (_nobody, fay_listen) = support::refusing_addr();
+    let mut fay = connect(ann.addr);
+    write_frame(
+        &mut fay,
+        &format!("sockloop-mesh/1 hello id=0000000000000001 dial=1 listen={fay_listen} name=Fay"),
+    );
+    let welcome = read_frame(&mut fay).expect("Ann's welcome");
+    assert!(welcome.starts_with("sockloop-mesh/1 welcome"), "{welcome}");
+    ann.wait_members(2);
+    let from = ann.proc.drain_lines().len();
+    ann.proc.signal(libc::SIGUSR1);
+    ann.proc
+        .wait_line_after(from, "1 member(s), 0 guest(s), 4 address(es)", LONG);
+    ann.proc
+        .wait_line_after(from, &format!("address {fay_listen}"), LONG);
 }
 
 #[test]

@@ -74,7 +74,7 @@ impl TcpChat {
                 crate::trace!(cx.tracer(), "mesh: {addr}: {why}; next dial in {wait:.3} s");
             }
             None => log::info!(
-                "{addr}: {why}; giving up after {} failed dials",
+                "{addr}: {why}; giving up after {} failed dials (address forgotten)",
                 self.targets.give_up_after
             ),
         }

@@ -98,7 +98,7 @@ pub const LEAVE_GRACE: Duration = Duration::from_secs(2);
 /// The first wait before dialing an address again.
 pub const RETRY_BASE: Duration = Duration::from_millis(200);
 
-/// Learned addresses are given up after this many failed dials in a row
+/// Learned addresses are given up (and forgotten) after this many failed dials in a row
 /// (with the default 10 s cap, a few minutes).
 pub const GIVE_UP_AFTER: u32 = 30;
 
@@ -493,7 +493,7 @@ impl TcpChat {
                 TargetState::Dialing(conn) => format!("dialing on {conn}"),
                 TargetState::Connected => "connected".to_string(),
                 TargetState::Myself => "our own address".to_string(),
-                TargetState::Stopped => "given up".to_string(),
+                TargetState::Stopped => "not dialed any more".to_string(),
             };
             let _ = writeln!(
                 out,
