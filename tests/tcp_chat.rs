@@ -128,13 +128,25 @@ fn times(lines: &[String], text: &str) -> usize {
     lines.iter().filter(|l| *l == &format!("\t{text}")).count()
 }
 
-/// A port that was free a moment ago, for a member started later.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A loopback port held for a member started later (or started again), with
+/// no window in which another test could take it.
+///
+/// The port is picked by the kernel (port 0) for a socket that is bound with
+/// `SO_REUSEADDR` but never listens. While that socket is open: a connect to
+/// the port is refused, as to a port nobody uses; no other test's bind to port
+/// 0, and no outgoing connect, is given the port (the kernel skips bound
+/// ports); and a member started with `--port PORT` may still bind and listen
+/// there, because its listener sets `SO_REUSEADDR` too and the holder is not
+/// listening. So the port is handed over, not freed and hoped for. Keep the
+/// returned socket until the test ends.
+fn reserved_port() -> (socket2::Socket, u16) {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_reuse_address(true).expect("SO_REUSEADDR");
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&any.into()).expect("bind");
+    let port = socket.local_addr().unwrap().as_socket().unwrap().port();
+    (socket, port)
 }
 
 // ----- Framed bytes, as the course's `Connection` speaks them --------------------
@@ -248,7 +260,7 @@ fn a_member_that_ends_its_input_is_noticed_by_the_others_who_go_on() {
 
 #[test]
 fn a_member_started_before_the_one_it_dials_reaches_it_once_it_comes_up() {
-    let port = free_port();
+    let (_held, port) = reserved_port();
     let later: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut bob = member_on(0, "Bob", &[later], &["--trace", "--retry-max", "1"]);
     bob.proc.wait_line("dialing again with backoff", LONG);
@@ -273,7 +285,8 @@ fn a_member_started_before_the_one_it_dials_reaches_it_once_it_comes_up() {
 
 #[test]
 fn a_member_that_vanishes_is_noticed_once_and_reconnected_when_it_comes_back() {
-    let port = free_port();
+    // Ann comes back on the same port; it stays held while she is away.
+    let (_held, port) = reserved_port();
     let mut ann = member_on(port, "Ann", &[], &[]);
     let mut bob = member("Bob", &[ann.addr]);
     bob.wait_members(2);
@@ -467,14 +480,9 @@ fn wait_closed(proc: &mut Proc, after: &str, conn: &str) -> String {
 /// every message once.
 #[test]
 fn two_real_members_dialing_each_other_at_once_end_with_one_link() {
-    let (ann_port, bob_port) = (free_port(), free_port());
+    let (_held, bob_port) = reserved_port();
     let at = |port: u16| -> SocketAddr { format!("127.0.0.1:{port}").parse().unwrap() };
-    let mut ann = member_on(
-        ann_port,
-        "Ann",
-        &[at(bob_port)],
-        &["--trace", "--retry-max", "1"],
-    );
+    let mut ann = member_on(0, "Ann", &[at(bob_port)], &["--trace", "--retry-max", "1"]);
     let line = ann.proc.wait_line("next dial in", LONG);
     let seen = Instant::now();
     let wait: f64 = line
@@ -486,7 +494,7 @@ fn two_real_members_dialing_each_other_at_once_end_with_one_link() {
     // Her dial is due once that wait has passed (counted from when we saw the line, later).
     let due = seen + Duration::from_secs_f64(wait);
     std::thread::sleep(due.saturating_duration_since(Instant::now()));
-    let mut bob = member_on(bob_port, "Bob", &[at(ann_port)], &["--trace"]);
+    let mut bob = member_on(bob_port, "Bob", &[ann.addr], &["--trace"]);
     bob.proc.wait_line("hello sent", LONG);
     ann.proc.signal(libc::SIGCONT);
     ann.wait_members(2);
@@ -754,7 +762,7 @@ fn an_over_long_frame_closes_only_that_guest() {
 
 #[test]
 fn a_member_given_its_own_address_stops_dialing_it() {
-    let port = free_port();
+    let (_held, port) = reserved_port();
     let own: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut ann = member_on(port, "Ann", &[own], &[]);
     ann.proc
