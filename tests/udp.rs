@@ -513,6 +513,34 @@ fn user_mistakes_get_one_line_and_exit_code() {
             2,
             "sockloop: --idle-timeout",
         ),
+        (
+            &[
+                "udp-sink",
+                "--bind",
+                "127.0.0.1",
+                "--duration",
+                "10000000000000000000",
+            ],
+            2,
+            "sockloop: --duration",
+        ),
+        (
+            &["udp-sink", "--bind", "127.0.0.1", "--idle-timeout", "1e12"],
+            2,
+            "sockloop: --idle-timeout",
+        ),
+        (
+            &[
+                "udp-stream",
+                "--count",
+                "2",
+                "--rate",
+                "1e-30",
+                "127.0.0.1:9",
+            ],
+            2,
+            "sockloop: --rate is too slow",
+        ),
     ];
     for (args, code, message) in cases {
         let mut proc = Proc::start(sockloop(args));

@@ -25,12 +25,14 @@ pub const FORMATS: &str = "@UNIX_SECONDS (e.g. @1764072000, what `date +%s` prin
 pub fn parse(text: &str, now: SystemTime) -> Result<SystemTime, String> {
     let text = text.trim();
     let at = if let Some(seconds) = text.strip_prefix('@') {
-        let seconds: f64 = seconds
+        seconds
             .parse()
             .ok()
-            .filter(|s: &f64| s.is_finite() && *s >= 0.0)
-            .ok_or_else(|| format!("{text:?} is not @ and a number of seconds since 1970"))?;
-        UNIX_EPOCH + Duration::from_secs_f64(seconds)
+            .and_then(|s: f64| Duration::try_from_secs_f64(s).ok())
+            .and_then(|since| UNIX_EPOCH.checked_add(since))
+            .ok_or_else(|| {
+                format!("{text:?} is not @ and a number of seconds since 1970 that a clock holds")
+            })?
     } else if let Ok(at) = DateTime::parse_from_rfc3339(text) {
         SystemTime::from(at)
     } else if let Some(at) = today_at(text, now) {
@@ -127,5 +129,13 @@ mod tests {
         );
         let bad = parse("@x", now()).unwrap_err();
         assert!(bad.contains("seconds since 1970"), "{bad}");
+        // Beyond what a Duration or the clock holds: refused, not a panic.
+        for beyond in ["@1e30", "@1e19", "@-1", "@inf"] {
+            let far = parse(beyond, now()).unwrap_err();
+            assert!(
+                far.contains("seconds since 1970") || far.contains("h ahead"),
+                "{far}"
+            );
+        }
     }
 }

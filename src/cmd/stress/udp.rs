@@ -36,6 +36,7 @@ use crate::stream_io::{Next, StreamReceiver, StreamSender};
 use crate::sys;
 use crate::udp;
 use crate::udp_batch::Gso;
+use crate::units;
 
 /// The sender name in every message.
 const NAME: &str = "stress";
@@ -454,7 +455,9 @@ impl Handler for Udp {
 /// Runs `stress udp`: stream, then wait for stragglers, then report.
 pub fn run(args: &Args, trace: bool) -> Result<()> {
     zero_or_more("--rate", args.rate, UNPACED)?;
+    units::check_rate("--rate", args.rate).map_err(Error::Usage)?;
     zero_or_more("--drain", args.drain, SECONDS)?;
+    let drain = units::cap("--drain", args.drain).map_err(Error::Usage)?;
     let longest = chat_msg::format_now(NAME, &stream::text(args.count - 1, args.size)).len();
     if longest > MAX_DATAGRAM {
         return Err(Error::Usage(format!(
@@ -505,7 +508,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         count: args.count,
         size: args.size,
         rate,
-        drain: Duration::from_secs_f64(args.drain),
+        drain,
         started,
         sending_done: None,
         stream,
