@@ -67,11 +67,19 @@ fn today_at(text: &str, now: SystemTime) -> Option<SystemTime> {
     Some(SystemTime::from(local))
 }
 
-/// A wall-clock time as people and logs write it: `2026-11-25T12:00:00.000Z`.
+/// A wall-clock time as people and logs write it: `2026-11-25T12:00:00.000Z`;
+/// `?` for a time the calendar cannot show (before 1970, or past year 262143).
 pub fn utc_text(at: SystemTime) -> String {
-    DateTime::<chrono::Utc>::from(at)
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
+    at.duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|since| {
+            let secs = i64::try_from(since.as_secs()).ok()?;
+            DateTime::from_timestamp(secs, since.subsec_nanos())
+        })
+        .map_or_else(
+            || "?".to_string(),
+            |at| at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        )
 }
 
 /// Seconds since 1970 as a float (0 for times before it).
@@ -101,6 +109,7 @@ mod tests {
             Duration::from_millis(10_500)
         );
         assert_eq!(utc_text(a), "2025-11-25T12:00:10.500Z");
+        assert_eq!(utc_text(UNIX_EPOCH + Duration::from_secs(1 << 62)), "?");
         assert_eq!(unix_seconds(a), 1_764_072_010.5);
     }
 
