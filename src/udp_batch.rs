@@ -195,8 +195,13 @@ pub struct Flushed {
     pub bytes: u64,
     /// `sendmmsg` calls made.
     pub calls: u64,
-    /// The socket had no room; the rest waits for it to be writable.
+    /// The socket had no room (`EAGAIN`); the rest waits for it to be writable.
     pub full: bool,
+    /// The kernel had no buffer for the packet (`ENOBUFS`: typically a full
+    /// device queue, with `IP_RECVERR` on) although the socket had room. The
+    /// socket stays writable, so waiting for that would spin: the rest waits
+    /// for a short time instead (the caller's choice).
+    pub no_buffers: bool,
 }
 
 /// A peer in both address forms: std's for people, the kernel's for `sendmmsg`.
@@ -294,8 +299,12 @@ impl Sender {
                         cursor.advance(n, batch, peers.len());
                     }
                 }
-                Err(e) if e == Errno::EAGAIN || e == Errno::ENOBUFS => {
+                Err(Errno::EAGAIN) => {
                     flushed.full = true;
+                    return flushed;
+                }
+                Err(Errno::ENOBUFS) => {
+                    flushed.no_buffers = true;
                     return flushed;
                 }
                 Err(Errno::EINTR) => {}

@@ -201,6 +201,13 @@ impl Streamer {
             sent.calls,
             sent.datagrams as f64 / sent.calls.max(1) as f64
         ));
+        if sent.no_buffers > 0 {
+            text.push_str(&format!(
+                "\nudp-stream: the kernel had no buffers {} time(s) (ENOBUFS: the device's queue \
+                 was full); each time the stream waited 1 to 128 ms",
+                sent.no_buffers
+            ));
+        }
         for (peer, n) in &self.unreachable {
             text.push_str(&format!(
                 "\nudp-stream: {peer}: {n} port-unreachable report(s) — nothing was listening there"

@@ -307,12 +307,19 @@ impl Udp {
         json.u64("count", self.count);
         json.u64("size", self.size as u64);
         lines.push(format!(
-            "  sent: {} in {:.2} s ({}/s); send errors: {}; the socket was full {} time(s)",
+            "  sent: {} in {:.2} s ({}/s); send errors: {}; the socket was full {} time(s){}",
             report::count(self.sent),
             sending.as_secs_f64(),
             report::rate(sent_per_s),
             self.send_errors.human(),
-            report::count(self.stream.sent().waits)
+            report::count(self.stream.sent().waits),
+            match self.stream.sent().no_buffers {
+                0 => String::new(),
+                n => format!(
+                    ", the device's queue (ENOBUFS) {} time(s)",
+                    report::count(n)
+                ),
+            }
         ));
         let sent = self.stream.sent();
         lines.push(format!(
@@ -336,6 +343,7 @@ impl Udp {
         }
         self.send_errors.json(&mut json, "send_errors");
         json.u64("socket_full", self.stream.sent().waits);
+        json.u64("device_full", self.stream.sent().no_buffers);
         json.u64("unreachable", self.unreachable);
         if self.unreachable > 0 {
             lines.push(format!(
