@@ -367,34 +367,21 @@ fn send_some(
         n += 1;
         at.advance(count, batch, peers.len());
     }
-    let fd = socket.as_fd().as_raw_fd();
-    let sent = if segmented {
-        let segment = u16::try_from(segment).unwrap_or(u16::MAX);
-        let mut headers =
-            MultiHeaders::<SockaddrStorage>::preallocate(n, Some(nix::cmsg_space!(u16)));
-        let cmsgs = [ControlMessage::UdpGsoSegments(&segment)];
-        sendmmsg(
-            fd,
-            &mut headers,
-            &slices[..n],
-            &addrs[..n],
-            cmsgs,
-            MsgFlags::MSG_DONTWAIT,
-        )?
-        .count()
-    } else {
-        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(n, None);
-        let cmsgs: [ControlMessage; 0] = [];
-        sendmmsg(
-            fd,
-            &mut headers,
-            &slices[..n],
-            &addrs[..n],
-            cmsgs,
-            MsgFlags::MSG_DONTWAIT,
-        )?
-        .count()
-    };
+    // Segmenting adds one control message, the segment size, shared by every message.
+    let segment = u16::try_from(segment).unwrap_or(u16::MAX);
+    let gso = [ControlMessage::UdpGsoSegments(&segment)];
+    let cmsgs: &[ControlMessage] = if segmented { &gso } else { &[] };
+    let mut headers =
+        MultiHeaders::<SockaddrStorage>::preallocate(n, segmented.then(|| nix::cmsg_space!(u16)));
+    let sent = sendmmsg(
+        socket.as_fd().as_raw_fd(),
+        &mut headers,
+        &slices[..n],
+        &addrs[..n],
+        cmsgs,
+        MsgFlags::MSG_DONTWAIT,
+    )?
+    .count();
     let totals = carried[..sent]
         .iter()
         .fold((0, 0), |(d, b), (dn, bn)| (d + dn, b + bn));
