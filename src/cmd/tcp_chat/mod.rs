@@ -267,11 +267,8 @@ struct TcpChat {
     leaving: bool,
     /// Printing to stdout failed once; do not try again.
     stdout_gone: bool,
-    /// Messages stdout had no room for since the last note, and in all.
-    unprinted: u64,
-    unprinted_total: u64,
-    /// When the last note on unprinted messages was said.
-    unprinted_noted: Instant,
+    /// Every link's reads are held until stdout drains.
+    stdout_held: bool,
     outcome: Result<()>,
     /// Scratch list of connection ids.
     ids: Vec<ConnId>,
@@ -291,7 +288,7 @@ impl Handler for TcpChat {
             Event::Drained(_) => self.regulate_stdin(cx),
             Event::Closed(conn, reason) => self.on_closed(cx, conn, reason),
             Event::Timer(id) => self.on_timer(cx, id),
-            Event::StdoutReady => self.note_unprinted("flows again"),
+            Event::StdoutReady => self.on_stdout_ready(cx),
             Event::StdoutClosed => self.on_stdout_closed(),
             Event::Signal(signal) => {
                 if self.leaving {
@@ -384,9 +381,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         n_book_full: 0,
         leaving: false,
         stdout_gone: false,
-        unprinted: 0,
-        unprinted_total: 0,
-        unprinted_noted: Instant::now(),
+        stdout_held: false,
         outcome: Ok(()),
         ids: Vec::new(),
     };
@@ -397,7 +392,9 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     reactor
         .run(&mut chat)
         .map_err(|e| Error::io("polling", e))?;
-    chat.note_unprinted("was not keeping up");
+    reactor
+        .drain_stdout()
+        .map_err(|e| Error::io("writing to stdout", e))?;
     chat.outcome
 }
 
