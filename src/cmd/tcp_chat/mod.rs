@@ -270,6 +270,8 @@ struct TcpChat {
     leaving: bool,
     /// Printing to stdout failed once; do not try again.
     stdout_gone: bool,
+    /// Every link's reads are held until stdout drains.
+    stdout_held: bool,
     outcome: Result<()>,
     /// Scratch list of connection ids.
     ids: Vec<ConnId>,
@@ -289,6 +291,8 @@ impl Handler for TcpChat {
             Event::Drained(_) => self.regulate_stdin(cx),
             Event::Closed(conn, reason) => self.on_closed(cx, conn, reason),
             Event::Timer(id) => self.on_timer(cx, id),
+            Event::StdoutReady => self.on_stdout_ready(cx),
+            Event::StdoutClosed => self.on_stdout_closed(),
             Event::Signal(signal) => {
                 if self.leaving {
                     log::info!("{}: stopping now", signals::name(signal));
@@ -380,6 +384,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         n_book_full: 0,
         leaving: false,
         stdout_gone: false,
+        stdout_held: false,
         outcome: Ok(()),
         ids: Vec::new(),
     };
@@ -390,6 +395,9 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     reactor
         .run(&mut chat)
         .map_err(|e| Error::io("polling", e))?;
+    reactor
+        .drain_stdout()
+        .map_err(|e| Error::io("writing to stdout", e))?;
     chat.outcome
 }
 
