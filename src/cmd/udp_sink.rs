@@ -36,6 +36,7 @@ use crate::reactor::{console, Config, Ctx, Event, Handler, LoopStats, Reactor};
 use crate::stream::{self, Arrival, Jitter, Sequences};
 use crate::stream_io::{self, StreamReceiver};
 use crate::udp;
+use crate::units;
 
 /// Timer ids.
 const LIVE: u64 = 1;
@@ -451,12 +452,9 @@ impl Handler for Sink {
     }
 }
 
+/// A seconds option as a `Duration`: 0 or more, at most [`units::MAX_DURATION`].
 fn seconds(option: &str, value: f64) -> Result<Duration> {
-    Duration::try_from_secs_f64(value).map_err(|_| {
-        Error::Usage(format!(
-            "{option} {value}: give a number of seconds, 0 or more"
-        ))
-    })
+    units::cap(option, value).map_err(Error::Usage)
 }
 
 /// Runs the sink until the stream is over, then prints the report.

@@ -47,6 +47,7 @@ use crate::addr;
 use crate::error::{Error, Result};
 use crate::reactor::{Config, Reactor};
 use crate::sys;
+use crate::units;
 use connect::{is_v4_loopback, port_range_size, Plan};
 use report::{Json, Latency, Percentiles};
 pub use run::Run;
@@ -154,6 +155,8 @@ pub struct Setup {
 pub fn prepare(args: &TcpArgs, extra: u32) -> Result<Setup> {
     positive("--connect-timeout", args.connect_timeout)?;
     zero_or_more("--connect-rate", args.connect_rate, UNPACED)?;
+    let timeout = units::cap("--connect-timeout", args.connect_timeout).map_err(Error::Usage)?;
+    units::check_rate("--connect-rate", args.connect_rate).map_err(Error::Usage)?;
     let target = addr::resolve(&args.addr)?;
     let (soft_before, hard) = sys::nofile_limit().unwrap_or((1024, 1024));
     let fd_limit = match sys::raise_nofile_limit() {
@@ -198,7 +201,7 @@ pub fn prepare(args: &TcpArgs, extra: u32) -> Result<Setup> {
         n: args.conns,
         rate: (args.connect_rate > 0.0).then_some(args.connect_rate),
         concurrency: args.connect_concurrency,
-        timeout: Duration::from_secs_f64(args.connect_timeout),
+        timeout,
         per_source,
     };
     match per_source {
