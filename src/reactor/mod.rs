@@ -98,7 +98,7 @@ use slab::Slab;
 use crate::conn::{CloseReason, Conn};
 use crate::trace;
 use accept::Listener;
-pub use api::{Config, ConnId, Event, Handler, Queued};
+pub use api::{Config, ConnId, Event, Handler, Queued, FULL_NOTICE};
 use signals::SignalSource;
 pub use stats::LoopStats;
 use stdin::{StdinKind, StdinSource};

@@ -102,7 +102,7 @@ impl Run {
 
     /// Takes `--warmup` and `--start-at`.
     pub fn set_phases(&mut self, args: &MeasureArgs) {
-        self.warmup = Duration::from_secs_f64(args.warmup);
+        self.warmup = args.warmup;
         self.start_at = args.start_at;
     }
 
@@ -415,8 +415,25 @@ impl Run {
         errors.json(&mut json, "errors");
         json.opt_str("first_error", first_error);
         self.generator_report(cx, Some(msgs), &mut lines, &mut json);
-        print_summary(&lines, json_wanted.then(|| json.finish()));
+        self.print(&lines, json_wanted.then(|| json.finish()));
         outcome(self.mode, self, errors.total(), first_error)
+    }
+
+    /// No connection could be opened and nobody stopped the run: there is
+    /// nothing to report but why, which the exit line says ([`outcome`]).
+    pub fn nothing_connected(&self) -> bool {
+        self.connector.connected() == 0 && !self.interrupted
+    }
+
+    /// Prints the summary ([`print_summary`]), or, when nothing connected,
+    /// the JSON line alone: rates, latencies and the loop's figures of a run
+    /// that never had a connection would only hide the one line that matters.
+    pub fn print(&self, lines: &[String], json: Option<String>) {
+        if self.nothing_connected() {
+            print_summary(&[], json);
+        } else {
+            print_summary(lines, json);
+        }
     }
 
     /// The JSON fields every mode starts with; `duration` is the mode's
