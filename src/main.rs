@@ -1,5 +1,9 @@
 //! The `sockloop` binary: parse the command line, set up logging, run the
 //! command, print at most one error line, exit with its code.
+//!
+//! Logging goes through stderr's sink (`reactor::console`), as everything
+//! the running loop prints does; at exit, what the sinks still hold is
+//! written with a bounded wait.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -11,10 +15,12 @@ use clap::Parser;
 use sockloop::cli::{ChatCommand, Cli, Command, EchoCommand, StressCommand};
 use sockloop::cmd;
 use sockloop::error::Result;
+use sockloop::reactor::console;
 
 fn main() -> ExitCode {
-    // Before anything opens a descriptor: is fd 0 really stdin?
+    // Before anything opens a descriptor: are fds 0, 1 and 2 really ours?
     sockloop::reactor::stdin::probe();
+    console::probe();
     install_panic_hook();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -34,7 +40,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&cli);
-    match run(&cli) {
+    let code = match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             let line = match &err {
@@ -42,10 +48,12 @@ fn main() -> ExitCode {
                 _ => None,
             };
             let line = line.unwrap_or_else(|| err.to_string());
-            let _ = writeln!(std::io::stderr(), "sockloop: {line}");
+            sockloop::errln!("sockloop: {line}");
             ExitCode::from(err.exit_code() as u8)
         }
-    }
+    };
+    console::finish();
+    code
 }
 
 /// The hint for nc's `HOST PORT`, when `word` is half of such a pair on
@@ -79,10 +87,12 @@ fn run(cli: &Cli) -> Result<()> {
 }
 
 /// Log lines look like `info: ...` on stderr. Default level: info; `-q` warn,
-/// `-v` debug, `-vv` trace; `RUST_LOG` wins over all of them. The TLS
-/// library's own lines (rustls logs through `log`: "Received a ClientHello
-/// while expecting ...") only show with `-v` or when `RUST_LOG` names
-/// `rustls`: the client says what went wrong in its own words.
+/// `-v` debug, `-vv` trace; `RUST_LOG` wins over all of them. They are
+/// written through stderr's sink: never waited for, dropped (and counted)
+/// when nobody reads them. The TLS library's own lines (rustls logs through
+/// `log`: "Received a ClientHello while expecting ...") only show with `-v`
+/// or when `RUST_LOG` names `rustls`: the client says what went wrong in its
+/// own words.
 fn init_logging(cli: &Cli) {
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "warn",
@@ -99,6 +109,7 @@ fn init_logging(cli: &Cli) {
         builder.parse_filters(&filters);
     }
     builder
+        .target(env_logger::Target::Pipe(Box::new(console::LogWriter)))
         .format(|buf, record| {
             writeln!(
                 buf,
@@ -123,6 +134,7 @@ fn install_panic_hook() {
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))
             .unwrap_or_default();
+        console::restore();
         let _ = writeln!(
             std::io::stderr(),
             "sockloop: internal error: {what}{place} (please report this)"

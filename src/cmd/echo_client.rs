@@ -9,16 +9,20 @@
 //! Bounds: reading stdin pauses while the socket's output buffer is full, and
 //! (with `--verify`) while more than [`VERIFY_WINDOW`] bytes are still
 //! waiting for their echo, so `sockloop rand | sockloop echo client` runs for
-//! ever in constant memory.
+//! ever in constant memory. Stdout is the client's data: when its reader
+//! falls behind, the client stops reading the socket (the server then stops
+//! reading it, and stdin pauses in turn) until stdout has room again, and at
+//! the end it waits for stdout to take everything (Ctrl+C ends that wait).
 
 use std::collections::VecDeque;
 
 use clap::Args as ClapArgs;
 
 use super::client_outcome::{self, Opening, Seen};
+use super::dial::{DialArgs, Dialed, Dialer};
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};
-use crate::reactor::{ConnId, Ctx, Event, Handler, Queued, SCRATCH_SIZE};
+use crate::reactor::{console, ConnId, Ctx, Event, Handler, Queued, StdoutRoom, SCRATCH_SIZE};
 use crate::sys;
 use crate::tls::ClientTlsArgs;
 
@@ -64,6 +68,9 @@ pub struct Args {
     /// TLS.
     #[command(flatten)]
     pub tls: ClientTlsArgs,
+    /// Connecting.
+    #[command(flatten)]
+    pub dial: DialArgs,
     /// With --naive: how long without progress before the watchdog steps in (3s, 500ms).
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = crate::units::parse_duration_nonzero)]
     pub watchdog: std::time::Duration,
@@ -71,7 +78,10 @@ pub struct Args {
 
 /// The echo client's handler: one connection, plus stdin and stdout.
 struct EchoClient {
-    conn: ConnId,
+    /// Makes the connection; hands it over once it is up.
+    dialer: Dialer,
+    /// The connection, once up.
+    conn: Option<ConnId>,
     verify: bool,
     /// Bytes sent and not yet echoed (only with `--verify`).
     pending: VecDeque<u8>,
@@ -97,7 +107,10 @@ impl EchoClient {
 
     /// Pauses stdin while the socket or the verify window is full.
     fn regulate_stdin(&mut self, cx: &mut Ctx<()>) {
-        let queued = cx.conn(self.conn).map_or(0, |c| c.out_len());
+        let Some(conn) = self.conn else {
+            return;
+        };
+        let queued = cx.conn(conn).map_or(0, |c| c.out_len());
         if queued >= OUT_LIMIT || self.pending.len() >= VERIFY_WINDOW {
             cx.pause_stdin();
         } else {
@@ -105,28 +118,26 @@ impl EchoClient {
         }
     }
 
-    /// The echo: checked (with `--verify`) and written to stdout.
-    fn on_echo(&mut self, cx: &mut Ctx<()>, bytes: &[u8]) {
+    /// The echo: checked (with `--verify`) and handed to stdout.
+    fn on_echo(&mut self, cx: &mut Ctx<()>, conn: ConnId, bytes: &[u8]) {
         if self.verify {
             if let Err(e) = self.check_echo(bytes) {
                 return self.finish(cx, Err(e));
             }
             self.regulate_stdin(cx);
         }
-        if let Err(e) = sys::write_all_fd(1, bytes) {
-            let outcome = if e.kind() == std::io::ErrorKind::BrokenPipe {
-                Ok(()) // Whoever reads our output has had enough.
-            } else {
-                Err(Error::io("writing to stdout", e))
-            };
-            self.finish(cx, outcome);
+        match cx.stdout_data(bytes) {
+            StdoutRoom::Room => {}
+            // Backpressure: no more echo until stdout has taken this.
+            StdoutRoom::Full => cx.hold_reads(conn),
+            StdoutRoom::Closed => self.finish(cx, stdout_outcome()),
         }
     }
 
     /// The connection is ending: was it a full server's notice, or a TLS
     /// session that never started? Otherwise what was held back is echo.
-    fn at_end(&mut self, cx: &mut Ctx<()>, reason: &CloseReason) -> Option<Error> {
-        let handshaking = cx.conn(self.conn).is_some_and(|c| c.tls_handshaking());
+    fn at_end(&mut self, cx: &mut Ctx<()>, conn: ConnId, reason: &CloseReason) -> Option<Error> {
+        let handshaking = cx.conn(conn).is_some_and(|c| c.tls_handshaking());
         if let Some(e) = client_outcome::tls_failure(reason, handshaking, &self.tls) {
             return Some(e);
         }
@@ -134,7 +145,7 @@ impl EchoClient {
             Err(client_outcome::Refused) => Some(client_outcome::full(&self.server)),
             Ok(held) => {
                 if !held.is_empty() {
-                    self.on_echo(cx, &held);
+                    self.on_echo(cx, conn, &held);
                 }
                 None
             }
@@ -163,13 +174,25 @@ impl Handler for EchoClient {
     type Conn = ();
 
     fn handle(&mut self, cx: &mut Ctx<()>, event: Event<'_>) {
+        match self.dialer.on_event(cx, &event) {
+            Dialed::NotMine => {}
+            Dialed::Waiting => return,
+            Dialed::Connected(conn) => {
+                self.conn = Some(conn);
+                return self.regulate_stdin(cx);
+            }
+            Dialed::Failed(error) => return self.finish(cx, Err(error)),
+        }
+        let Some(conn) = self.conn else {
+            return;
+        };
         match event {
             Event::Stdin(bytes) => {
                 if self.verify {
                     self.pending.extend(bytes);
                 }
                 self.opening.sent(bytes);
-                if let Queued::OverLimit { queued } = cx.send(self.conn, bytes) {
+                if let Queued::OverLimit { queued } = cx.send(conn, bytes) {
                     // Stdin pauses at OUT_LIMIT, so this means a bug, not a slow server.
                     return self.finish(
                         cx,
@@ -183,17 +206,19 @@ impl Handler for EchoClient {
             }
             Event::StdinEof => {
                 self.stdin_done = true;
-                cx.shutdown_write(self.conn);
+                cx.shutdown_write(conn);
             }
             Event::Drained(_) => self.regulate_stdin(cx),
             Event::Data(_, bytes) => match self.opening.feed(bytes) {
-                Seen::Pass => self.on_echo(cx, bytes),
-                Seen::Release(held) => self.on_echo(cx, &held),
+                Seen::Pass => self.on_echo(cx, conn, bytes),
+                Seen::Release(held) => self.on_echo(cx, conn, &held),
                 Seen::Hold => {}
                 Seen::SpeaksTls => self.finish(cx, Err(client_outcome::speaks_tls())),
             },
+            Event::StdoutReady => cx.release_reads(conn),
+            Event::StdoutClosed => self.finish(cx, stdout_outcome()),
             Event::PeerClosed(conn) => {
-                if let Some(e) = self.at_end(cx, &CloseReason::Done) {
+                if let Some(e) = self.at_end(cx, conn, &CloseReason::Done) {
                     cx.close(conn, CloseReason::Done);
                     return self.finish(cx, Err(e));
                 }
@@ -214,7 +239,7 @@ impl Handler for EchoClient {
                 self.finish(cx, outcome);
             }
             Event::Closed(_, reason) => {
-                if let Some(e) = self.at_end(cx, reason) {
+                if let Some(e) = self.at_end(cx, conn, reason) {
                     return self.finish(cx, Err(e));
                 }
                 let outcome = match reason {
@@ -241,9 +266,11 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         }
         return run_naive(args);
     }
-    let (mut reactor, conn) = super::open_client(&args.server, &args.tls, QUEUE_LIMIT, trace)?;
+    let (mut reactor, dialer) =
+        super::open_client(&args.server, &args.dial, &args.tls, QUEUE_LIMIT, trace)?;
     let mut client = EchoClient {
-        conn,
+        dialer,
+        conn: None,
         verify: args.verify,
         pending: VecDeque::new(),
         verified: 0,
@@ -260,19 +287,35 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     reactor
         .run(&mut client)
         .map_err(|e| Error::io("polling", e))?;
+    // What stdout holds is the echo the user asked for: wait for its reader.
+    reactor
+        .drain_stdout()
+        .map_err(|e| Error::io("polling", e))?;
     if client.verify && client.outcome.is_ok() {
         log::info!("verified {} bytes", client.verified);
     }
     client.outcome
 }
 
+/// Standard output failed: a reader that closed the pipe has had enough
+/// (exit 0); anything else is an error.
+fn stdout_outcome() -> Result<()> {
+    match console::stdout_failure() {
+        Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Error::io("writing to stdout", e))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// `--naive`: the lecture's deadlocking client, on purpose. Blocking calls,
-/// no poll: write everything, then read. The write timeout is the watchdog.
+/// no poll, no reactor (so no signal handlers: Ctrl+C ends it as it ends any
+/// blocking program): write everything, then read. The write timeout is the watchdog.
 fn run_naive(args: &Args) -> Result<()> {
     use std::io::{Read, Write};
     use std::os::fd::AsRawFd;
 
-    let (stream, server) = crate::net::connect_to(&args.server)?;
+    let (stream, server) = crate::net::connect_to(&args.server, args.dial.connect_timeout)?;
     let mut stream: std::net::TcpStream = stream.into();
     let io_err = |what: &str| {
         let what = what.to_string();
@@ -331,8 +374,12 @@ fn run_naive(args: &Args) -> Result<()> {
     stream
         .read_to_end(&mut echo)
         .map_err(io_err("reading the echo"))?;
-    sys::write_all_fd(1, &echo).map_err(io_err("writing to stdout"))?;
-    eprintln!("{}", no_deadlock_lesson(sent, buffers));
+    match std::io::stdout().write_all(&echo) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(e) => return Err(Error::io("writing to stdout", e)),
+    }
+    let _ = writeln!(std::io::stderr(), "{}", no_deadlock_lesson(sent, buffers));
     Ok(())
 }
 
@@ -388,7 +435,11 @@ fn explain_deadlock(
         ),
         None => "  (the kernel's queue sizes could not be read)".to_string(),
     };
-    eprintln!(
+    // Plain blocking writes: this mode has no loop, and leaves the
+    // descriptors' flags alone.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
         "watchdog: no progress for {} s — deadlock\n\
          We sent {sent} bytes to {server} and read nothing back, as the lecture's first client does.\n\
          {evidence}\n\

@@ -31,10 +31,9 @@ use clap::Args as ClapArgs;
 
 use crate::error::{Error, Result};
 use crate::net;
-use crate::reactor::{Config, Ctx, Event, Handler, LoopStats, Reactor};
+use crate::reactor::{console, Config, Ctx, Event, Handler, LoopStats, Reactor};
 use crate::sink_counts::{Figures, SinkCounts};
 use crate::stream_io::{self, StreamReceiver};
-use crate::sys;
 use crate::udp;
 
 /// Timer ids.
@@ -395,10 +394,17 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     if !out.ends_with('\n') {
         out.push('\n');
     }
-    match sys::write_all_fd(1, out.as_bytes()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(Error::io("writing the report", e)),
+    // The report is what the user ran this for: wait for stdout to take it
+    // (Ctrl+C ends the wait).
+    let _ = reactor.cx().stdout_data(out.as_bytes());
+    reactor
+        .drain_stdout()
+        .map_err(|e| Error::io("polling", e))?;
+    match console::stdout_failure() {
+        Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Error::io("writing the report", e))
+        }
+        _ => Ok(()),
     }
 }
 

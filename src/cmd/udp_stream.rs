@@ -322,6 +322,6 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     reactor
         .run(&mut streamer)
         .map_err(|e| Error::io("polling", e))?;
-    eprintln!("{}", streamer.summary(&reactor.cx().stats()));
+    crate::errln!("{}", streamer.summary(&reactor.cx().stats()));
     Ok(())
 }

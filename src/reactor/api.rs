@@ -59,6 +59,10 @@ pub struct Config {
     /// client away writes a notice and closes, and the client's own write
     /// may fail before it has read the notice. Default off (clients turn it on).
     pub last_words: bool,
+    /// Added to the warning a job in the background gets when it tries to
+    /// read its terminal: how this command runs without stdin (the chat
+    /// server: `--relay-only`). Default empty.
+    pub background_hint: &'static str,
 }
 
 impl Default for Config {
@@ -76,6 +80,7 @@ impl Default for Config {
             rate_limit: None,
             tls_server: None,
             last_words: false,
+            background_hint: "",
         }
     }
 }
@@ -123,8 +128,15 @@ pub enum Event<'a> {
     UdpWritable,
     /// A deadline set with [`Ctx::set_timer`] passed.
     Timer(u64),
-    /// SIGINT or SIGTERM arrived (SIGUSR1 is answered by the reactor itself).
+    /// SIGINT or SIGTERM arrived (the reactor answers SIGUSR1 and SIGCONT itself).
     Signal(i32),
+    /// Standard output has taken everything it held, after
+    /// [`Ctx::stdout`] refused bytes or [`Ctx::stdout_data`] answered
+    /// [`StdoutRoom::Full`](super::StdoutRoom::Full): print (and read) again.
+    StdoutReady,
+    /// Standard output is gone (its reader closed the pipe, or a write
+    /// failed): nothing more will be printed. Told once.
+    StdoutClosed,
 }
 
 /// A command: what it does with each [`Event`].

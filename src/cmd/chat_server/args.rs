@@ -16,6 +16,7 @@ use std::time::Duration;
 use clap::{Args as ClapArgs, ValueEnum};
 
 use super::udp_room;
+use super::web::WebArgs;
 use crate::cmd::access_args::AccessArgs;
 use crate::cmd::chat::FramingArgs;
 use crate::tls::ServerTlsArgs;
@@ -26,6 +27,9 @@ pub const LONG_ABOUT: &str =
     "TCP group chat server: relays every framed message from one client to every \
     other client (never back to the sender) and prints it on stdout. With one client it \
     is the lecture's 1-to-1 chat.\n\n\
+    Stdout is a copy for whoever watches: when its reader falls behind (a paused pager, \
+    a full pipe) messages are relayed but not printed, and stderr says how many now and \
+    then. --no-stdout turns the copy off (for benchmarks).\n\n\
     The server's own user types messages on stdin (the first line is the name unless \
     --name is given); end of input ends the chat. With --relay-only the server only \
     relays. Joins and leaves are printed on stderr and announced to the others.\n\n\
@@ -45,13 +49,19 @@ pub const LONG_ABOUT: &str =
     joins by sending, and leaves with '<LEAVES THE CHAT>', by being silent for \
     --udp-peer-timeout seconds (an empty datagram keeps it in), or when its port is \
     reported unreachable. At most --udp-max-peers at once; datagrams from newcomers are \
-    ignored while the room is full.\n\n\
+    ignored while the room is full.\n\
+    --web-port P: browsers. GET / serves the chat page (compiled into the binary; it asks \
+    for a name and reconnects by itself), GET /ws is a WebSocket (RFC 6455) whose text \
+    messages are chat messages, both ways, exactly as a framed client's frames. Only pages \
+    this server served may open it (--web-origin adds origins); frames must be masked, a \
+    message is at most --max-frame bytes, a silent browser is pinged after --web-ping \
+    seconds. A bad frame closes only that browser, with a WebSocket close code.\n\n\
     Access control (--allow, --deny, --max-conns-per-ip) is checked when a client \
     connects; --allow/--deny also filter UDP datagrams. --rate-limit slows a TCP client \
     over its rate (each frame or line is one message; its reads pause, it is not \
     disconnected); for a UDP peer, which cannot be slowed, datagrams over the rate are \
     dropped. --tls-cert/--tls-key make every TCP port speak TLS, the line port \
-    included (use 'ncat --ssl' or 'openssl s_client' there).\n\n\
+    included (use 'ncat --ssl' or 'openssl s_client' there) and the web port (https, wss).\n\n\
     Prints 'chat server listening on IP:PORT' on stderr when ready (then one line for \
     each extra door). Ctrl+C or SIGTERM: stop accepting, flush what is queued (at most \
     2 s), exit 0; UDP peers are sent the leave text, so they forget the server.";
@@ -67,6 +77,8 @@ pub const LONG_ABOUT: &str =
         sockloop chat server --port 8080 --relay-only --line-port 8081 --udp-port 8082\n  \
         nc localhost 8081                                   (a plain-text client)\n  \
         sockloop udp-chat --name Eve 127.0.0.1:8082         (a UDP peer)\n  \
+        sockloop chat server --port 8080 --relay-only --web-port 8000\n  \
+        (then open http://localhost:8000/ in a browser)\n  \
         sockloop chat server --port 8443 --tls-cert /tmp/tls/cert.pem --tls-key /tmp/tls/key.pem\n  \
         sockloop chat server --port 8080 --deny 10.0.0.0/8 --max-conns-per-ip 4 --rate-limit 20/s\n\n\
         Send SIGUSR1 to print the connection table with each client's queued bytes."
@@ -86,6 +98,11 @@ pub struct Args {
     /// come from "server".
     #[arg(long)]
     pub relay_only: bool,
+    /// Do not print relayed messages on stdout (for benchmarks). Without it,
+    /// a stdout that does not keep up loses its copy (counted on stderr),
+    /// never slowing the relay.
+    #[arg(long)]
+    pub no_stdout: bool,
     /// Most clients at once; an extra one is sent a "server full" chat message and closed.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_conns: u32,
@@ -125,6 +142,9 @@ pub struct Args {
     /// TLS (applies to every TCP port of the server).
     #[command(flatten)]
     pub tls: ServerTlsArgs,
+    /// The web door: a page and a WebSocket for browsers.
+    #[command(flatten)]
+    pub web: WebArgs,
 }
 
 /// The policy for a client that does not keep up.

@@ -95,7 +95,7 @@ impl Hub {
         }
         self.fan_out(cx, Origin::Udp(from), &mut Outgoing::new(&text));
         self.print(&text);
-        self.flush_stdout();
+        self.flush_stdout(cx);
         if leaving {
             self.udp_peer_gone(cx, from, "left");
         }

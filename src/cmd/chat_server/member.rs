@@ -15,6 +15,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use super::web::{self, WebConn, WebStage};
 use super::{Clients, Hub, TIMER_IDLE_SWEEP};
 use crate::conn::CloseReason;
 use crate::framing::Decoder;
@@ -28,6 +29,19 @@ pub(super) enum Input {
     Framed(Decoder),
     /// Newline-terminated lines (`--line-port`). Holds memory only for an incomplete line.
     Lines(LineDecoder),
+    /// HTTP, then WebSocket frames (`--web-port`; see `web.rs`).
+    Web(Box<WebConn>),
+}
+
+/// The wire format a member is sent the room in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wire {
+    /// Length-prefixed frames.
+    Framed,
+    /// Text lines.
+    Line,
+    /// WebSocket text frames.
+    Web,
 }
 
 /// One client, as the hub sees it. Small on purpose: a server may hold
@@ -41,6 +55,9 @@ pub struct Member {
     /// It came in by the plain-text door: it is sent lines, not frames, and
     /// hears the room only once it has given its name.
     pub(super) line: bool,
+    /// It came in by the web door, and how far it got (`None`: another door).
+    /// It hears the room only once it is a WebSocket.
+    pub(super) web: Option<WebStage>,
     /// Its name: for a framed client, as it wrote it in the sender field of
     /// its messages; for a line client, its first line. `None` until then.
     pub(super) name: Option<Box<str>>,
@@ -74,6 +91,7 @@ impl Default for Member {
         Member {
             input: None,
             line: false,
+            web: None,
             name: None,
             last_heard: Instant::now(),
             leaving: false,
@@ -90,7 +108,19 @@ impl Member {
     /// True when room messages should be queued for it.
     pub(super) fn listening(&self) -> bool {
         let waiting_for_name = self.line && self.name.is_none();
-        !self.leaving && !waiting_for_name
+        let not_a_websocket = self.web == Some(WebStage::Http);
+        !self.leaving && !waiting_for_name && !not_a_websocket
+    }
+
+    /// The wire format it is sent the room in.
+    pub(super) fn wire(&self) -> Wire {
+        if self.line {
+            Wire::Line
+        } else if self.web.is_some() {
+            Wire::Web
+        } else {
+            Wire::Framed
+        }
     }
 }
 
@@ -107,6 +137,14 @@ pub(super) enum Origin {
 
 impl Hub {
     pub(super) fn on_accepted(&mut self, cx: &mut Ctx<Member>, conn: ConnId, listener: usize) {
+        if self
+            .web
+            .as_ref()
+            .is_some_and(|web| web.listener == listener)
+        {
+            // Not a member until it becomes a WebSocket.
+            return self.on_web_accepted(cx, conn);
+        }
         self.n_members += 1;
         let line = Some(listener) == self.line_listener;
         if let Some(member) = cx.state_mut(conn) {
@@ -157,11 +195,20 @@ impl Hub {
     }
 
     pub(super) fn on_closed(&mut self, cx: &mut Ctx<Member>, conn: ConnId, reason: &CloseReason) {
+        if cx
+            .state(conn)
+            .is_some_and(|m| m.web == Some(WebStage::Http))
+        {
+            log::debug!("{conn}: web connection closed before it joined: {reason}");
+            return;
+        }
         self.n_members = self.n_members.saturating_sub(1);
         let Some(c) = cx.conn(conn) else {
             return;
         };
         let member = &c.state_of_app;
+        let web_failure = web::failure_of(member);
+        let reason = web_failure.as_ref().unwrap_or(reason);
         let name = member.name.clone();
         let who = match &name {
             Some(name) => format!("{name} ({}, {conn})", c.peer()),

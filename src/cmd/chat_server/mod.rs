@@ -19,7 +19,7 @@
 //! * **A malformed frame closes only its connection**, with the reason logged:
 //!   an over-long length is refused before anything is allocated for it.
 //!
-//! # Three doors, one room
+//! # Four doors, one room
 //!
 //! * **Framed clients** (`--port`): the length-prefixed frames of the TCP chat.
 //! * **Line clients** (`--line-port`): `nc`, `telnet` — newline-terminated
@@ -35,10 +35,15 @@
 //!   One datagram is one chat message text. A peer joins by sending and leaves
 //!   with the leave text, by being silent for `--udp-peer-timeout`, or when
 //!   the kernel reports its port unreachable.
+//! * **Browsers** (`--web-port`, `web.rs`): `GET /` serves the chat page,
+//!   compiled into the binary; `GET /ws` upgrades the same connection to a
+//!   WebSocket, whose text messages are chat messages exactly as a framed
+//!   client's frames (and go through the same `relay`). A connection still
+//!   speaking HTTP is not a member and hears nothing of the room.
 //!
 //! **Encode once per wire format.** A message reaches the room as an
 //! `Outgoing` (`fanout.rs`): its text, plus at most one `Rc` per wire format
-//! (frame, line, datagram), each made the first time a recipient of that
+//! (frame, line, datagram, WebSocket text frame), each made the first time a recipient of that
 //! kind needs it and then shared by all of them. A frame relayed from a framed client is
 //! the bytes it arrived as. Nothing is formatted per recipient.
 //!
@@ -54,12 +59,14 @@
 //! * `args.rs`: the command line ([`Args`], [`OnBacklog`], [`LONG_ABOUT`]).
 //! * `member.rs`: the clients ([`Member`]), their names, joining and leaving.
 //! * `read.rs`: a TCP client's bytes, either door, into whole messages.
-//! * `door_framed.rs`, `door_line.rs`, `door_udp.rs`: what each door adds;
-//!   [`udp_room`] keeps the UDP door's peer set.
+//! * `door_framed.rs`, `door_line.rs`, `door_udp.rs`, `web.rs`: what each
+//!   door adds; [`udp_room`] keeps the UDP door's peer set; `page/` is the
+//!   web door's page.
 //! * `fanout.rs`: one message to the room, encoded once per wire format.
 //! * `backlog.rs`: a client that does not keep up (`--on-backlog`).
 //! * `held.rs`: messages held back by `--rate-limit`.
-//! * `console.rs`: the server's own user, its stdout, and shutdown.
+//! * `console.rs`: the server's own user, its copy of the room on stdout
+//!   (dropped and counted, never waited for), and shutdown.
 
 mod args;
 mod backlog;
@@ -72,9 +79,11 @@ mod held;
 mod member;
 mod read;
 pub mod udp_room;
+mod web;
 
 pub use args::{Args, OnBacklog, LONG_ABOUT};
 pub use member::Member;
+pub use web::WebArgs;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -86,8 +95,9 @@ use crate::framing::{self, FrameConfig};
 use crate::net;
 use crate::reactor::{signals, Config, ConnId, Ctx, Event, Handler, Reactor};
 use crate::udp;
+use crate::websocket;
 use backlog::notice_reserve;
-use console::HINT;
+use console::{ConsoleCopy, HINT};
 use member::Input;
 use udp_room::UdpRoom;
 
@@ -104,6 +114,8 @@ const TIMER_IDLE_SWEEP: u64 = 1;
 const TIMER_GRACE: u64 = 2;
 /// Timer: look for UDP peers silent for `--udp-peer-timeout`.
 const TIMER_UDP_SWEEP: u64 = 3;
+/// Timer: web door deadlines and keepalive pings.
+const TIMER_WEB_SWEEP: u64 = 4;
 /// Timer bit: connection KEY (the low bits) may relay messages it had held
 /// back for being over its `--rate-limit`.
 const TIMER_RELEASE: u64 = 1 << 40;
@@ -133,6 +145,8 @@ struct Hub {
     prompt: Box<[u8]>,
     /// The UDP door's peers, if there is one.
     udp: Option<UdpRoom>,
+    /// The web door, if there is one.
+    web: Option<web::WebDoor>,
     /// Scratch list of UDP peers found silent; reused.
     silent: Vec<SocketAddr>,
     /// Clients accepted and not yet closed.
@@ -144,11 +158,9 @@ struct Hub {
     batch: Vec<u8>,
     /// Who sent the frames in `batch`.
     batch_from: Option<ConnId>,
-    /// Messages to print, written at the end of each read (see `flush_stdout`);
-    /// reused.
-    stdout: Vec<u8>,
-    /// False once stdout failed (say, a closed pipe): the relay goes on, silently.
-    printing: bool,
+    /// The copy of the room on stdout: batched per read, dropped and counted
+    /// when stdout does not keep up (`console.rs`).
+    console: ConsoleCopy,
     /// Shutting down: not accepting, clients flushing, no more announcements.
     stopping: bool,
 }
@@ -177,6 +189,7 @@ impl Handler for Hub {
             }
             Event::Timer(TIMER_IDLE_SWEEP) => self.sweep_idle(cx),
             Event::Timer(TIMER_UDP_SWEEP) => self.sweep_udp(cx),
+            Event::Timer(TIMER_WEB_SWEEP) => self.sweep_web(cx),
             Event::Timer(id) if id & TIMER_RELEASE != 0 => {
                 self.release_held(cx, ConnId((id & !TIMER_RELEASE) as usize))
             }
@@ -188,6 +201,8 @@ impl Handler for Hub {
                 );
                 cx.stop();
             }
+            Event::StdoutReady => self.on_stdout_ready(),
+            Event::StdoutClosed => self.on_stdout_closed(),
             Event::Signal(signal) => {
                 if self.stopping {
                     log::info!("{}: stopping now", signals::name(signal));
@@ -210,6 +225,7 @@ impl Handler for Hub {
         match &member.input {
             Some(Input::Framed(decoder)) => decoder.buffered(),
             Some(Input::Lines(lines)) => lines.buffered(),
+            Some(Input::Web(web)) => web.buffered(),
             None => 0,
         }
     }
@@ -232,7 +248,9 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     let frames = args.framing.config()?;
     let name: Box<str> = Box::from(args.name.as_deref().unwrap_or(DEFAULT_NAME));
     let notice_reserve = notice_reserve(&name, frames);
-    let smallest_backlog = framing::encoded_len(frames.max_frame, frames) + notice_reserve;
+    let largest_message =
+        framing::encoded_len(frames.max_frame, frames).max(websocket::frame_len(frames.max_frame));
+    let smallest_backlog = largest_message + notice_reserve;
     if args.max_backlog < smallest_backlog {
         return Err(Error::Usage(format!(
             "--max-backlog {} is too small: one frame of --max-frame {} bytes and a notice \
@@ -255,6 +273,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         stdin: !args.relay_only,
         trace,
         full_notice,
+        background_hint: "; or serve without a local user: --relay-only",
         ..Config::default()
     };
     args.access.apply(&mut config);
@@ -301,6 +320,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         }
         None => None,
     };
+    let web_door = Hub::open_web_door(reactor.cx(), args.bind, &args.web, tls, frames.max_frame)?;
     log::debug!(
         "open-file limit {limit}: up to about {} clients",
         limit.saturating_sub(16)
@@ -325,6 +345,11 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     if let Some(addr) = udp_addr {
         net::announce("chat server udp door", addr);
     }
+    let web_door = web_door.map(|(door, addr)| {
+        net::announce(&format!("chat server web door{tls_note}"), addr);
+        web::tell_where(addr, tls);
+        door
+    });
     let input = if args.relay_only {
         None
     } else {
@@ -345,15 +370,16 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         line_listener: line_door.map(|(index, _)| index),
         prompt: format!("{NAME_PROMPT}\n").into_bytes().into_boxed_slice(),
         udp: udp_room,
+        web: web_door,
         silent: Vec::new(),
         n_members: 0,
         ids: Vec::new(),
         batch: Vec::new(),
         batch_from: None,
-        stdout: Vec::new(),
-        printing: true,
+        console: ConsoleCopy::new(!args.no_stdout),
         stopping: false,
     };
     reactor.run(&mut hub).map_err(|e| Error::io("polling", e))?;
+    hub.note_unprinted();
     Ok(())
 }

@@ -65,9 +65,14 @@ impl Hub {
                     held.push(b'\n');
                 })
                 .map_err(|error| format!("{error} (--max-frame)")),
+            Input::Web(web) => {
+                // Protocol errors are answered there, with a close frame.
+                self.on_web_data(cx, conn, web, bytes, &mut held, &mut wait, &mut leaving);
+                Ok(())
+            }
         };
         self.flush_batch(cx);
-        self.flush_stdout();
+        self.flush_stdout(cx);
         let holding = !held.is_empty();
         if let Some(member) = cx.state_mut(conn) {
             member.input = Some(input);
@@ -107,7 +112,7 @@ impl Hub {
             match cx.take_message(conn) {
                 Ok(()) => {
                     self.on_line(cx, conn, &line);
-                    self.flush_stdout();
+                    self.flush_stdout(cx);
                 }
                 Err(wait) => {
                     if let Some(member) = cx.state_mut(conn) {

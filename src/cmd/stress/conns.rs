@@ -124,7 +124,7 @@ impl Conns {
             return;
         }
         let connected = self.run.connector.connected();
-        eprintln!(
+        crate::errln!(
             "[{:>6.1}s] conns: {} of {} connected in {:.2} s; holding for {} s",
             self.run.started.elapsed().as_secs_f64(),
             report::count(connected),

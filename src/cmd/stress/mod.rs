@@ -333,13 +333,17 @@ pub fn outcome(mode: &str, run: &Run, errors: u64, first: Option<&str>) -> Resul
 
 /// Prints the summary: the human lines on stderr, then (with `--json`) the
 /// JSON line on stdout, marked `"type":"summary"` right after its schema
-/// number (interval lines, printed before it, say `"interval"`).
+/// number (interval lines, printed before it, say `"interval"`). Neither
+/// waits: what a stuck reader has not taken is given a bounded time at exit
+/// (`console::finish`).
 pub fn print_summary(lines: &[String], json: Option<String>) {
     if !lines.is_empty() {
-        eprintln!("{}", lines.join("\n"));
+        crate::errln!("{}", lines.join("\n"));
     }
     if let Some(line) = json {
-        println!("{}", typed_summary(&line));
+        let mut line = typed_summary(&line);
+        line.push('\n');
+        let _ = crate::reactor::console::out_data(line.as_bytes());
     }
 }
 

@@ -234,7 +234,7 @@ impl Run {
     /// Ctrl+C: close the window and stop the loop; the summary is still printed.
     pub fn interrupt<S>(&mut self, cx: &mut Ctx<S>) {
         if !self.interrupted {
-            eprintln!(
+            crate::errln!(
                 "[{:>6.1}s] {}: interrupted, finishing",
                 self.started.elapsed().as_secs_f64(),
                 self.mode
@@ -268,7 +268,7 @@ impl Run {
 
     /// Prints `[   2.0s] echo: BODY` on stderr.
     pub fn progress_line(&self, body: &str) {
-        eprintln!(
+        crate::errln!(
             "[{:>6.1}s] {}: {body}",
             self.started.elapsed().as_secs_f64(),
             self.mode

@@ -257,7 +257,7 @@ impl Udp {
         } else {
             "arrivals are counted at the target".to_string()
         };
-        eprintln!(
+        crate::errln!(
             "[{:>6.1}s] udp: sent {} of {} ({}/s), {arrivals}, errors {}",
             self.started.elapsed().as_secs_f64(),
             report::count(self.sent),

@@ -277,7 +277,7 @@ impl TcpChat {
                 }
             },
         };
-        self.print(&shown);
+        self.print(cx, &shown);
         self.fan_out(cx, &frame, to_members, Some(from));
     }
 }

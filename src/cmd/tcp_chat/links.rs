@@ -581,7 +581,7 @@ impl TcpChat {
         }
         let goodbye = chat_msg::format_now(&name, LEAVE_TEXT);
         if let Ok(frame) = framing::encode(goodbye.as_bytes(), self.frames) {
-            self.print(&goodbye);
+            self.print(cx, &goodbye);
             self.fan_out(cx, &frame, true, Some(conn));
         }
     }

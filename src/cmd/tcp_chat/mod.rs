@@ -268,6 +268,11 @@ struct TcpChat {
     leaving: bool,
     /// Printing to stdout failed once; do not try again.
     stdout_gone: bool,
+    /// Messages stdout had no room for since the last note, and in all.
+    unprinted: u64,
+    unprinted_total: u64,
+    /// When the last note on unprinted messages was said.
+    unprinted_noted: Instant,
     outcome: Result<()>,
     /// Scratch list of connection ids.
     ids: Vec<ConnId>,
@@ -287,6 +292,8 @@ impl Handler for TcpChat {
             Event::Drained(_) => self.regulate_stdin(cx),
             Event::Closed(conn, reason) => self.on_closed(cx, conn, reason),
             Event::Timer(id) => self.on_timer(cx, id),
+            Event::StdoutReady => self.note_unprinted("flows again"),
+            Event::StdoutClosed => self.on_stdout_closed(),
             Event::Signal(signal) => {
                 if self.leaving {
                     log::info!("{}: stopping now", signals::name(signal));
@@ -378,6 +385,9 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         n_book_full: 0,
         leaving: false,
         stdout_gone: false,
+        unprinted: 0,
+        unprinted_total: 0,
+        unprinted_noted: Instant::now(),
         outcome: Ok(()),
         ids: Vec::new(),
     };
@@ -388,6 +398,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     reactor
         .run(&mut chat)
         .map_err(|e| Error::io("polling", e))?;
+    chat.note_unprinted("was not keeping up");
     chat.outcome
 }
 

@@ -3,9 +3,15 @@
 //!
 //! *Invariant:* stdin is read only while no member has more than half its
 //! backlog waiting, so piped input goes at the pace of the slowest member.
+//!
+//! *Invariant:* stdout never slows the chat. A member is also the hub of
+//! its guests, so holding a link's reads while stdout's reader falls behind
+//! would stall others; a message stdout has no room for is not printed
+//! instead, and counted, and the count is said at most every
+//! [`UNPRINTED_NOTE_EVERY`], when stdout flows again and at the end.
 
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::super::chat::{hint, Typed};
 use super::mesh::Origin;
@@ -16,7 +22,9 @@ use crate::framing;
 use crate::net;
 use crate::reactor::Ctx;
 use crate::safe_text::visible;
-use crate::sys;
+
+/// How often, at most, the member says how many messages it did not print.
+pub(super) const UNPRINTED_NOTE_EVERY: Duration = Duration::from_secs(10);
 
 impl TcpChat {
     // ----- The local user -----------------------------------------------------
@@ -82,19 +90,47 @@ impl TcpChat {
         }
     }
 
-    /// Prints one message (already made visible) and a newline on stdout.
-    pub(super) fn print(&mut self, text: &str) {
+    /// Prints one message (already made visible) and a newline on stdout,
+    /// if stdout has room for it; otherwise counts it (see the module docs).
+    pub(super) fn print(&mut self, cx: &mut Ctx<Link>, text: &str) {
         if self.stdout_gone {
             return;
         }
         let mut line = String::with_capacity(text.len() + 1);
         line.push_str(text);
         line.push('\n');
-        if let Err(e) = sys::write_all_fd(1, line.as_bytes()) {
-            if e.kind() != std::io::ErrorKind::BrokenPipe {
-                log::warn!("cannot print messages any more: {e}");
+        if !cx.stdout(line.as_bytes()) && !self.stdout_gone {
+            self.unprinted += 1;
+            self.unprinted_total += 1;
+            if self.unprinted_noted.elapsed() >= UNPRINTED_NOTE_EVERY {
+                self.note_unprinted("is not keeping up");
             }
+        }
+    }
+
+    /// Says how many messages were not printed since the last note.
+    pub(super) fn note_unprinted(&mut self, why: &str) {
+        if self.unprinted > 0 {
+            log::warn!(
+                "stdout {why}: {} message(s) not printed ({} in all)",
+                self.unprinted,
+                self.unprinted_total
+            );
+            self.unprinted = 0;
+            self.unprinted_noted = Instant::now();
+        }
+    }
+
+    /// Stdout failed (its reader closed the pipe, say): stop printing.
+    pub(super) fn on_stdout_closed(&mut self) {
+        if !self.stdout_gone {
             self.stdout_gone = true;
+            match crate::reactor::console::stdout_failure() {
+                Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    log::warn!("cannot print messages any more: {e}");
+                }
+                _ => {}
+            }
         }
     }
 
