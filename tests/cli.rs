@@ -78,6 +78,10 @@ fn sizes_and_durations_take_units_on_every_command() {
         "0",
         "--udp-peer-timeout",
         "90s",
+        "--web-port",
+        "0",
+        "--web-ping",
+        "45s",
     ];
     chat_server.extend(bind);
     let (code, _, err) = run(&chat_server, b"");
