@@ -52,15 +52,16 @@ pub const LONG_ABOUT: &str =
         timestamps).\n\n\
         Counts are exact and never negative. A live line goes to stderr each second; the \
         final report goes to stdout, as text or (--json) one JSON line.\n\n\
-        The run ends after --duration, or --idle-timeout seconds after the last datagram \
-        once one arrived, or when all --count messages arrived, or on Ctrl+C.";
+        The run ends after --duration, or --idle-timeout (default 2s) after the last \
+        datagram once one arrived, or when all --count messages arrived, or on Ctrl+C; \
+        before the first datagram it waits.";
 
 /// Command-line options of `udp-sink`.
 #[derive(Debug, Clone, ClapArgs)]
 #[command(
     about = "Receive a udp-stream and report loss, reordering, duplication, rate and jitter",
     long_about = LONG_ABOUT,
-    after_help = "Examples:\n  sockloop udp-sink --port 6000\n  \
+    after_help = "Examples:\n  sockloop udp-sink --port 6000   (reports and exits 2 s after the last datagram)\n  \
         sockloop udp-stream --count 100000 127.0.0.1:6000\n  \
         sockloop udp-sink --port 6000 --rcvbuf 4096 --json   (a tiny buffer: watch it drop)",
     after_long_help = "JSON fields (--json), all numbers:\n  \
@@ -68,8 +69,9 @@ pub const LONG_ABOUT: &str =
         lost_to_rcvbuf = min(lost, rcvbuf_drops), rcvbuf_drops (the kernel's count for this\n  \
         socket), reordered, max_reorder_distance, duplicated, not_stream, out_of_range,\n  \
         elapsed_s, active_s (first to last arrival), msgs_per_s (over active_s), jitter_ms,\n  \
-        jitter_samples, loop_utilisation (0..1).\n\n\
-        Examples:\n  sockloop udp-sink --port 6000\n  \
+        jitter_samples, loop_utilisation (0..1). 'stress udp --json' names its sink's counts\n  \
+        the same way.\n\n\
+        Examples:\n  sockloop udp-sink --port 6000   (reports and exits 2 s after the last datagram)\n  \
         sockloop udp-stream --count 100000 127.0.0.1:6000\n  \
         sockloop udp-sink --port 6000 --rcvbuf 4096 --json   (a tiny buffer: watch it drop)"
 )]
