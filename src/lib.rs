@@ -10,6 +10,7 @@
 //!   deadlines. Start reading here.
 //! * [`conn`] — one TCP connection: socket, bounded output buffer, state.
 //! * [`framing`], [`lines`] — the length-prefix and newline codecs; no I/O.
+//!   Both hold an incomplete frame or line by one rule, [`hold`].
 //! * [`addr`], [`chat_msg`] — address parsing and the chat message text; no I/O.
 //! * [`stream`] — the UDP stream's `Number I` text and the template that writes
 //!   it, exact loss/reorder/duplicate accounting and jitter; no I/O.
@@ -20,6 +21,8 @@
 //!   built on them.
 //! * [`addr`], [`chat_msg`], [`framing`], [`lines`] — address parsing, the chat
 //!   message text, the TCP chat's length-prefixed frames and stdin lines; no I/O.
+//! * [`nats`] — the NATS client protocol (the chat server's broker link) as a
+//!   codec: bytes in, operations out; no I/O.
 //! * [`safe_text`] — the trust rules for text a peer chose: what may reach a
 //!   terminal, a line client or a log, and what a name may be; no I/O.
 //! * [`cmd`] — the commands; each is a [`reactor::Handler`].
@@ -39,7 +42,9 @@ pub mod cmd;
 pub mod conn;
 pub mod error;
 pub mod framing;
+pub mod hold;
 pub mod lines;
+pub mod nats;
 pub mod net;
 pub mod ratelimit;
 pub mod reactor;

@@ -35,6 +35,7 @@ use crate::reactor::{console, Config, Ctx, Event, Handler, LoopStats, Reactor};
 use crate::sink_counts::{Figures, SinkCounts};
 use crate::stream_io::{self, StreamReceiver};
 use crate::udp;
+use crate::units;
 
 /// Timer ids.
 const LIVE: u64 = 1;
@@ -336,8 +337,12 @@ impl Handler for Sink {
 
 /// Runs the sink until the stream is over, then prints the report.
 pub fn run(args: &Args, trace: bool) -> Result<()> {
-    let duration = args.duration;
-    let idle = args.idle_timeout;
+    let duration = args
+        .duration
+        .map(|d| units::cap("--duration", d))
+        .transpose()
+        .map_err(Error::Usage)?;
+    let idle = units::cap("--idle-timeout", args.idle_timeout).map_err(Error::Usage)?;
     let config = Config {
         trace,
         ..Config::default()

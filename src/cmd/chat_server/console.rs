@@ -118,7 +118,8 @@ impl Hub {
                 hint(HINT);
             }
             Typed::Text { text, .. } => {
-                if self.n_members == 0 && self.udp.as_ref().map_or(true, UdpRoom::is_empty) {
+                let alone = self.n_members == 0 && self.broker.is_none();
+                if alone && self.udp.as_ref().map_or(true, UdpRoom::is_empty) {
                     log::warn!("nobody is connected: the message went to no one");
                 }
                 self.announce(cx, Origin::Server, text);
@@ -141,6 +142,7 @@ impl Hub {
             let message = chat_msg::format_now(&self.name, LEAVE_TEXT);
             udp.send_all(cx, None, message.as_bytes(), &mut None);
         }
+        self.leave_other_hubs(cx);
         if let Some(udp) = self.udp.as_mut() {
             udp.clear();
         }
@@ -159,11 +161,12 @@ impl Hub {
         let web_close = self.web_goodbye();
         cx.conn_ids(&mut self.ids);
         for &id in &self.ids {
-            match cx.state(id).map(|m| (m.wire(), m.listening())) {
-                Some((Wire::Framed, _)) => {
+            match cx.state(id).map(|m| (m.wire(), m.listening(), m.link)) {
+                Some((_, _, true)) => continue, // The broker link closes itself.
+                Some((Wire::Framed, _, _)) => {
                     let _ = cx.queue(id, &close);
                 }
-                Some((Wire::Web, true)) => {
+                Some((Wire::Web, true, _)) => {
                     let _ = cx.queue(id, &web_close);
                 }
                 _ => {}

@@ -17,12 +17,13 @@ use std::rc::Rc;
 use super::args::OnBacklog;
 use super::member::{Member, Origin, Wire};
 use super::web;
+use super::who::WHO_COMMAND;
 use super::Hub;
 use crate::chat_msg;
 use crate::reactor::{ConnId, Ctx, Queued};
 
 /// Whole frames, as they came, turned into text lines (one per frame).
-fn frames_as_lines(frames: &[u8], prefix: usize) -> Rc<[u8]> {
+pub(super) fn frames_as_lines(frames: &[u8], prefix: usize) -> Rc<[u8]> {
     let mut lines = Vec::with_capacity(frames.len());
     let mut rest = frames;
     while rest.len() >= prefix {
@@ -52,6 +53,11 @@ impl Hub {
                         self.on_joined(cx, Origin::Member(from), parsed.sender);
                     }
                 }
+            }
+            if parsed.text.trim() == WHO_COMMAND {
+                self.flush_batch(cx);
+                self.on_who(cx, from);
+                return;
             }
         }
         if log::log_enabled!(log::Level::Trace) {
@@ -110,6 +116,9 @@ impl Hub {
                 let frame = Rc::clone(frame);
                 self.over_limit(cx, id, &frame, queued);
             }
+        }
+        if let Some(link) = self.broker.as_mut() {
+            link.publish_frames(cx, &self.batch, self.frames.prefix);
         }
         self.batch.clear();
     }

@@ -13,6 +13,7 @@
 
 use super::fanout::Outgoing;
 use super::member::{Member, Origin};
+use super::who::WHO_COMMAND;
 use super::Hub;
 use crate::chat_msg::{self, LEAVE_TEXT};
 use crate::reactor::{ConnId, Ctx};
@@ -39,6 +40,10 @@ impl Hub {
             return;
         };
         if text.trim_start().is_empty() {
+            return;
+        }
+        if text.trim() == WHO_COMMAND {
+            self.on_who(cx, conn);
             return;
         }
         let message = chat_msg::format_now(name, text);

@@ -18,6 +18,7 @@ use super::{outcome, prepare, Run, TcpArgs, TIMER_END, TIMER_MODE, TIMER_PROGRES
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};
 use crate::reactor::{ConnId, Ctx, Event, Handler};
+use crate::units;
 
 /// What the fresh client sends and expects back.
 const PROBE: &[u8] = b"sockloop-probe!\n";
@@ -375,12 +376,13 @@ impl Handler for Conns {
 
 /// Runs `stress conns`: connect, hold, probe.
 pub fn run(args: &Args, trace: bool) -> Result<()> {
+    let hold = units::cap("--hold", args.hold).map_err(Error::Usage)?;
     let extra = u32::from(args.probe != Probe::None);
     let setup = prepare(&args.tcp, extra)?;
     let mut reactor = super::reactor::<ConnsConn>(trace)?;
     let mut conns = Conns {
         run: Run::new("conns", &setup),
-        hold: args.hold,
+        hold,
         probe_kind: args.probe,
         probe: ProbeResult::NotRun,
         hold_start: None,

@@ -33,6 +33,7 @@ use super::{
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};
 use crate::reactor::{ConnId, Ctx, Event, Handler, SCRATCH_SIZE};
+use crate::units;
 
 /// The stream pattern repeats every this many bytes; a prime, so message
 /// boundaries never line up with it and a shifted echo cannot pass.
@@ -721,10 +722,20 @@ impl Handler for Echo {
 
 /// Runs `stress echo` until the window and the drain are over, or Ctrl+C.
 pub fn run(args: &Args, trace: bool) -> Result<()> {
+    let duration = units::cap("--duration", args.duration).map_err(Error::Usage)?;
+    let drain = units::cap("--drain", args.drain).map_err(Error::Usage)?;
+    let warmup = units::cap("--warmup", args.measure.warmup).map_err(Error::Usage)?;
     // A rate of 0 is unpaced: the closed loop.
     let rate = match (args.rate, args.rate_per_conn) {
-        (Some(total), _) if total > 0.0 => Some(Rate::Total(total)),
-        (None, Some(per_conn)) if per_conn > 0.0 => Some(Rate::PerConn(per_conn)),
+        (Some(total), _) if total > 0.0 => {
+            let per_conn = total / f64::from(args.tcp.conns);
+            units::check_rate("--rate (per connection)", per_conn).map_err(Error::Usage)?;
+            Some(Rate::Total(total))
+        }
+        (None, Some(per_conn)) if per_conn > 0.0 => {
+            units::check_rate("--rate-per-conn", per_conn).map_err(Error::Usage)?;
+            Some(Rate::PerConn(per_conn))
+        }
         _ => None,
     };
     let log = args.measure.create_log()?;
@@ -738,7 +749,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         .collect();
     let mut reactor = super::reactor::<EchoConn>(trace)?;
     let mut run = Run::new("echo", &setup);
-    run.set_phases(&args.measure);
+    run.set_phases(warmup, args.measure.start_at);
     let timeline = Timeline::new(
         "echo",
         rate.is_some(),
@@ -754,8 +765,8 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         pipeline,
         rate,
         period_ns: None,
-        duration: args.duration,
-        drain: args.drain,
+        duration,
+        drain,
         pattern,
         sent_at: vec![0; (n * pipeline) as usize],
         intended_at: if rate.is_some() {

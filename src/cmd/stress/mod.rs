@@ -47,6 +47,7 @@ use crate::addr;
 use crate::error::{Error, Result};
 use crate::reactor::{Config, Reactor};
 use crate::sys;
+use crate::units;
 use connect::{is_v4_loopback, port_range_size, Plan};
 use report::{Json, Latency, Percentiles};
 pub use run::Run;
@@ -153,6 +154,8 @@ pub struct Setup {
 /// connections it allows; refuses a `--conns` that cannot fit (exit 2).
 /// `extra` is the number of connections the mode opens besides `--conns`.
 pub fn prepare(args: &TcpArgs, extra: u32) -> Result<Setup> {
+    let timeout = units::cap("--connect-timeout", args.connect_timeout).map_err(Error::Usage)?;
+    units::check_rate("--connect-rate", args.connect_rate).map_err(Error::Usage)?;
     let target = addr::resolve(&args.addr)?;
     let (soft_before, hard) = sys::nofile_limit().unwrap_or((1024, 1024));
     let fd_limit = match sys::raise_nofile_limit() {
@@ -193,10 +196,11 @@ pub fn prepare(args: &TcpArgs, extra: u32) -> Result<Setup> {
     };
     let plan = Plan {
         target,
+        also: Vec::new(),
         n: args.conns,
         rate: (args.connect_rate > 0.0).then_some(args.connect_rate),
         concurrency: args.connect_concurrency,
-        timeout: args.connect_timeout,
+        timeout,
         per_source,
     };
     match per_source {

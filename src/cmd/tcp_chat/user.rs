@@ -2,16 +2,19 @@
 //! on stdout, starting the mesh once the name is known, and leaving it.
 //!
 //! *Invariant:* stdin is read only while no member has more than half its
-//! backlog waiting, so piped input goes at the pace of the slowest member.
+//! backlog waiting, so piped input goes at the pace of the slowest member;
+//! the check runs again whenever a queue drains or a link closes, so paused
+//! input never waits for a member that is gone.
 //!
-//! *Invariant:* stdout never slows the chat. A member is also the hub of
-//! its guests, so holding a link's reads while stdout's reader falls behind
-//! would stall others; a message stdout has no room for is not printed
-//! instead, and counted, and the count is said at most every
-//! [`UNPRINTED_NOTE_EVERY`], when stdout flows again and at the end.
+//! *Invariant:* stdout is the user's data, and nothing meant for it is
+//! dropped. When its buffer is full, every link's reads are held until it
+//! drains: the backpressure reaches the senders through TCP, and their own
+//! backlog policy decides about a member whose reader stays stuck. (Guests
+//! relayed through this member wait too: a member is a person's chat first
+//! and its guests' hub second.)
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::super::chat::{hint, Typed};
 use super::mesh::Origin;
@@ -20,11 +23,8 @@ use crate::chat_msg::{self, LEAVE_TEXT};
 use crate::conn::CloseReason;
 use crate::framing;
 use crate::net;
-use crate::reactor::Ctx;
+use crate::reactor::{Ctx, StdoutRoom};
 use crate::safe_text::visible;
-
-/// How often, at most, the member says how many messages it did not print.
-pub(super) const UNPRINTED_NOTE_EVERY: Duration = Duration::from_secs(10);
 
 impl TcpChat {
     // ----- The local user -----------------------------------------------------
@@ -90,8 +90,10 @@ impl TcpChat {
         }
     }
 
-    /// Prints one message (already made visible) and a newline on stdout,
-    /// if stdout has room for it; otherwise counts it (see the module docs).
+    /// Prints one message (already made visible) and a newline on stdout.
+    /// When stdout's buffer is full, every link's reads are held until
+    /// [`Event::StdoutReady`](crate::reactor::Event::StdoutReady) (see the
+    /// module docs).
     pub(super) fn print(&mut self, cx: &mut Ctx<Link>, text: &str) {
         if self.stdout_gone {
             return;
@@ -99,26 +101,35 @@ impl TcpChat {
         let mut line = String::with_capacity(text.len() + 1);
         line.push_str(text);
         line.push('\n');
-        if !cx.stdout(line.as_bytes()) && !self.stdout_gone {
-            self.unprinted += 1;
-            self.unprinted_total += 1;
-            if self.unprinted_noted.elapsed() >= UNPRINTED_NOTE_EVERY {
-                self.note_unprinted("is not keeping up");
+        match cx.stdout_data(line.as_bytes()) {
+            StdoutRoom::Room | StdoutRoom::Closed => {}
+            StdoutRoom::Full => {
+                if !self.stdout_held {
+                    self.stdout_held = true;
+                    log::debug!("stdout is full: reads held until it drains");
+                }
+                let mut ids = std::mem::take(&mut self.ids);
+                cx.conn_ids(&mut ids);
+                for &id in &ids {
+                    cx.hold_reads(id);
+                }
+                self.ids = ids;
             }
         }
     }
 
-    /// Says how many messages were not printed since the last note.
-    pub(super) fn note_unprinted(&mut self, why: &str) {
-        if self.unprinted > 0 {
-            log::warn!(
-                "stdout {why}: {} message(s) not printed ({} in all)",
-                self.unprinted,
-                self.unprinted_total
-            );
-            self.unprinted = 0;
-            self.unprinted_noted = Instant::now();
+    /// Stdout took what waited: read every link again.
+    pub(super) fn on_stdout_ready(&mut self, cx: &mut Ctx<Link>) {
+        if !self.stdout_held {
+            return;
         }
+        self.stdout_held = false;
+        let mut ids = std::mem::take(&mut self.ids);
+        cx.conn_ids(&mut ids);
+        for &id in &ids {
+            cx.release_reads(id);
+        }
+        self.ids = ids;
     }
 
     /// Stdout failed (its reader closed the pipe, say): stop printing.
