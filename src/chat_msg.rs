@@ -11,6 +11,11 @@ use chrono::{DateTime, Local, NaiveDateTime, Timelike};
 /// The text a participant sends when it leaves.
 pub const LEAVE_TEXT: &str = "<LEAVES THE CHAT>";
 
+/// The text of the chat message a full chat server sends a client it turns
+/// away, just before it closes the connection; a chat client that gets this
+/// as its first message and then the end of the connection was refused.
+pub const FULL_TEXT: &str = "the server is full; try again later";
+
 /// The prompt shown when no `--name` was given.
 pub const NAME_PROMPT: &str = "Enter your username to start the chat:";
 

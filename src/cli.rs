@@ -5,6 +5,10 @@ use clap::{Parser, Subcommand};
 
 use crate::cmd;
 
+/// The heading of the options every command takes, listed after the
+/// command's own.
+const GLOBAL: &str = "Global options";
+
 /// Every socket program of the lecture, on one thread.
 #[derive(Debug, Parser)]
 #[command(
@@ -22,13 +26,13 @@ use crate::cmd;
 )]
 pub struct Cli {
     /// Print one line on stderr for every poll wake-up and what the loop did with it.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub trace: bool,
     /// More log detail (-v: debug, -vv: trace). RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, help_heading = GLOBAL)]
     pub verbose: u8,
     /// Less log detail: only warnings and errors.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(short, long, global = true, conflicts_with = "verbose", help_heading = GLOBAL)]
     pub quiet: bool,
     /// The command to run.
     #[command(subcommand)]
@@ -149,9 +153,68 @@ pub fn mistake_line(rendered: &str) -> String {
     }
 }
 
+/// nc and telnet take the host and the port as two words (`nc localhost
+/// 8080`); sockloop takes one, `HOST:PORT`. When `word` — the argument the
+/// parser stumbled on, a stray port or a host without one — stands next to
+/// its other half in `args`, returns the hint `did you mean HOST:PORT?`.
+pub fn two_words_hint(args: &[String], word: &str) -> Option<String> {
+    let at = args.iter().position(|a| a == word)?;
+    let pairs = [at.checked_sub(1).map(|h| (h, at)), Some((at, at + 1))];
+    pairs.into_iter().flatten().find_map(|(h, p)| {
+        let (host, port) = (args.get(h)?, args.get(p)?);
+        let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
+        let host = host_word(host)?;
+        port_ok.then(|| {
+            format!(
+                "'{} {port}': did you mean {host}:{port}? (sockloop takes the address as one word, HOST:PORT)",
+                args[h]
+            )
+        })
+    })
+}
+
+/// A host as it is written before `:PORT` (IPv6 in brackets), if `word` is
+/// one: a name, an IPv4 address or an IPv6 address.
+fn host_word(word: &str) -> Option<String> {
+    if word.starts_with('-') || word.is_empty() {
+        return None;
+    }
+    let bare = word
+        .strip_prefix('[')
+        .and_then(|w| w.strip_suffix(']'))
+        .unwrap_or(word);
+    if bare.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Some(format!("[{bare}]"));
+    }
+    let name = word
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
+    let has_letter_or_dot = word.chars().any(|c| c.is_ascii_alphabetic() || c == '.');
+    (name && has_letter_or_dot).then(|| word.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn words(line: &str) -> Vec<String> {
+        line.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn two_words_of_nc_get_the_one_word_sockloop_takes() {
+        let args = words("sockloop echo client localhost 8080");
+        let hint = two_words_hint(&args, "8080").unwrap();
+        assert!(hint.contains("did you mean localhost:8080?"), "{hint}");
+        let hint = two_words_hint(&args, "localhost").unwrap();
+        assert!(hint.contains("did you mean localhost:8080?"), "{hint}");
+        let args = words("sockloop udp-stream --count 1 ::1 9000");
+        let hint = two_words_hint(&args, "::1").unwrap();
+        assert!(hint.contains("did you mean [::1]:9000?"), "{hint}");
+        assert!(two_words_hint(&words("sockloop stress echo -c 100"), "100").is_none());
+        assert!(two_words_hint(&words("sockloop echo client 8080 8081"), "8081").is_none());
+        assert!(two_words_hint(&words("sockloop echo client host 99999"), "host").is_none());
+    }
 
     fn mistake(args: &[&str]) -> String {
         let Err(error) =

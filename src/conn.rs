@@ -68,6 +68,10 @@ pub enum CloseReason {
     Io(io::Error),
     /// The peer broke the protocol (bad frame, over-long line, invalid UTF-8).
     Protocol(String),
+    /// The TLS session failed: bytes that are not TLS, an alert from the
+    /// peer, a certificate that is not trusted. Kept typed, so a client can
+    /// say which of these it was in words its user can act on.
+    Tls(rustls::Error),
     /// The peer did not read: its output would have exceeded the limit.
     Backlog {
         /// Bytes it already had queued.
@@ -85,6 +89,21 @@ pub enum CloseReason {
     Local(&'static str),
 }
 
+impl CloseReason {
+    /// The reason for a connection whose read failed with invalid data: the
+    /// TLS session's own error when there is one (see `Conn::read_plain`),
+    /// else a protocol error with the text.
+    pub fn invalid_data(error: &io::Error) -> CloseReason {
+        match error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            Some(tls) => CloseReason::Tls(tls.clone()),
+            None => CloseReason::Protocol(error.to_string()),
+        }
+    }
+}
+
 impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -93,6 +112,7 @@ impl fmt::Display for CloseReason {
             CloseReason::ConnectFailed(e) => write!(f, "connect failed: {e}"),
             CloseReason::Io(e) => write!(f, "i/o error: {e}"),
             CloseReason::Protocol(why) => write!(f, "protocol error: {why}"),
+            CloseReason::Tls(e) => write!(f, "protocol error: tls: {e}"),
             CloseReason::Backlog { queued, limit } => write!(
                 f,
                 "slow reader: {queued} bytes queued, over the {limit}-byte backlog limit"
@@ -444,10 +464,8 @@ impl<S> Conn<S> {
             }
             if let Err(e) = tls.process_new_packets() {
                 let _ = tls.write_tls(&mut self.stream); // the alert, best effort
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("tls: {e}"),
-                ));
+                                                         // The rustls error itself travels inside: see `tls_error`.
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
             }
             // Handshake messages to answer go out now, not at the next writable edge.
             while tls.wants_write() {

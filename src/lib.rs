@@ -14,6 +14,8 @@
 //! * [`addr`], [`chat_msg`] — address parsing and the chat message text; no I/O.
 //! * [`stream`] — the UDP stream's `Number I` text and the template that writes
 //!   it, exact loss/reorder/duplicate accounting and jitter; no I/O.
+//! * [`sink_counts`] — what a receiver counts of a stream, and the one set of
+//!   names `udp-sink` and `stress udp` report it by; no I/O.
 //! * [`udp_batch`], [`stream_io`] — UDP in batches (`sendmmsg` with segmentation
 //!   offload, `recvmmsg`), and the stream's paced sender and draining receiver
 //!   built on them.
@@ -47,6 +49,7 @@ pub mod net;
 pub mod ratelimit;
 pub mod reactor;
 pub mod safe_text;
+pub mod sink_counts;
 pub mod stream;
 pub mod stream_io;
 pub mod sys;

@@ -9,6 +9,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand;
+use clap::error::{ContextKind, ContextValue};
 use clap::Parser;
 
 use sockloop::cli::{ChatCommand, Cli, Command, EchoCommand, StressCommand};
@@ -28,7 +29,12 @@ fn main() -> ExitCode {
             e.exit()
         }
         Err(e) => {
-            let line = sockloop::cli::mistake_line(&e.render().to_string());
+            let stray = match e.get(ContextKind::InvalidArg) {
+                Some(ContextValue::String(word)) => two_words(word),
+                _ => None,
+            };
+            let line =
+                stray.unwrap_or_else(|| sockloop::cli::mistake_line(&e.render().to_string()));
             let _ = writeln!(std::io::stderr(), "sockloop: {line}");
             return ExitCode::from(2);
         }
@@ -37,12 +43,24 @@ fn main() -> ExitCode {
     let code = match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            sockloop::errln!("sockloop: {err}");
+            let line = match &err {
+                sockloop::error::Error::BadAddr { input, .. } => two_words(input),
+                _ => None,
+            };
+            let line = line.unwrap_or_else(|| err.to_string());
+            sockloop::errln!("sockloop: {line}");
             ExitCode::from(err.exit_code() as u8)
         }
     };
     console::finish();
     code
+}
+
+/// The hint for nc's `HOST PORT`, when `word` is half of such a pair on
+/// this command line.
+fn two_words(word: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    sockloop::cli::two_words_hint(&args, word)
 }
 
 fn run(cli: &Cli) -> Result<()> {
@@ -71,7 +89,10 @@ fn run(cli: &Cli) -> Result<()> {
 /// Log lines look like `info: ...` on stderr. Default level: info; `-q` warn,
 /// `-v` debug, `-vv` trace; `RUST_LOG` wins over all of them. They are
 /// written through stderr's sink: never waited for, dropped (and counted)
-/// when nobody reads them.
+/// when nobody reads them. The TLS library's own lines (rustls logs through
+/// `log`: "Received a ClientHello while expecting ...") only show with `-v`
+/// or when `RUST_LOG` names `rustls`: the client says what went wrong in its
+/// own words.
 fn init_logging(cli: &Cli) {
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "warn",
@@ -79,7 +100,15 @@ fn init_logging(cli: &Cli) {
         (false, 1) => "debug",
         _ => "trace",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+    let mut builder = env_logger::Builder::new();
+    builder.parse_filters(level);
+    if cli.verbose == 0 {
+        builder.filter_module("rustls", log::LevelFilter::Error);
+    }
+    if let Ok(filters) = std::env::var("RUST_LOG") {
+        builder.parse_filters(&filters);
+    }
+    builder
         .target(env_logger::Target::Pipe(Box::new(console::LogWriter)))
         .format(|buf, record| {
             writeln!(

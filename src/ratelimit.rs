@@ -8,6 +8,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use crate::units;
+
 /// A rate limit as given on the command line.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimit {
@@ -20,20 +22,25 @@ pub struct RateLimit {
 impl FromStr for RateLimit {
     type Err = String;
 
-    /// `100/s`, `100`, `100/s,65536/s`, `100,65536`.
+    /// `100/s`, `100`, `100/s,65536/s`, `100,65536`, `1k/s,64K/s`: messages
+    /// as [`units::parse_rate`] reads them (more than 0), bytes as
+    /// [`units::parse_byte_rate`] (binary suffixes: `64K/s` is 65,536).
     fn from_str(text: &str) -> Result<RateLimit, String> {
-        let number = |part: &str, what: &str| -> Result<f64, String> {
-            let digits = part.trim().trim_end_matches("/s");
-            match digits.parse::<f64>() {
-                Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
-                _ => Err(format!(
-                    "'{part}' is not a positive {what} rate (expected MSGS/s[,BYTES/s], e.g. 100/s,65536/s)"
-                )),
+        let expected = "expected MSGS/s[,BYTES/s], e.g. 100/s,64K/s";
+        let mut parts = text.split(',');
+        let msgs = parts.next().unwrap_or("");
+        let msgs_per_s = match units::parse_rate(msgs) {
+            Ok(rate) if rate > 0.0 => rate,
+            _ => {
+                return Err(format!(
+                    "'{msgs}' is not a positive message rate ({expected})"
+                ))
             }
         };
-        let mut parts = text.split(',');
-        let msgs_per_s = number(parts.next().unwrap_or(""), "message")?;
-        let bytes_per_s = parts.next().map(|p| number(p, "byte")).transpose()?;
+        let bytes_per_s = parts
+            .next()
+            .map(|p| units::parse_byte_rate(p).map_err(|e| format!("{e} ({expected})")))
+            .transpose()?;
         if parts.next().is_some() {
             return Err("expected at most two rates: MSGS/s[,BYTES/s]".to_string());
         }
@@ -51,17 +58,6 @@ impl fmt::Display for RateLimit {
             write!(f, ",{bytes}/s")?;
         }
         Ok(())
-    }
-}
-
-/// Parses a rate given as `R` or `R/s` (messages per second), as SPEC.md writes them.
-pub fn parse_per_second(text: &str) -> Result<f64, String> {
-    let digits = text.trim().trim_end_matches("/s");
-    match digits.parse::<f64>() {
-        Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
-        _ => Err(format!(
-            "'{text}' is not a rate (expected a number per second, e.g. 1000 or 1000/s)"
-        )),
     }
 }
 
@@ -160,18 +156,14 @@ mod tests {
     }
 
     #[test]
-    fn rates_take_an_optional_per_second() {
-        assert_eq!(parse_per_second("1000/s"), Ok(1000.0));
-        assert_eq!(parse_per_second("2.5"), Ok(2.5));
-        assert!(parse_per_second("fast").unwrap_err().contains("1000/s"));
-    }
-
-    #[test]
     fn parses_every_spelling() {
         let limit: RateLimit = "100/s,65536/s".parse().unwrap();
         assert_eq!(limit.msgs_per_s, 100.0);
         assert_eq!(limit.bytes_per_s, Some(65536.0));
         assert_eq!("5".parse::<RateLimit>().unwrap().bytes_per_s, None);
+        let limit: RateLimit = "1k/s,64K/s".parse().unwrap();
+        assert_eq!(limit.msgs_per_s, 1000.0);
+        assert_eq!(limit.bytes_per_s, Some(65536.0));
         assert!("0/s".parse::<RateLimit>().is_err());
         assert!("x".parse::<RateLimit>().unwrap_err().contains("MSGS/s"));
         assert!("1,2,3".parse::<RateLimit>().is_err());

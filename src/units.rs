@@ -1,6 +1,7 @@
 //! Numbers with units, as people type them on a command line: sizes (`64K`,
-//! `1M`, `16MiB`), durations (`500ms`, `10s`, `2m`), rates (`1000`, `1000/s`)
-//! and addresses to bind (`0.0.0.0`, `::`, `[::1]`, `localhost`).
+//! `1M`, `16MiB`), durations (`500ms`, `10s`, `2m`), rates (`1000`, `1000/s`,
+//! `10k`; bytes: `64K/s`) and addresses to bind (`0.0.0.0`, `::`, `[::1]`,
+//! `localhost`).
 //!
 //! One parser per kind, used by every option of that kind, so `--max-frame
 //! 64K` works wherever `--max-backlog 64K` does. Each returns a message that
@@ -66,8 +67,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => value * 3600.0,
         other => {
             return Err(format!(
-                "unknown unit '{other}' in '{text}' (use us, ms, s, m or h)"
-            ))
+            "unknown unit '{other}' in '{text}' (expected e.g. 500ms, 10s, 2m: us, ms, s, m or h)"
+        ))
         }
     };
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("'{text}' is out of range"))
@@ -78,6 +79,52 @@ pub fn parse_duration_nonzero(text: &str) -> Result<Duration, String> {
     match parse_duration(text)? {
         d if d.is_zero() => Err("must be more than 0".to_string()),
         d => Ok(d),
+    }
+}
+
+/// Parses a rate of messages (or connections) per second: `1000`, `1000/s`,
+/// `0.5/s`, `10k` (decimal suffixes, as wrk takes them: k = 1,000, M =
+/// 1,000,000, G = 10^9). Zero is allowed: for a pacing option it means
+/// unpaced, as fast as possible (callers that need more refuse it).
+pub fn parse_rate(text: &str) -> Result<f64, String> {
+    let expected = || {
+        format!("'{text}' is not a rate (expected a number per second, e.g. 1000, 1000/s or 10k)")
+    };
+    let t = text.trim();
+    let t = t.strip_suffix("/s").unwrap_or(t).trim_end();
+    let (number, scale) = match t.char_indices().last() {
+        Some((at, 'k' | 'K')) => (&t[..at], 1e3),
+        Some((at, 'M')) => (&t[..at], 1e6),
+        Some((at, 'G')) => (&t[..at], 1e9),
+        _ => (t, 1.0),
+    };
+    if !number.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
+        return Err(expected());
+    }
+    match number.parse::<f64>() {
+        Ok(v) if v >= 0.0 && (v * scale).is_finite() => Ok(v * scale),
+        _ => Err(expected()),
+    }
+}
+
+/// Parses a rate of bytes per second: a [`parse_size`] size with an
+/// optional `/s` (`65536/s`, `64K/s`, `1M`); a fraction of a byte per
+/// second (`0.5/s`) is taken too. Zero is refused.
+pub fn parse_byte_rate(text: &str) -> Result<f64, String> {
+    let t = text.trim();
+    let t = t.strip_suffix("/s").unwrap_or(t).trim_end();
+    let value = match parse_size(t) {
+        Ok(bytes) => bytes as f64,
+        Err(_) => t.parse::<f64>().map_err(|_| {
+            format!(
+                "'{text}' is not a byte rate (expected bytes per second, e.g. 65536/s or 64K/s)"
+            )
+        })?,
+    };
+    if value > 0.0 && value.is_finite() {
+        Ok(value)
+    } else {
+        Err(format!("'{text}' is not a positive byte rate"))
     }
 }
 
@@ -206,6 +253,26 @@ mod tests {
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn rates_take_per_second_and_decimal_suffixes() {
+        assert_eq!(parse_rate("1000"), Ok(1000.0));
+        assert_eq!(parse_rate("1000/s"), Ok(1000.0));
+        assert_eq!(parse_rate("0.5/s"), Ok(0.5));
+        assert_eq!(parse_rate("10k"), Ok(10_000.0));
+        assert_eq!(parse_rate("1.5M/s"), Ok(1_500_000.0));
+        assert_eq!(parse_rate("0"), Ok(0.0));
+        assert!(parse_rate("-1").is_err());
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("k").is_err());
+        assert!(parse_rate("inf").is_err());
+        assert_eq!(parse_byte_rate("65536/s"), Ok(65_536.0));
+        assert_eq!(parse_byte_rate("64K/s"), Ok(65_536.0));
+        assert_eq!(parse_byte_rate("1M"), Ok(1_048_576.0));
+        assert_eq!(parse_byte_rate("0.5/s"), Ok(0.5));
+        assert!(parse_byte_rate("0/s").is_err());
+        assert!(parse_byte_rate("lots/s").is_err());
     }
 
     #[test]

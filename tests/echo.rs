@@ -593,13 +593,24 @@ fn an_idle_server_says_it_spends_its_time_blocked_in_poll() {
 #[test]
 fn unbounded_reports_its_peak_memory_not_what_is_left_at_exit() {
     const SENT: usize = 64 * 1024 * 1024;
-    let (mut server, addr) = echo_server(&["--unbounded"]);
+    let mut cmd = sockloop(&[
+        "echo",
+        "server",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--unbounded",
+    ]);
+    cmd.env("RUST_LOG", "debug");
+    let mut server = Proc::start(cmd);
+    let addr = server.listening_addr();
     // A client that sends and never reads: the server queues its echo.
     let mut hog = connect(addr);
     write_all(&mut hog, &pattern(SENT, 3));
     // Gone with its echo unread: the server frees the queue before it exits.
     drop(hog);
-    server.wait_line("conn#0 ", Duration::from_secs(20));
+    server.wait_line("left without reading all its echo", Duration::from_secs(20));
     server.signal(libc::SIGTERM);
     assert!(server.wait_exit(Duration::from_secs(20)).success());
     let lesson = server.wait_line("what you just saw", Duration::from_secs(5));

@@ -593,7 +593,7 @@ fn udp_without_segmentation_sees_every_datagram_too() {
     assert_eq!(outcome.num("sent"), 10000.0);
     assert_eq!(outcome.num("sink/unique"), 10000.0);
     assert_eq!(outcome.num("sink/duplicated"), 0.0);
-    assert_eq!(outcome.num("sink/other"), 0.0);
+    assert_eq!(outcome.num("sink/not_stream"), 0.0);
 }
 
 #[test]

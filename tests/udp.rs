@@ -564,9 +564,16 @@ fn user_mistakes_get_one_line_and_exit_code() {
             "sockloop: bad address",
         ),
         (
-            &["udp-stream", "--count", "1", "--rate", "0", "127.0.0.1:9"],
+            &[
+                "udp-stream",
+                "--count",
+                "1",
+                "--rate",
+                "fast",
+                "127.0.0.1:9",
+            ],
             2,
-            "sockloop: --rate 0",
+            "'fast' is not a rate",
         ),
         (
             &[
@@ -583,7 +590,7 @@ fn user_mistakes_get_one_line_and_exit_code() {
         (
             &["udp-sink", "--idle-timeout=-1"],
             2,
-            "sockloop: --idle-timeout",
+            "for '--idle-timeout <DURATION>': '-1' is not a duration",
         ),
         (
             &[
@@ -597,7 +604,13 @@ fn user_mistakes_get_one_line_and_exit_code() {
             "sockloop: --duration",
         ),
         (
-            &["udp-sink", "--bind", "127.0.0.1", "--idle-timeout", "1e12"],
+            &[
+                "udp-sink",
+                "--bind",
+                "127.0.0.1",
+                "--idle-timeout",
+                "100000000000",
+            ],
             2,
             "sockloop: --idle-timeout",
         ),

@@ -39,10 +39,12 @@ pub struct FramingArgs {
     /// lecture's framing slide). Both ends must agree.
     #[arg(long, value_enum, default_value = "2")]
     pub length_bytes: LengthBytes,
-    /// Longest message in bytes, received or sent. A longer incoming frame is a
-    /// protocol error that closes that one connection; a longer typed line is not sent.
-    #[arg(long, default_value_t = 65_535, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_frame: u32,
+    /// Longest message in bytes, received or sent (suffixes K, M: binary
+    /// multiples; 64K is 65,536, one more than a 2-byte prefix holds). A longer
+    /// incoming frame is a protocol error that closes that one connection; a
+    /// longer typed line is not sent.
+    #[arg(long, value_name = "BYTES", default_value = "65535", value_parser = crate::units::parse_size_min1)]
+    pub max_frame: usize,
 }
 
 impl FramingArgs {
@@ -52,7 +54,7 @@ impl FramingArgs {
             LengthBytes::Two => PrefixLen::Two,
             LengthBytes::Four => PrefixLen::Four,
         };
-        let max_frame = self.max_frame as usize;
+        let max_frame = self.max_frame;
         if max_frame > prefix.max_len() {
             return Err(Error::Usage(format!(
                 "--max-frame {max_frame} does not fit a {}-byte length prefix (at most {}); \

@@ -24,6 +24,7 @@ use std::time::Duration;
 use clap::Args as ClapArgs;
 
 use super::chat::{hint, ChatInput, FramingArgs, Typed};
+use super::client_outcome::{self, Opening, Seen};
 use super::dial::{DialArgs, Dialed, Dialer};
 use crate::chat_msg;
 use crate::conn::CloseReason;
@@ -89,7 +90,7 @@ pub struct Args {
     /// The server: HOST:PORT, [IPv6]:PORT or IPv4:PORT.
     pub server: String,
     /// Your name in the chat (asked for on stdin when missing).
-    #[arg(long)]
+    #[arg(long, short)]
     pub name: Option<String>,
     /// The framing both ends agreed on.
     #[command(flatten)]
@@ -123,6 +124,17 @@ struct ChatClient {
     /// We said goodbye: the zero-length frame is sent, our side shut down.
     leaving: bool,
     outcome: Result<()>,
+    /// The server's first bytes, until they are known not to be a TLS alert.
+    opening: Opening,
+    /// No message has arrived yet.
+    first: bool,
+    /// The first message, held back because it is a full server's notice;
+    /// printed if anything else follows, reported if the connection ends.
+    notice: Option<String>,
+    /// The server as given, for messages.
+    server: String,
+    /// The TLS options, to explain a failed session.
+    tls: ClientTlsArgs,
 }
 
 impl Handler for ChatClient {
@@ -160,26 +172,40 @@ impl Handler for ChatClient {
             }
             Event::Drained(_) => self.regulate_stdin(cx),
             Event::StdinEof => self.leave(cx),
-            Event::Data(_, bytes) => self.on_data(cx, bytes),
+            Event::Data(_, bytes) => match self.opening.feed(bytes) {
+                Seen::Pass => self.on_data(cx, bytes),
+                Seen::Release(held) => self.on_data(cx, &held),
+                Seen::Hold => {}
+                Seen::SpeaksTls => {
+                    self.outcome = Err(client_outcome::speaks_tls());
+                    cx.close(self.conn, CloseReason::Local("the server speaks TLS"));
+                    cx.stop();
+                }
+            },
             Event::PeerClosed(conn) => {
-                if !self.leaving {
+                if !self.refused(cx, &CloseReason::Done) && !self.leaving {
                     log::warn!("the server closed the connection");
                 }
                 cx.close(conn, CloseReason::Done);
                 cx.stop();
             }
             Event::Closed(_, reason) => {
-                match reason {
-                    CloseReason::Done | CloseReason::Protocol(_) => {}
-                    other if self.leaving => log::debug!("connection closed: {other}"),
-                    other => log::warn!("connection to the server lost: {other}"),
+                if !self.refused(cx, reason) && self.outcome.is_ok() {
+                    match reason {
+                        CloseReason::Done | CloseReason::Protocol(_) => {}
+                        other if self.leaving => log::debug!("connection closed: {other}"),
+                        other => log::warn!("connection to the server lost: {other}"),
+                    }
                 }
                 cx.stop();
             }
             Event::Timer(TIMER_LEAVE) => {
-                log::warn!(
-                    "the server did not close the connection within {LEAVE_TIMEOUT:?} of our leaving; closing it"
-                );
+                let stalled = CloseReason::Local("no answer to the TLS handshake");
+                if !self.refused(cx, &stalled) {
+                    log::warn!(
+                        "the server did not close the connection within {LEAVE_TIMEOUT:?} of our leaving; closing it"
+                    );
+                }
                 cx.stop();
             }
             Event::Signal(_) => {
@@ -233,16 +259,56 @@ impl ChatClient {
         self.input = Some(input);
     }
 
+    /// The connection is ending with `reason`: true, with the outcome set,
+    /// when that means the server turned us away (its full notice and
+    /// nothing else) or never spoke TLS with us.
+    fn refused(&mut self, cx: &mut Ctx<()>, reason: &CloseReason) -> bool {
+        let handshaking = cx.conn(self.conn).is_some_and(|c| c.tls_handshaking());
+        let stalled;
+        let reason = match reason {
+            CloseReason::Local(why) if handshaking => {
+                stalled = CloseReason::Protocol(why.to_string());
+                &stalled
+            }
+            CloseReason::Local(_) => return false,
+            other => other,
+        };
+        let error = match client_outcome::tls_failure(reason, handshaking, &self.tls) {
+            Some(e) => e,
+            None if self.notice.is_some() => client_outcome::full(&self.server),
+            None => return false,
+        };
+        if self.outcome.is_ok() {
+            self.outcome = Err(error);
+        }
+        true
+    }
+
     /// Messages from the server: print them (one write per read); a
-    /// zero-length frame means it is closing.
+    /// zero-length frame means it is closing. A first message that is a
+    /// full server's notice is held back (see [`ChatClient::refused`]).
     fn on_data(&mut self, cx: &mut Ctx<()>, bytes: &[u8]) {
         let mut closing = false;
         let ChatClient {
-            decoder, stdout, ..
+            decoder,
+            stdout,
+            first,
+            notice,
+            ..
         } = self;
         stdout.clear();
         let result = decoder.feed(bytes, |frame| match frame {
             Frame::Message { text, .. } => {
+                if std::mem::take(first)
+                    && chat_msg::parse(text).is_some_and(|m| m.text == chat_msg::FULL_TEXT)
+                {
+                    *notice = Some(text.to_string());
+                    return;
+                }
+                if let Some(held) = notice.take() {
+                    stdout.extend_from_slice(held.as_bytes());
+                    stdout.push(b'\n');
+                }
                 stdout.extend_from_slice(text.as_bytes());
                 stdout.push(b'\n');
             }
@@ -344,6 +410,15 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         stdout: Vec::new(),
         leaving: false,
         outcome: Ok(()),
+        opening: if args.tls.tls {
+            Opening::settled()
+        } else {
+            Opening::tls_alert_only()
+        },
+        first: true,
+        notice: None,
+        server: args.server.clone(),
+        tls: args.tls.clone(),
     };
     reactor
         .run(&mut client)

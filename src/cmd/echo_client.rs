@@ -18,6 +18,7 @@ use std::collections::VecDeque;
 
 use clap::Args as ClapArgs;
 
+use super::client_outcome::{self, Opening, Seen};
 use super::dial::{DialArgs, Dialed, Dialer};
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};
@@ -70,9 +71,9 @@ pub struct Args {
     /// Connecting.
     #[command(flatten)]
     pub dial: DialArgs,
-    /// With --naive: seconds without progress before the watchdog steps in.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub watchdog: u64,
+    /// With --naive: how long without progress before the watchdog steps in (3s, 500ms).
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = crate::units::parse_duration_nonzero)]
+    pub watchdog: std::time::Duration,
 }
 
 /// The echo client's handler: one connection, plus stdin and stdout.
@@ -88,6 +89,12 @@ struct EchoClient {
     verified: u64,
     stdin_done: bool,
     outcome: Result<()>,
+    /// The server's first bytes, until they are known to be an echo.
+    opening: Opening,
+    /// The server as given, for messages.
+    server: String,
+    /// The TLS options, to explain a failed session.
+    tls: ClientTlsArgs,
 }
 
 impl EchoClient {
@@ -108,6 +115,40 @@ impl EchoClient {
             cx.pause_stdin();
         } else {
             cx.resume_stdin();
+        }
+    }
+
+    /// The echo: checked (with `--verify`) and handed to stdout.
+    fn on_echo(&mut self, cx: &mut Ctx<()>, conn: ConnId, bytes: &[u8]) {
+        if self.verify {
+            if let Err(e) = self.check_echo(bytes) {
+                return self.finish(cx, Err(e));
+            }
+            self.regulate_stdin(cx);
+        }
+        match cx.stdout_data(bytes) {
+            StdoutRoom::Room => {}
+            // Backpressure: no more echo until stdout has taken this.
+            StdoutRoom::Full => cx.hold_reads(conn),
+            StdoutRoom::Closed => self.finish(cx, stdout_outcome()),
+        }
+    }
+
+    /// The connection is ending: was it a full server's notice, or a TLS
+    /// session that never started? Otherwise what was held back is echo.
+    fn at_end(&mut self, cx: &mut Ctx<()>, conn: ConnId, reason: &CloseReason) -> Option<Error> {
+        let handshaking = cx.conn(conn).is_some_and(|c| c.tls_handshaking());
+        if let Some(e) = client_outcome::tls_failure(reason, handshaking, &self.tls) {
+            return Some(e);
+        }
+        match self.opening.at_end() {
+            Err(client_outcome::Refused) => Some(client_outcome::full(&self.server)),
+            Ok(held) => {
+                if !held.is_empty() {
+                    self.on_echo(cx, conn, &held);
+                }
+                None
+            }
         }
     }
 
@@ -150,6 +191,7 @@ impl Handler for EchoClient {
                 if self.verify {
                     self.pending.extend(bytes);
                 }
+                self.opening.sent(bytes);
                 if let Queued::OverLimit { queued } = cx.send(conn, bytes) {
                     // Stdin pauses at OUT_LIMIT, so this means a bug, not a slow server.
                     return self.finish(
@@ -167,23 +209,19 @@ impl Handler for EchoClient {
                 cx.shutdown_write(conn);
             }
             Event::Drained(_) => self.regulate_stdin(cx),
-            Event::Data(_, bytes) => {
-                if self.verify {
-                    if let Err(e) = self.check_echo(bytes) {
-                        return self.finish(cx, Err(e));
-                    }
-                    self.regulate_stdin(cx);
-                }
-                match cx.stdout_data(bytes) {
-                    StdoutRoom::Room => {}
-                    // Backpressure: no more echo until stdout has taken this.
-                    StdoutRoom::Full => cx.hold_reads(conn),
-                    StdoutRoom::Closed => self.finish(cx, stdout_outcome()),
-                }
-            }
+            Event::Data(_, bytes) => match self.opening.feed(bytes) {
+                Seen::Pass => self.on_echo(cx, conn, bytes),
+                Seen::Release(held) => self.on_echo(cx, conn, &held),
+                Seen::Hold => {}
+                Seen::SpeaksTls => self.finish(cx, Err(client_outcome::speaks_tls())),
+            },
             Event::StdoutReady => cx.release_reads(conn),
             Event::StdoutClosed => self.finish(cx, stdout_outcome()),
             Event::PeerClosed(conn) => {
+                if let Some(e) = self.at_end(cx, conn, &CloseReason::Done) {
+                    cx.close(conn, CloseReason::Done);
+                    return self.finish(cx, Err(e));
+                }
                 let outcome = if !self.stdin_done {
                     Err(Error::Failed(
                         "the server closed the connection before the input ended".into(),
@@ -201,6 +239,9 @@ impl Handler for EchoClient {
                 self.finish(cx, outcome);
             }
             Event::Closed(_, reason) => {
+                if let Some(e) = self.at_end(cx, conn, reason) {
+                    return self.finish(cx, Err(e));
+                }
                 let outcome = match reason {
                     CloseReason::Done => Ok(()),
                     other => Err(Error::Failed(format!(
@@ -235,6 +276,13 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         verified: 0,
         stdin_done: false,
         outcome: Ok(()),
+        opening: if args.tls.tls {
+            Opening::settled()
+        } else {
+            Opening::with_notice()
+        },
+        server: args.server.clone(),
+        tls: args.tls.clone(),
     };
     reactor
         .run(&mut client)
@@ -276,7 +324,7 @@ fn run_naive(args: &Args) -> Result<()> {
     stream
         .set_nonblocking(false)
         .map_err(io_err("socket mode"))?;
-    let watchdog = std::time::Duration::from_secs(args.watchdog);
+    let watchdog = args.watchdog;
     stream
         .set_write_timeout(Some(watchdog))
         .map_err(io_err("socket timeout"))?;
@@ -307,7 +355,7 @@ fn run_naive(args: &Args) -> Result<()> {
                     explain_deadlock(server, args.watchdog, sent, queues);
                     return Err(Error::Failed(format!(
                         "deadlock: no progress for {} s after sending {sent} bytes (--naive)",
-                        args.watchdog
+                        args.watchdog.as_secs_f64()
                     )));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -376,7 +424,7 @@ fn no_deadlock_lesson(sent: u64, buffers: Option<u64>) -> String {
 /// The watchdog's diagnosis, with the kernel's queues as evidence.
 fn explain_deadlock(
     server: std::net::SocketAddr,
-    secs: u64,
+    watchdog: std::time::Duration,
     sent: u64,
     queues: Option<(usize, usize)>,
 ) {
@@ -392,7 +440,7 @@ fn explain_deadlock(
     use std::io::Write;
     let _ = writeln!(
         std::io::stderr(),
-        "watchdog: no progress for {secs} s — deadlock\n\
+        "watchdog: no progress for {} s — deadlock\n\
          We sent {sent} bytes to {server} and read nothing back, as the lecture's first client does.\n\
          {evidence}\n\
          The server cannot send us its echo: our receive buffer is full because we are not\n\
@@ -401,6 +449,7 @@ fn explain_deadlock(
          We are blocked writing into it. Each side waits for the other; neither can move.\n\
          what you just saw: sending everything before reading deadlocks once the input is larger\n\
          than the kernel buffers. Without --naive, stdin and the socket share one poll and bytes\n\
-         move both ways as they become ready, so the same input finishes."
+         move both ways as they become ready, so the same input finishes.",
+        watchdog.as_secs_f64()
     );
 }

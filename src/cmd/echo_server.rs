@@ -49,9 +49,10 @@ pub struct Args {
     /// Most clients at once; extra ones are told the server is full and closed.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_conns: u32,
-    /// Bytes of echo a client may have waiting before the server stops reading from it.
-    #[arg(long, default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_output: u32,
+    /// Bytes of echo a client may have waiting before the server stops
+    /// reading from it (suffixes K, M, G: binary multiples).
+    #[arg(long, value_name = "BYTES", default_value = "64K", value_parser = crate::units::parse_size_min1)]
+    pub max_output: usize,
     /// Teaching only: no output limit, no backpressure. Watch memory grow under a
     /// client that never reads (see the "what you just saw" note at exit).
     #[arg(long)]
@@ -90,6 +91,16 @@ impl Handler for Echo {
                 if let Some(c) = cx.conn(conn) {
                     match reason {
                         CloseReason::Done => log::debug!("{conn} {}: {reason}", c.peer()),
+                        // A client that ends with echo still unread (`... | head`)
+                        // resets the connection: its way of leaving, not a fault.
+                        reason if left_unread(reason) => log::debug!(
+                            "{conn} {}: left without reading all its echo ({})",
+                            c.peer(),
+                            match reason {
+                                CloseReason::Io(e) => crate::error::plain(e),
+                                other => other.to_string(),
+                            }
+                        ),
                         _ => log::info!("{conn} {}: {reason}", c.peer()),
                     }
                 }
@@ -108,6 +119,19 @@ impl Handler for Echo {
     }
 }
 
+/// A client closed while echo was still on its way to it: the connection
+/// was reset (or our write found it gone), or it went with output pending.
+fn left_unread(reason: &CloseReason) -> bool {
+    match reason {
+        CloseReason::PeerGone => true,
+        CloseReason::Io(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+        _ => false,
+    }
+}
+
 /// Runs the echo server until SIGINT or SIGTERM.
 pub fn run(args: &Args, trace: bool) -> Result<()> {
     let limit = raise_fd_limit();
@@ -115,7 +139,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         out_limit: if args.unbounded {
             usize::MAX
         } else {
-            args.max_output as usize
+            args.max_output
         },
         pause_reads_when_full: !args.unbounded,
         max_conns: args.max_conns as usize,

@@ -6,6 +6,7 @@ pub mod access_args;
 pub mod chat;
 pub mod chat_client;
 pub mod chat_server;
+pub mod client_outcome;
 pub mod dial;
 pub mod echo_client;
 pub mod echo_server;
@@ -48,6 +49,7 @@ pub fn open_client(
         trace,
         out_limit,
         pause_reads_when_full: false,
+        last_words: true,
         ..Config::default()
     };
     let mut reactor = Reactor::new(config).map_err(|e| Error::io("starting the event loop", e))?;

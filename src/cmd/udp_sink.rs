@@ -29,11 +29,10 @@ use std::time::{Duration, Instant};
 
 use clap::Args as ClapArgs;
 
-use crate::chat_msg;
 use crate::error::{Error, Result};
 use crate::net;
 use crate::reactor::{console, Config, Ctx, Event, Handler, LoopStats, Reactor};
-use crate::stream::{self, Arrival, Jitter, Sequences};
+use crate::sink_counts::{Figures, SinkCounts};
 use crate::stream_io::{self, StreamReceiver};
 use crate::udp;
 use crate::units;
@@ -54,15 +53,16 @@ pub const LONG_ABOUT: &str =
         timestamps).\n\n\
         Counts are exact and never negative. A live line goes to stderr each second; the \
         final report goes to stdout, as text or (--json) one JSON line.\n\n\
-        The run ends after --duration, or --idle-timeout seconds after the last datagram \
-        once one arrived, or when all --count messages arrived, or on Ctrl+C.";
+        The run ends after --duration, or --idle-timeout (default 2s) after the last \
+        datagram once one arrived, or when all --count messages arrived, or on Ctrl+C; \
+        before the first datagram it waits.";
 
 /// Command-line options of `udp-sink`.
 #[derive(Debug, Clone, ClapArgs)]
 #[command(
     about = "Receive a udp-stream and report loss, reordering, duplication, rate and jitter",
     long_about = LONG_ABOUT,
-    after_help = "Examples:\n  sockloop udp-sink --port 6000\n  \
+    after_help = "Examples:\n  sockloop udp-sink --port 6000   (reports and exits 2 s after the last datagram)\n  \
         sockloop udp-stream --count 100000 127.0.0.1:6000\n  \
         sockloop udp-sink --port 6000 --rcvbuf 4096 --json   (a tiny buffer: watch it drop)",
     after_long_help = "JSON fields (--json), all numbers:\n  \
@@ -70,8 +70,9 @@ pub const LONG_ABOUT: &str =
         lost_to_rcvbuf = min(lost, rcvbuf_drops), rcvbuf_drops (the kernel's count for this\n  \
         socket), reordered, max_reorder_distance, duplicated, not_stream, out_of_range,\n  \
         elapsed_s, active_s (first to last arrival), msgs_per_s (over active_s), jitter_ms,\n  \
-        jitter_samples, loop_utilisation (0..1).\n\n\
-        Examples:\n  sockloop udp-sink --port 6000\n  \
+        jitter_samples, loop_utilisation (0..1). 'stress udp --json' names its sink's counts\n  \
+        the same way.\n\n\
+        Examples:\n  sockloop udp-sink --port 6000   (reports and exits 2 s after the last datagram)\n  \
         sockloop udp-stream --count 100000 127.0.0.1:6000\n  \
         sockloop udp-sink --port 6000 --rcvbuf 4096 --json   (a tiny buffer: watch it drop)"
 )]
@@ -83,12 +84,13 @@ pub struct Args {
     /// [::1] works too) or a host name such as localhost.
     #[arg(long, default_value = "0.0.0.0", value_parser = crate::units::parse_bind)]
     pub bind: IpAddr,
-    /// Stop after this many seconds.
-    #[arg(long, short, value_name = "S")]
-    pub duration: Option<f64>,
-    /// Stop S seconds after the last datagram, once one arrived (0: never).
-    #[arg(long, value_name = "S", default_value_t = 2.0)]
-    pub idle_timeout: f64,
+    /// Stop after this long (10s, 500ms, 2m; a bare number is seconds).
+    #[arg(long, short, value_name = "DURATION", value_parser = crate::units::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Stop this long after the last datagram, once one arrived (2s,
+    /// 500ms; 0: never).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = crate::units::parse_duration)]
+    pub idle_timeout: Duration,
     /// The stream's --count: numbers below it that never arrive are lost even
     /// at the tail, and the run ends as soon as all of them arrived.
     #[arg(long, short, value_name = "N")]
@@ -96,9 +98,10 @@ pub struct Args {
     /// Print the final report as one JSON line ("schema": 1; the fields are listed below).
     #[arg(long)]
     pub json: bool,
-    /// Ask for a receive buffer of this many bytes (SO_RCVBUF; the kernel doubles
-    /// it and clamps it). A tiny one shows the sink dropping what it cannot keep up with.
-    #[arg(long, value_name = "BYTES")]
+    /// Ask for a receive buffer of this many bytes (4096, 4M; SO_RCVBUF: the
+    /// kernel doubles it and clamps it). A tiny one shows the sink dropping
+    /// what it cannot keep up with.
+    #[arg(long, value_name = "BYTES", value_parser = crate::units::parse_size_min1)]
     pub rcvbuf: Option<usize>,
     /// Let the kernel hand over runs of equal-size datagrams as one buffer
     /// (UDP_GRO), cut back into datagrams here: far less work per datagram.
@@ -108,72 +111,9 @@ pub struct Args {
     pub gro: bool,
 }
 
-/// Turns chat timestamps into microseconds since the epoch, parsing the
-/// date and time once per second of timestamps rather than once per message.
-#[derive(Debug, Default)]
-struct Timestamps {
-    /// `YYYY-MM-DDTHH:MM:SS` last parsed, and its microseconds since the epoch.
-    second: Option<(String, i64)>,
-}
-
-impl Timestamps {
-    fn micros(&mut self, timestamp: &str) -> Option<i64> {
-        let whole = timestamp.get(..19)?;
-        let fraction = timestamp.get(19..)?;
-        let fraction_us = match fraction.strip_prefix('.') {
-            None if fraction.is_empty() => 0,
-            Some(digits) if digits.len() == 6 && digits.bytes().all(|b| b.is_ascii_digit()) => {
-                digits.parse::<i64>().ok()?
-            }
-            _ => return None,
-        };
-        let base = match &self.second {
-            Some((text, base)) if text == whole => *base,
-            _ => {
-                let base = chat_msg::parse_timestamp(whole)?.timestamp_micros();
-                self.second = Some((whole.to_string(), base));
-                base
-            }
-        };
-        Some(base + fraction_us)
-    }
-}
-
-/// What the sink counts of each datagram.
-#[derive(Debug, Default)]
-struct Counts {
-    seq: Sequences,
-    jitter: Jitter,
-    timestamps: Timestamps,
-    /// Datagrams that are not `Number I` chat messages.
-    not_stream: u64,
-}
-
-impl Counts {
-    /// Counts one datagram that arrived at `arrived_us` (microseconds since the epoch).
-    fn count(&mut self, bytes: &[u8], arrived_us: i64) {
-        let parsed = std::str::from_utf8(bytes)
-            .ok()
-            .and_then(chat_msg::parse)
-            .and_then(|m| Some((stream::parse_number(m.text)?, m.timestamp)));
-        let Some((number, timestamp)) = parsed else {
-            self.not_stream += 1;
-            return;
-        };
-        match self.seq.record(number) {
-            Arrival::InOrder | Arrival::Reordered { .. } => {
-                if let Some(sent_us) = self.timestamps.micros(timestamp) {
-                    self.jitter.add(sent_us, arrived_us);
-                }
-            }
-            Arrival::Duplicate | Arrival::OutOfRange => {}
-        }
-    }
-}
-
 /// The sink's tallies.
 struct Sink {
-    counts: Counts,
+    counts: SinkCounts,
     receiver: StreamReceiver,
     started: Instant,
     first_arrival: Option<Instant>,
@@ -252,7 +192,7 @@ impl Sink {
             self.counts.seq.lost().min(drops as u64),
             self.counts.seq.reordered(),
             self.counts.seq.duplicated(),
-            self.counts.jitter.millis(),
+            self.counts.jitter_ms(),
             stats.since(&stats_then)
         );
         self.last_live = (self.counts.seq.received(), now, stats);
@@ -265,20 +205,8 @@ impl Sink {
             (Some(first), Some(last)) => (last - first).as_secs_f64(),
             _ => 0.0,
         };
-        let lost = self.counts.seq.lost();
         Report {
-            received: self.counts.seq.received(),
-            unique: self.counts.seq.unique(),
-            expected: self.counts.seq.expected(),
-            highest: self.counts.seq.highest(),
-            lost,
-            rcvbuf_drops: rcvbuf_drops as u64,
-            lost_to_rcvbuf: lost.min(rcvbuf_drops as u64),
-            reordered: self.counts.seq.reordered(),
-            max_reorder_distance: self.counts.seq.max_reorder_distance(),
-            duplicated: self.counts.seq.duplicated(),
-            not_stream: self.counts.not_stream,
-            out_of_range: self.counts.seq.out_of_range(),
+            figures: self.counts.figures(None, Some(u64::from(rcvbuf_drops))),
             elapsed_s: self.started.elapsed().as_secs_f64(),
             active_s: active,
             msgs_per_s: if active > 0.0 {
@@ -286,8 +214,6 @@ impl Sink {
             } else {
                 0.0
             },
-            jitter_ms: self.counts.jitter.millis(),
-            jitter_samples: self.counts.jitter.samples(),
             loop_utilisation: stats.utilisation(),
         }
     }
@@ -303,44 +229,19 @@ fn drops(cx: &Ctx<()>) -> u32 {
     }
 }
 
-/// The final report's figures; each is a field of the JSON line, by the same name.
+/// The final report; each figure is a field of the JSON line, by the same
+/// name (the counts by the names [`Figures::each`] gives them, which `stress
+/// udp` uses too).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
-    /// Stream messages that arrived (duplicates included).
-    pub received: u64,
-    /// Distinct message numbers that arrived.
-    pub unique: u64,
-    /// Numbers that should have arrived: `--count`, or the highest seen + 1.
-    pub expected: u64,
-    /// The highest number seen.
-    pub highest: Option<u64>,
-    /// Expected numbers that never arrived.
-    pub lost: u64,
-    /// Datagrams the kernel dropped for this socket, its receive buffer being full.
-    pub rcvbuf_drops: u64,
-    /// Of the lost messages, how many the full receive buffer accounts for:
-    /// `min(lost, rcvbuf_drops)`.
-    pub lost_to_rcvbuf: u64,
-    /// Messages that arrived after a higher number.
-    pub reordered: u64,
-    /// The largest such distance.
-    pub max_reorder_distance: u64,
-    /// Arrivals of a number that had already arrived.
-    pub duplicated: u64,
-    /// Datagrams that were not `Number I` chat messages.
-    pub not_stream: u64,
-    /// Numbers at or above `--count` (or the tracking bound), not counted otherwise.
-    pub out_of_range: u64,
+    /// What arrived, what was lost, and how.
+    pub figures: Figures,
     /// Seconds the sink ran.
     pub elapsed_s: f64,
     /// Seconds from the first arrival to the last.
     pub active_s: f64,
     /// Received messages per second over `active_s`.
     pub msgs_per_s: f64,
-    /// RFC 3550 interarrival jitter, milliseconds.
-    pub jitter_ms: f64,
-    /// Messages the jitter was computed from.
-    pub jitter_samples: u64,
     /// Share of the time the sink's loop was busy, 0..=1.
     pub loop_utilisation: f64,
 }
@@ -348,31 +249,13 @@ pub struct Report {
 impl Report {
     /// One JSON object on one line, `"schema": 1` first.
     pub fn to_json(&self) -> String {
-        let highest = self
-            .highest
-            .map_or_else(|| "null".to_string(), |h| h.to_string());
         format!(
-            "{{\"schema\":1,\"received\":{},\"unique\":{},\"expected\":{},\"highest\":{highest},\
-             \"lost\":{},\"lost_to_rcvbuf\":{},\"rcvbuf_drops\":{},\"reordered\":{},\
-             \"max_reorder_distance\":{},\"duplicated\":{},\"not_stream\":{},\"out_of_range\":{},\
-             \"elapsed_s\":{:.6},\"active_s\":{:.6},\"msgs_per_s\":{:.1},\"jitter_ms\":{:.6},\
-             \"jitter_samples\":{},\"loop_utilisation\":{:.4}}}",
-            self.received,
-            self.unique,
-            self.expected,
-            self.lost,
-            self.lost_to_rcvbuf,
-            self.rcvbuf_drops,
-            self.reordered,
-            self.max_reorder_distance,
-            self.duplicated,
-            self.not_stream,
-            self.out_of_range,
+            "{{\"schema\":1,{},\"elapsed_s\":{:.6},\"active_s\":{:.6},\"msgs_per_s\":{:.1},\
+             \"loop_utilisation\":{:.4}}}",
+            self.figures.json_members(),
             self.elapsed_s,
             self.active_s,
             self.msgs_per_s,
-            self.jitter_ms,
-            self.jitter_samples,
             self.loop_utilisation
         )
     }
@@ -380,31 +263,31 @@ impl Report {
     /// The report for people, several lines.
     pub fn to_text(&self) -> String {
         let mut text = String::from("udp-sink report\n");
-        let range = match self.highest {
+        let range = match self.figures.highest {
             Some(h) => format!(" (numbers up to {h})"),
             None => String::new(),
         };
         let _ = writeln!(
             text,
             "  received    {} messages, {} unique{range}",
-            self.received, self.unique
+            self.figures.received, self.figures.unique
         );
         let _ = writeln!(
             text,
             "  lost        {} of {} expected; {} of them dropped by this sink's full receive buffer",
-            self.lost, self.expected, self.lost_to_rcvbuf
+            self.figures.lost, self.figures.expected, self.figures.lost_to_rcvbuf
         );
         let _ = writeln!(
             text,
             "  drops       {} datagrams dropped by the kernel for this socket (receive buffer full)",
-            self.rcvbuf_drops
+            self.figures.rcvbuf_drops.unwrap_or(0)
         );
         let _ = writeln!(
             text,
             "  reordered   {} (largest distance {})",
-            self.reordered, self.max_reorder_distance
+            self.figures.reordered, self.figures.max_reorder_distance
         );
-        let _ = writeln!(text, "  duplicated  {}", self.duplicated);
+        let _ = writeln!(text, "  duplicated  {}", self.figures.duplicated);
         let _ = writeln!(
             text,
             "  rate        {:.0} messages/s over {:.3} s (first to last arrival)",
@@ -413,13 +296,13 @@ impl Report {
         let _ = writeln!(
             text,
             "  jitter      {:.3} ms (RFC 3550, from the messages' timestamps; {} samples)",
-            self.jitter_ms, self.jitter_samples
+            self.figures.jitter_ms, self.figures.jitter_samples
         );
-        if self.not_stream + self.out_of_range > 0 {
+        if self.figures.not_stream + self.figures.out_of_range > 0 {
             let _ = writeln!(
                 text,
                 "  ignored     {} datagrams not in the stream format, {} numbers out of range",
-                self.not_stream, self.out_of_range
+                self.figures.not_stream, self.figures.out_of_range
             );
         }
         let _ = writeln!(
@@ -452,21 +335,14 @@ impl Handler for Sink {
     }
 }
 
-/// A seconds option as a `Duration`: 0 or more, at most [`units::MAX_DURATION`].
-fn seconds(option: &str, value: f64) -> Result<Duration> {
-    units::cap(option, value).map_err(Error::Usage)
-}
-
 /// Runs the sink until the stream is over, then prints the report.
 pub fn run(args: &Args, trace: bool) -> Result<()> {
     let duration = args
         .duration
-        .map(|d| seconds("--duration", d))
-        .transpose()?;
-    let idle = seconds("--idle-timeout", args.idle_timeout)?;
-    if args.rcvbuf == Some(0) {
-        return Err(Error::Usage("--rcvbuf 0: give a size in bytes".into()));
-    }
+        .map(|d| units::cap("--duration", d))
+        .transpose()
+        .map_err(Error::Usage)?;
+    let idle = units::cap("--idle-timeout", args.idle_timeout).map_err(Error::Usage)?;
     let config = Config {
         trace,
         ..Config::default()
@@ -495,13 +371,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         log::info!("UDP_GRO is not available here; receiving datagram by datagram");
     }
     let mut sink = Sink {
-        counts: Counts {
-            seq: match args.count {
-                Some(count) => Sequences::expecting(count),
-                None => Sequences::new(),
-            },
-            ..Counts::default()
-        },
+        counts: SinkCounts::new(args.count),
         receiver,
         started: now,
         first_arrival: None,
@@ -550,22 +420,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn timestamps_are_parsed_once_per_second() {
-        let mut ts = Timestamps::default();
-        let a = ts.micros("2024-02-03T12:15:00.000250").unwrap();
-        let b = ts.micros("2024-02-03T12:15:00.500000").unwrap();
-        let c = ts.micros("2024-02-03T12:15:01").unwrap();
-        assert_eq!(b - a, 499_750);
-        assert_eq!(c - a, 999_750);
-        assert!(ts.micros("2024-02-03T12:15:01.5").is_none());
-        assert!(ts.micros("garbage").is_none());
-    }
-
-    #[test]
     fn json_report_is_one_line_with_a_schema() {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let sink = Sink {
-            counts: Counts::default(),
+            counts: SinkCounts::new(None),
             receiver: StreamReceiver::new(&socket, false),
             started: Instant::now(),
             first_arrival: None,

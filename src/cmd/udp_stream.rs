@@ -69,11 +69,12 @@ pub struct Args {
     /// How many messages to send to each peer.
     #[arg(long, short)]
     pub count: u64,
-    /// Messages per second (to each peer); default: as fast as possible.
-    #[arg(long, short, value_parser = crate::ratelimit::parse_per_second)]
+    /// Messages per second to each peer (1000, 10k); 0 or none: unpaced, as
+    /// fast as the socket takes them.
+    #[arg(long, short = 'R', short_alias = 'r', value_parser = crate::units::parse_rate)]
     pub rate: Option<f64>,
-    /// Pad each message's TEXT to this many bytes ('Number 7 ......').
-    #[arg(long, short, default_value_t = 0)]
+    /// Pad each message's TEXT to this many bytes ('Number 7 ......'; 1K works).
+    #[arg(long, short, value_name = "BYTES", default_value = "0", value_parser = crate::units::parse_size)]
     pub size: usize,
     /// The sender name in each message.
     #[arg(long, short, default_value = "streamer")]
@@ -258,11 +259,6 @@ impl Handler for Streamer {
 
 /// Runs the streamer until every message went to every peer (or a signal).
 pub fn run(args: &Args, trace: bool) -> Result<()> {
-    if let Some(rate) = args.rate.filter(|r| !(r.is_finite() && *r > 0.0)) {
-        return Err(Error::Usage(format!(
-            "--rate {rate}: give a positive number of messages per second"
-        )));
-    }
     if let Some(rate) = args.rate {
         units::check_rate("--rate", rate).map_err(Error::Usage)?;
     }
@@ -312,7 +308,8 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
             &args.name,
             args.size,
             args.count,
-            args.rate,
+            // --rate 0 is unpaced, as no --rate is.
+            args.rate.filter(|r| *r > 0.0),
             !args.no_gso,
             now,
         ),

@@ -79,8 +79,13 @@ impl<S> Ctx<S> {
         }
     }
 
-    /// What a client refused at listener `index` is told.
+    /// What a client refused at listener `index` is told: nothing on a TLS
+    /// server, whose clients expect a handshake (plain text there would only
+    /// read as a broken one; the closed connection says enough).
     pub(super) fn full_notice(&self, index: usize) -> &[u8] {
+        if self.config.tls_server.is_some() {
+            return &[];
+        }
         self.listeners
             .get(index)
             .and_then(|l| l.full_notice.as_deref())

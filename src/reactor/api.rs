@@ -53,6 +53,12 @@ pub struct Config {
     pub rate_limit: Option<RateLimit>,
     /// Speak TLS on every accepted connection (`--tls-cert`/`--tls-key`). Default none.
     pub tls_server: Option<Arc<rustls::ServerConfig>>,
+    /// Before a connection that failed on a reset or a broken pipe is
+    /// removed, read what the peer sent before it went (at most the read
+    /// budget) and hand it over as [`Event::Data`]: a server that turns a
+    /// client away writes a notice and closes, and the client's own write
+    /// may fail before it has read the notice. Default off (clients turn it on).
+    pub last_words: bool,
     /// Added to the warning a job in the background gets when it tries to
     /// read its terminal: how this command runs without stdin (the chat
     /// server: `--relay-only`). Default empty.
@@ -68,15 +74,22 @@ impl Default for Config {
             read_budget: 256 * 1024,
             stdin: false,
             trace: false,
-            full_notice: b"sockloop: server full, try again later\n".to_vec(),
+            full_notice: FULL_NOTICE.to_vec(),
             access: AccessList::default(),
             max_conns_per_ip: 0,
             rate_limit: None,
             tls_server: None,
+            last_words: false,
             background_hint: "",
         }
     }
 }
+
+/// What a client refused by a full server is told before it is closed, by
+/// default: one line of plain text. A sockloop client that receives exactly
+/// this first, then the end of the connection, reports the refusal instead
+/// of printing it as data.
+pub const FULL_NOTICE: &[u8] = b"sockloop: server full, try again later\n";
 
 /// What happened, as a command sees it. Readiness never reaches a command.
 #[derive(Debug)]

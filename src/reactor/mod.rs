@@ -105,7 +105,7 @@ use slab::Slab;
 use crate::conn::{CloseReason, Conn};
 use crate::trace;
 use accept::Listener;
-pub use api::{Config, ConnId, Event, Handler, Queued};
+pub use api::{Config, ConnId, Event, Handler, Queued, FULL_NOTICE};
 pub use console::StdoutRoom;
 use signals::SignalSource;
 pub use stats::LoopStats;

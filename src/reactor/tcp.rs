@@ -170,7 +170,7 @@ impl<S> Ctx<S> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    self.close(id, CloseReason::Protocol(e.to_string()));
+                    self.close(id, CloseReason::invalid_data(&e));
                     return;
                 }
                 Err(e) => {
@@ -382,6 +382,9 @@ impl<S> Ctx<S> {
         while !self.closing.is_empty() {
             let closing = std::mem::take(&mut self.closing);
             for (key, reason) in &closing {
+                if self.config.last_words {
+                    self.last_words(handler, *key, reason);
+                }
                 handler.handle(self, Event::Closed(ConnId(*key), reason));
             }
             let mut removed = Vec::with_capacity(closing.len());
@@ -417,6 +420,49 @@ impl<S> Ctx<S> {
             }
             if self.spare_fd.is_none() {
                 self.spare_fd = File::open("/dev/null").ok();
+            }
+        }
+    }
+}
+
+impl<S> Ctx<S> {
+    /// [`Config::last_words`](super::Config::last_words): what a plain-TCP
+    /// peer sent before a reset or a broken pipe ended the connection, still
+    /// in the kernel's receive queue, handed over before [`Event::Closed`].
+    fn last_words<H: Handler<Conn = S>>(
+        &mut self,
+        handler: &mut H,
+        key: usize,
+        reason: &CloseReason,
+    ) {
+        let CloseReason::Io(error) = reason else {
+            return;
+        };
+        if !matches!(
+            error.kind(),
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+        ) {
+            return;
+        }
+        let mut buf = [0u8; 4096];
+        let mut budget = self.config.read_budget;
+        while budget > 0 {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            if conn.tls.is_some() {
+                return;
+            }
+            match conn.stream.read(&mut buf) {
+                Ok(n) if n > 0 => {
+                    budget = budget.saturating_sub(n);
+                    trace!(
+                        self.tracer,
+                        "conn#{key}: read {n} B the peer sent before it went"
+                    );
+                    handler.handle(self, Event::Data(ConnId(key), &buf[..n]));
+                }
+                _ => return,
             }
         }
     }

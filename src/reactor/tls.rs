@@ -16,7 +16,9 @@ const TLS_BUFFER_LIMIT: usize = 64 * 1024;
 impl<S> Ctx<S> {
     /// Makes a connection a TLS client session (after connecting): the
     /// handshake starts at the end of this turn, and the command sees only
-    /// plaintext from then on.
+    /// plaintext from then on. A handshake not finished within
+    /// [`HANDSHAKE_TIMEOUT`](crate::tls::HANDSHAKE_TIMEOUT) closes the
+    /// connection (a server that does not speak TLS may never answer).
     pub fn start_tls(
         &mut self,
         id: ConnId,
@@ -33,6 +35,10 @@ impl<S> Ctx<S> {
             conn.dirty = true;
             self.dirty.push(id.0);
         }
+        self.timers.add(
+            Instant::now() + crate::tls::HANDSHAKE_TIMEOUT,
+            Deadline::Handshake(id.0),
+        );
         Ok(())
     }
 

@@ -109,7 +109,7 @@ pub struct Args {
     #[arg(long, default_value = "0.0.0.0", value_parser = crate::units::parse_bind)]
     pub bind: IpAddr,
     /// Your name in the chat (asked for on stdin when missing).
-    #[arg(long, conflicts_with = "relay_only")]
+    #[arg(long, short, conflicts_with = "relay_only")]
     pub name: Option<String>,
     /// Only relay between clients: no local user, stdin is not read; announcements
     /// come from "server".
@@ -129,9 +129,10 @@ pub struct Args {
     /// What to do with a client whose backlog is full.
     #[arg(long, value_enum, default_value_t = OnBacklog::Disconnect)]
     pub on_backlog: OnBacklog,
-    /// Close a client that has sent nothing for this many seconds (default: never).
-    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
-    pub idle_timeout: Option<u64>,
+    /// Close a client that has sent nothing for this long (600, 10m, 30s;
+    /// a bare number is seconds; default: never).
+    #[arg(long, value_name = "DURATION", value_parser = crate::units::parse_duration_nonzero)]
+    pub idle_timeout: Option<Duration>,
     /// Also open a plain-text door on this TCP port (same --bind) for
     /// newline-terminated clients such as nc and telnet (0: the system picks one).
     #[arg(long, value_name = "PORT")]
@@ -140,10 +141,11 @@ pub struct Args {
     /// 0: the system picks one).
     #[arg(long, value_name = "PORT")]
     pub udp_port: Option<u16>,
-    /// Seconds after which a silent UDP peer is taken out of the room.
-    #[arg(long, value_name = "SECS", default_value_t = 60,
-          value_parser = clap::value_parser!(u64).range(1..), requires = "udp_port")]
-    pub udp_peer_timeout: u64,
+    /// How long a UDP peer may be silent before it is taken out of the room
+    /// (60s, 2m; a bare number is seconds).
+    #[arg(long, value_name = "DURATION", default_value = "60s",
+          value_parser = crate::units::parse_duration_nonzero, requires = "udp_port")]
+    pub udp_peer_timeout: Duration,
     /// Most UDP peers in the room at once; datagrams from new ones are ignored while full.
     #[arg(long, value_name = "N", default_value_t = udp_room::DEFAULT_MAX_PEERS,
           value_parser = clap::value_parser!(u32).range(1..), requires = "udp_port")]

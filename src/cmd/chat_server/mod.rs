@@ -280,7 +280,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     }
     let limit = super::echo_server::raise_fd_limit();
     let full_notice = match framing::encode(
-        chat_msg::format_now(&name, "the server is full; try again later").as_bytes(),
+        chat_msg::format_now(&name, chat_msg::FULL_TEXT).as_bytes(),
         frames,
     ) {
         Ok(frame) => frame.to_vec(),
@@ -330,7 +330,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
                 .map_err(|e| Error::io("registering the UDP socket", e))?;
             let room = UdpRoom::new(
                 args.udp_max_peers as usize,
-                Duration::from_secs(args.udp_peer_timeout),
+                args.udp_peer_timeout,
                 args.access.rate_limit,
             );
             reactor
@@ -345,8 +345,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         "open-file limit {limit}: up to about {} clients",
         limit.saturating_sub(16)
     );
-    let idle = args.idle_timeout.map(|secs| {
-        let timeout = Duration::from_secs(secs);
+    let idle = args.idle_timeout.map(|timeout| {
         let every = (timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
         (timeout, every)
     });

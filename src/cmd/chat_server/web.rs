@@ -79,11 +79,11 @@ pub struct WebArgs {
     /// Origin is not a browser and is let in.
     #[arg(long, value_name = "ORIGIN", requires = "web_port")]
     pub web_origin: Vec<String>,
-    /// Seconds of silence after which a web client is pinged; one still silent
-    /// as long again is closed.
-    #[arg(long, value_name = "SECS", default_value_t = 30,
-          value_parser = clap::value_parser!(u64).range(1..), requires = "web_port")]
-    pub web_ping: u64,
+    /// Silence after which a web client is pinged (30s, 2m; a bare number is
+    /// seconds); one still silent as long again is closed.
+    #[arg(long, value_name = "DURATION", default_value = "30s",
+          value_parser = crate::units::parse_duration_nonzero, requires = "web_port")]
+    pub web_ping: Duration,
 }
 
 /// Which page origins may open a WebSocket (`--web-origin`).
@@ -286,7 +286,7 @@ impl WebDoor {
             listener,
             origins,
             tls,
-            ping_after: Duration::from_secs(args.web_ping),
+            ping_after: args.web_ping,
             answers: Answers {
                 page,
                 page_head,

@@ -43,9 +43,8 @@ use super::connect::Ended;
 use super::report::{self, Latency, Tally};
 use super::timeline::{MeasureArgs, Timeline};
 use super::{
-    latency_lines, measure_report, parse_seconds, positive, prepare, rate_check, zero_or_more, Run,
-    TcpArgs, SECONDS, SEND_TICK_NS, TIMER_CONN, TIMER_DRAIN, TIMER_END, TIMER_INTERVAL,
-    TIMER_PROGRESS, TIMER_START, TIMER_WARMUP,
+    latency_lines, measure_report, prepare, rate_check, Run, TcpArgs, SEND_TICK_NS, TIMER_CONN,
+    TIMER_DRAIN, TIMER_END, TIMER_INTERVAL, TIMER_PROGRESS, TIMER_START, TIMER_WARMUP,
 };
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};
@@ -113,28 +112,31 @@ pub struct Args {
     /// How many of the clients send (all of them read).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=99_999))]
     pub senders: u32,
-    /// Frames per second from all senders together, each sending
-    /// R/senders on a fixed schedule (open loop). Default: 100.
-    #[arg(short = 'R', long, value_name = "R", value_parser = crate::ratelimit::parse_per_second,
+    /// Frames per second from all senders together (1000, 10k), each
+    /// sending R/senders on a fixed schedule (open loop). 0: unpaced, every
+    /// sender as fast as its connection takes frames. Default: 100.
+    #[arg(short = 'R', long, value_name = "R", value_parser = crate::units::parse_rate,
           conflicts_with = "rate_per_sender")]
     pub rate: Option<f64>,
-    /// Frames per second from every sender (R x senders in all).
-    #[arg(long, value_name = "R", value_parser = crate::ratelimit::parse_per_second)]
+    /// Frames per second from every sender (R x senders in all; 0: unpaced).
+    #[arg(long, value_name = "R", value_parser = crate::units::parse_rate)]
     pub rate_per_sender: Option<f64>,
-    /// Payload bytes per frame (at least 62: the stamp; the rest is padding).
-    #[arg(long, value_name = "B", default_value_t = 64)]
-    pub size: u32,
-    /// Seconds the senders send (10, 10s, 2m), counted from when every
-    /// client is connected and settled (and the warmup is over).
-    #[arg(short = 'd', long, value_name = "S", default_value_t = 5.0, value_parser = parse_seconds)]
-    pub duration: f64,
-    /// Seconds to wait after the senders stop for frames still on their way.
-    #[arg(long, value_name = "S", default_value_t = 1.0, value_parser = parse_seconds)]
-    pub drain: f64,
-    /// Seconds between the last connection and the first frame, so the
-    /// relay has registered every client (and sent its join notices).
-    #[arg(long, value_name = "S", default_value_t = 0.3, value_parser = parse_seconds)]
-    pub settle: f64,
+    /// Payload bytes per frame (at least 62: the stamp; the rest is padding; 1K works).
+    #[arg(short = 's', long, value_name = "BYTES", default_value = "64", value_parser = crate::units::parse_size)]
+    pub size: usize,
+    /// How long the senders send (10s, 500ms, 2m; a bare number is
+    /// seconds), counted from when every client is connected and settled
+    /// (and the warmup is over).
+    #[arg(short = 'd', long, value_name = "DURATION", default_value = "5s",
+          value_parser = crate::units::parse_duration_nonzero)]
+    pub duration: Duration,
+    /// How long to wait after the senders stop for frames still on their way.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::units::parse_duration)]
+    pub drain: Duration,
+    /// How long to wait between the last connection and the first frame, so
+    /// the relay has registered every client (and sent its join notices).
+    #[arg(long, value_name = "DURATION", default_value = "300ms", value_parser = crate::units::parse_duration)]
+    pub settle: Duration,
     /// Length prefix width in bytes: 2 (the course's Python) or 4 (the lecture's slide).
     #[arg(long, value_name = "N", default_value = "2", value_parser = ["2", "4"])]
     pub length_bytes: String,
@@ -190,6 +192,7 @@ struct Chat {
     stamp_at: usize,
     size: usize,
     n_senders: u32,
+    /// Nanoseconds between two frames of one sender; 0: unpaced (`--rate 0`).
     period_ns: u64,
     duration: Duration,
     drain: Duration,
@@ -253,6 +256,9 @@ impl Chat {
             self.senders[s as usize].blocked = true;
             return;
         }
+        if self.period_ns == 0 {
+            return self.pump_unpaced(cx, s, id);
+        }
         let prefix = self.stamp_at;
         let now = self.now_ns();
         let receivers = u64::from(self.run.connector.up().saturating_sub(1));
@@ -307,6 +313,47 @@ impl Chat {
                 sender.armed = true;
                 cx.set_timer_in(Duration::ZERO, TIMER_CONN + u64::from(s));
             }
+        }
+    }
+
+    /// `--rate 0`: a batch of frames, each stamped as intended now, then
+    /// the next batch at the next turn, until the connection holds
+    /// [`SENDER_BACKLOG`] unsent (resumed when it drains) or the load ends.
+    fn pump_unpaced(&mut self, cx: &mut Ctx<ChatConn>, s: u32, id: ConnId) {
+        let now = self.now_ns();
+        if now >= self.load_ns.1 {
+            return;
+        }
+        let prefix = self.stamp_at;
+        let receivers = u64::from(self.run.connector.up().saturating_sub(1));
+        let counted = now >= self.window_ns.0;
+        self.batch.clear();
+        let sender = &mut self.senders[s as usize];
+        let mut k = sender.next;
+        while self.batch.len() + sender.frame.len() <= BATCH_MAX {
+            let frame = &mut sender.frame;
+            put_digits(&mut frame[prefix + SEQ.start..prefix + SEQ.end], k);
+            put_digits(
+                &mut frame[prefix + INTENDED.start..prefix + INTENDED.end],
+                now,
+            );
+            put_digits(&mut frame[prefix + ACTUAL.start..prefix + ACTUAL.end], now);
+            self.batch.extend_from_slice(frame);
+            k += 1;
+        }
+        let n = k - sender.next;
+        sender.next = k;
+        if counted {
+            self.sent += n;
+            self.expected += n * receivers;
+        }
+        cx.send(id, &self.batch);
+        let sender = &mut self.senders[s as usize];
+        if cx.conn(id).map_or(0, |c| c.out_len()) > SENDER_BACKLOG {
+            sender.blocked = true;
+        } else if !sender.armed {
+            sender.armed = true;
+            cx.set_timer_in(Duration::ZERO, TIMER_CONN + u64::from(s));
         }
     }
 
@@ -440,12 +487,24 @@ impl Chat {
         ]
     }
 
+    /// Frames per second asked of each sender; `None` when unpaced (`--rate 0`).
+    fn per_sender(&self) -> Option<f64> {
+        (self.period_ns > 0).then(|| 1e9 / self.period_ns as f64)
+    }
+
     /// `stress chat ADDR: 100 clients, 10 sender(s), 1,000 frames/s (100 per sender), ...`.
     fn load_text(&self) -> String {
         let plan = self.run.connector.plan();
-        let per_sender = 1e9 / self.period_ns as f64;
+        let rate = match self.per_sender() {
+            Some(per_sender) => format!(
+                "{} frames/s ({} per sender)",
+                report::rate(per_sender * f64::from(self.n_senders)),
+                report::rate(per_sender)
+            ),
+            None => "unpaced (each sender as fast as its connection takes frames)".to_string(),
+        };
         format!(
-            "stress chat {}{}: {} clients, {} sender(s), {} frames/s ({} per sender), {} B, {}",
+            "stress chat {}{}: {} clients, {} sender(s), {rate}, {} B, {}",
             plan.target,
             match plan.also.len() {
                 0 => String::new(),
@@ -453,8 +512,6 @@ impl Chat {
             },
             report::count(u64::from(plan.n)),
             self.n_senders,
-            report::rate(per_sender * f64::from(self.n_senders)),
-            report::rate(per_sender),
             self.size,
             if self.lines {
                 "line door".to_string()
@@ -554,7 +611,7 @@ impl Chat {
         self.run.phase_json(&mut json);
         let sent_per_s = report::per_second(self.sent, window);
         let delivered_per_s = report::per_second(self.delivered, window);
-        let asked = 1e9 / self.period_ns as f64 * f64::from(self.n_senders);
+        let asked = self.per_sender().map(|r| r * f64::from(self.n_senders));
         let ratio = if self.expected > 0 {
             self.delivered as f64 / self.expected as f64
         } else {
@@ -577,10 +634,12 @@ impl Chat {
             report::count(lost),
             report::count(self.other_frames)
         ));
-        let (rate_line, _) = rate_check("sending", sent_per_s, asked);
-        lines.push(rate_line);
+        if let Some(asked) = asked {
+            let (rate_line, _) = rate_check("sending", sent_per_s, asked);
+            lines.push(rate_line);
+        }
         json.u64("senders", u64::from(self.n_senders));
-        json.f64("rate_per_sender", 1e9 / self.period_ns as f64, 3);
+        json.opt_f64("rate_per_sender", self.per_sender(), 3);
         json.u64("size", self.size as u64);
         json.str("door", if self.lines { "line" } else { "framed" });
         if self.lines {
@@ -590,7 +649,7 @@ impl Chat {
         }
         json.u64("sent", self.sent);
         json.f64("sent_per_s", sent_per_s, 0);
-        json.f64("asked_per_s", asked, 0);
+        json.opt_f64("asked_per_s", asked, 0);
         json.u64("expected", self.expected);
         json.u64("delivered", self.delivered);
         json.f64("delivered_per_s", delivered_per_s, 0);
@@ -616,12 +675,16 @@ impl Chat {
         } else {
             json.null("latency_cross_hub");
         }
-        let lag = self.send_lag.percentiles();
-        lines.push(format!(
-            "  send lag (how late frames left against their schedule):                  {}",
-            lag.human()
-        ));
-        lag.json(&mut json, "send_lag");
+        if asked.is_some() {
+            let lag = self.send_lag.percentiles();
+            lines.push(format!(
+                "  send lag (how late frames left against their schedule):                  {}",
+                lag.human()
+            ));
+            lag.json(&mut json, "send_lag");
+        } else {
+            json.null("send_lag");
+        }
         let title = self.load_text();
         let failed = measure_report(
             &mut lines,
@@ -706,22 +769,13 @@ impl Handler for Chat {
 
 /// Runs `stress chat` until the window and the drain are over, or Ctrl+C.
 pub fn run(args: &Args, trace: bool) -> Result<()> {
-    positive("--duration", args.duration)?;
+    // Frames per second from each sender; 0 is unpaced.
     let per_sender = match (args.rate, args.rate_per_sender) {
-        (Some(total), _) => {
-            positive("--rate", total)?;
-            total / f64::from(args.senders)
-        }
-        (None, Some(per_sender)) => {
-            positive("--rate-per-sender", per_sender)?;
-            per_sender
-        }
+        (Some(total), _) => total / f64::from(args.senders),
+        (None, Some(per_sender)) => per_sender,
         (None, None) => DEFAULT_RATE / f64::from(args.senders),
     };
     units::check_rate("--rate (per sender)", per_sender).map_err(Error::Usage)?;
-    zero_or_more("--drain", args.drain, SECONDS)?;
-    zero_or_more("--settle", args.settle, SECONDS)?;
-    zero_or_more("--warmup", args.measure.warmup, SECONDS)?;
     let duration = units::cap("--duration", args.duration).map_err(Error::Usage)?;
     let drain = units::cap("--drain", args.drain).map_err(Error::Usage)?;
     let settle = units::cap("--settle", args.settle).map_err(Error::Usage)?;
@@ -734,7 +788,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         prefix,
         max_frame: 65_535,
     };
-    let size = args.size as usize;
+    let size = args.size;
     if !(STAMP_LEN..=config.max_frame).contains(&size) {
         return Err(Error::Usage(format!(
             "--size must be between {STAMP_LEN} (the stamp) and {} bytes, not {size}",
@@ -792,7 +846,11 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         stamp_at: if args.lines { 0 } else { prefix.bytes() },
         size,
         n_senders: args.senders,
-        period_ns: ((1e9 / per_sender) as u64).max(1),
+        period_ns: if per_sender > 0.0 {
+            ((1e9 / per_sender) as u64).max(1)
+        } else {
+            0
+        },
         duration,
         drain,
         settle,

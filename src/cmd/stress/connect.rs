@@ -479,7 +479,13 @@ impl Connector {
         if self.told & bit == 0 {
             self.told |= bit;
             let text = explain(cause, &self.plan, self.ever_up, error);
-            log::warn!("connection {index}: {}; {text}", plain(error));
+            if cause == Cause::Refused && !self.ever_up {
+                // Nothing listens, most likely: if nothing ever connects,
+                // the run's last line says so, once.
+                log::debug!("connection {index}: {}; {text}", plain(error));
+            } else {
+                log::warn!("connection {index}: {}; {text}", plain(error));
+            }
             self.limits.push(text);
         }
     }

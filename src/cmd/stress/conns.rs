@@ -14,10 +14,7 @@ use clap::{Args as ClapArgs, ValueEnum};
 
 use super::connect::Ended;
 use super::report::{self, Tally};
-use super::{
-    outcome, positive, prepare, print_summary, zero_or_more, Run, TcpArgs, SECONDS, TIMER_END,
-    TIMER_MODE, TIMER_PROGRESS,
-};
+use super::{outcome, prepare, Run, TcpArgs, TIMER_END, TIMER_MODE, TIMER_PROGRESS};
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};
 use crate::reactor::{ConnId, Ctx, Event, Handler};
@@ -71,9 +68,11 @@ pub struct Args {
     /// Where to connect and how (shared by every TCP mode).
     #[command(flatten)]
     pub tcp: TcpArgs,
-    /// Seconds to hold the connections open once every one was attempted.
-    #[arg(long, value_name = "S", default_value_t = 5.0)]
-    pub hold: f64,
+    /// How long to hold the connections open once every one was attempted
+    /// (5s, 500ms, 2m; a bare number is seconds; -d as the other modes' --duration).
+    #[arg(short = 'd', long, value_name = "DURATION", default_value = "5s",
+          value_parser = crate::units::parse_duration)]
+    pub hold: Duration,
     /// How to check the server after the hold: echo (16-byte round trip),
     /// connect (handshake only, for servers that are not echo servers), none.
     #[arg(long, value_enum, default_value_t = Probe::Echo)]
@@ -273,7 +272,7 @@ impl Conns {
         json.end();
         self.run.generator_report(cx, None, &mut lines, &mut json);
         lines.push("  (loop utilisation and CPU cover the connect phase)".to_string());
-        print_summary(&lines, json_wanted.then(|| json.finish()));
+        self.run.print(&lines, json_wanted.then(|| json.finish()));
         outcome(
             "conns",
             &self.run,
@@ -377,8 +376,6 @@ impl Handler for Conns {
 
 /// Runs `stress conns`: connect, hold, probe.
 pub fn run(args: &Args, trace: bool) -> Result<()> {
-    zero_or_more("--hold", args.hold, SECONDS)?;
-    positive("--connect-timeout", args.tcp.connect_timeout)?;
     let hold = units::cap("--hold", args.hold).map_err(Error::Usage)?;
     let extra = u32::from(args.probe != Probe::None);
     let setup = prepare(&args.tcp, extra)?;

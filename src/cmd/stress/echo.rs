@@ -27,9 +27,8 @@ use super::connect::Ended;
 use super::report::{self, Latency, Tally};
 use super::timeline::{MeasureArgs, Timeline};
 use super::{
-    latency_lines, measure_report, parse_seconds, positive, prepare, rate_check, zero_or_more, Run,
-    TcpArgs, SECONDS, SEND_TICK_NS, TIMER_CONN, TIMER_DRAIN, TIMER_END, TIMER_INTERVAL,
-    TIMER_PROGRESS, TIMER_START, TIMER_WARMUP,
+    latency_lines, measure_report, prepare, rate_check, Run, TcpArgs, SEND_TICK_NS, TIMER_CONN,
+    TIMER_DRAIN, TIMER_END, TIMER_INTERVAL, TIMER_PROGRESS, TIMER_START, TIMER_WARMUP,
 };
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};
@@ -83,34 +82,48 @@ pub struct Args {
     /// Where to connect and how (shared by every TCP mode).
     #[command(flatten)]
     pub tcp: TcpArgs,
-    /// Bytes per message.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=16 * 1024 * 1024))]
-    pub size: u32,
-    /// Seconds to measure (10, 10s, 2m, 500ms), counted from when every
-    /// connection is open (and the warmup is over).
-    #[arg(short = 'd', long, value_name = "S", default_value_t = 5.0, value_parser = parse_seconds)]
-    pub duration: f64,
+    /// Bytes per message (64, 1K, 16K; at most 16M).
+    #[arg(short = 's', long, value_name = "BYTES", default_value = "64", value_parser = message_size)]
+    pub size: usize,
+    /// How long to measure (10s, 500ms, 2m; a bare number is seconds),
+    /// counted from when every connection is open (and the warmup is over).
+    #[arg(short = 'd', long, value_name = "DURATION", default_value = "5s",
+          value_parser = crate::units::parse_duration_nonzero)]
+    pub duration: Duration,
     /// Messages in flight per connection (1: ping-pong).
     #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub pipeline: u32,
-    /// Open loop: R messages per second in all, spread evenly over the
-    /// connections (R/connections each, on a fixed schedule, still at most
-    /// --pipeline in flight); latency is measured from each message's intended
-    /// send time.
-    #[arg(short = 'R', long, value_name = "R", value_parser = crate::ratelimit::parse_per_second,
+    /// Open loop: R messages per second in all (1000, 10k), spread evenly
+    /// over the connections (R/connections each, on a fixed schedule, still
+    /// at most --pipeline in flight); latency is measured from each message's
+    /// intended send time. 0: unpaced, as fast as the echoes come back (the
+    /// closed loop, as without --rate).
+    #[arg(short = 'R', long, value_name = "R", value_parser = crate::units::parse_rate,
           conflicts_with = "rate_per_conn")]
     pub rate: Option<f64>,
     /// Open loop with R messages per second from every connection (R x
-    /// connections in all).
-    #[arg(long, value_name = "R", value_parser = crate::ratelimit::parse_per_second)]
+    /// connections in all; 0: unpaced, the closed loop).
+    #[arg(long, value_name = "R", value_parser = crate::units::parse_rate)]
     pub rate_per_conn: Option<f64>,
-    /// Seconds to wait after the window for echoes still in flight (they are
-    /// verified, not counted).
-    #[arg(long, value_name = "S", default_value_t = 2.0, value_parser = parse_seconds)]
-    pub drain: f64,
+    /// How long to wait after the window for echoes still in flight (they
+    /// are verified, not counted).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = crate::units::parse_duration)]
+    pub drain: Duration,
     /// Warmup, start time, interval log, plot, spectrum.
     #[command(flatten)]
     pub measure: MeasureArgs,
+}
+
+/// The largest `--size`: one message is read and verified in slices of
+/// one preallocated pattern buffer this long.
+const MAX_SIZE: usize = 16 * 1024 * 1024;
+
+/// `--size`: a byte count with units, from 1 to [`MAX_SIZE`].
+fn message_size(text: &str) -> std::result::Result<usize, String> {
+    match crate::units::parse_size_min1(text)? {
+        n if n > MAX_SIZE => Err(format!("at most 16M ({MAX_SIZE} bytes)")),
+        n => Ok(n),
+    }
 }
 
 /// What `--rate` or `--rate-per-conn` asked for.
@@ -709,31 +722,27 @@ impl Handler for Echo {
 
 /// Runs `stress echo` until the window and the drain are over, or Ctrl+C.
 pub fn run(args: &Args, trace: bool) -> Result<()> {
-    positive("--duration", args.duration)?;
-    zero_or_more("--drain", args.drain, SECONDS)?;
-    zero_or_more("--warmup", args.measure.warmup, SECONDS)?;
     let duration = units::cap("--duration", args.duration).map_err(Error::Usage)?;
     let drain = units::cap("--drain", args.drain).map_err(Error::Usage)?;
     let warmup = units::cap("--warmup", args.measure.warmup).map_err(Error::Usage)?;
+    // A rate of 0 is unpaced: the closed loop.
     let rate = match (args.rate, args.rate_per_conn) {
-        (Some(total), _) => {
-            positive("--rate", total)?;
+        (Some(total), _) if total > 0.0 => {
             let per_conn = total / f64::from(args.tcp.conns);
             units::check_rate("--rate (per connection)", per_conn).map_err(Error::Usage)?;
             Some(Rate::Total(total))
         }
-        (None, Some(per_conn)) => {
-            positive("--rate-per-conn", per_conn)?;
+        (None, Some(per_conn)) if per_conn > 0.0 => {
             units::check_rate("--rate-per-conn", per_conn).map_err(Error::Usage)?;
             Some(Rate::PerConn(per_conn))
         }
-        (None, None) => None,
+        _ => None,
     };
     let log = args.measure.create_log()?;
     let setup = prepare(&args.tcp, 0)?;
     let n = u64::from(setup.plan.n);
     let pipeline = u64::from(args.pipeline);
-    let size = u64::from(args.size);
+    let size = args.size as u64;
     let piece = (SCRATCH_SIZE as u64).max(size);
     let pattern: Vec<u8> = (0..piece + PERIOD)
         .map(|i| b'!' + ((i % PERIOD) * 37 % 94) as u8)

@@ -105,10 +105,10 @@ pub struct TcpArgs {
     /// more than the open-file limit allows.
     #[arg(short = 'c', long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub conns: u32,
-    /// Open at most R connections per second (0: as fast as
+    /// Open at most R connections per second (0: unpaced, as fast as
     /// --connect-concurrency allows). Pacing keeps a burst of SYNs from
     /// overflowing the server's listen backlog.
-    #[arg(long, value_name = "R", default_value_t = 0.0, value_parser = crate::ratelimit::parse_per_second)]
+    #[arg(long, value_name = "R", default_value_t = 0.0, value_parser = crate::units::parse_rate)]
     pub connect_rate: f64,
     /// Handshakes under way at once. Connect times include the generator's
     /// own queueing: a lower value gives truer connect times, a higher one
@@ -116,10 +116,11 @@ pub struct TcpArgs {
     #[arg(long, value_name = "N", default_value_t = 128,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub connect_concurrency: u32,
-    /// Seconds a handshake may take before it counts as "timed out" (a SYN
-    /// lost to a full backlog is retried by the kernel after 1 s, 3 s, ...).
-    #[arg(long, value_name = "S", default_value_t = 5.0)]
-    pub connect_timeout: f64,
+    /// How long a handshake may take before it counts as "timed out" (5s,
+    /// 500ms; a SYN lost to a full backlog is retried by the kernel after 1 s, 3 s, ...).
+    #[arg(long, value_name = "DURATION", default_value = "5s",
+          value_parser = crate::units::parse_duration_nonzero)]
+    pub connect_timeout: Duration,
     /// Source addresses. auto: when the target is IPv4 loopback, connection i
     /// binds to 127.0.0.(2 + i / --per-source) first, with
     /// IP_BIND_ADDRESS_NO_PORT, so more connections fit than the ~28k
@@ -153,8 +154,6 @@ pub struct Setup {
 /// connections it allows; refuses a `--conns` that cannot fit (exit 2).
 /// `extra` is the number of connections the mode opens besides `--conns`.
 pub fn prepare(args: &TcpArgs, extra: u32) -> Result<Setup> {
-    positive("--connect-timeout", args.connect_timeout)?;
-    zero_or_more("--connect-rate", args.connect_rate, UNPACED)?;
     let timeout = units::cap("--connect-timeout", args.connect_timeout).map_err(Error::Usage)?;
     units::check_rate("--connect-rate", args.connect_rate).map_err(Error::Usage)?;
     let target = addr::resolve(&args.addr)?;
@@ -236,60 +235,6 @@ pub fn prepare(args: &TcpArgs, extra: u32) -> Result<Setup> {
     })
 }
 
-/// A usage error unless `value` is a positive, finite number.
-pub fn positive(name: &str, value: f64) -> Result<()> {
-    if value > 0.0 && value.is_finite() {
-        Ok(())
-    } else {
-        Err(Error::Usage(format!(
-            "{name} must be a positive number, not {value}"
-        )))
-    }
-}
-
-/// Parses a duration option: seconds as a number (`10`, `0.5`) or with a
-/// unit, as wrk2 takes them (`500ms`, `10s`, `2m`, `1h`). The range is
-/// checked where the option is used ([`positive`], [`zero_or_more`]).
-pub fn parse_seconds(text: &str) -> std::result::Result<f64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| c.is_ascii_alphabetic())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let scale = match unit {
-        "" | "s" => 1.0,
-        "ms" => 1e-3,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => {
-            return Err(format!(
-                "'{text}' is not a duration (use 10, 10s, 500ms, 2m or 1h)"
-            ))
-        }
-    };
-    number
-        .parse::<f64>()
-        .map(|n| n * scale)
-        .map_err(|_| format!("'{text}' is not a duration (use 10, 10s, 500ms, 2m or 1h)"))
-}
-
-/// What a duration option accepts, for [`zero_or_more`].
-pub const SECONDS: &str = "0 or more seconds";
-/// What a pacing rate accepts, for [`zero_or_more`].
-pub const UNPACED: &str = "0 (unpaced) or a positive number";
-
-/// A usage error unless `value` is 0 or a positive, finite number;
-/// `meaning` completes "NAME must be ...", e.g. "0 or more seconds".
-pub fn zero_or_more(name: &str, value: f64, meaning: &str) -> Result<()> {
-    if value >= 0.0 && value.is_finite() {
-        Ok(())
-    } else {
-        Err(Error::Usage(format!(
-            "{name} must be {meaning}, not {value}"
-        )))
-    }
-}
-
 /// The reactor a generator runs on: reads are never paused by our own
 /// output (the answers are what makes room on the server), and the output
 /// limit is the mode's business.
@@ -365,13 +310,20 @@ pub fn generator_report(g: &Generator, lines: &mut Vec<String>, json: &mut Json)
 
 /// The run's exit: an error when nothing could connect or errors were seen.
 pub fn outcome(mode: &str, run: &Run, errors: u64, first: Option<&str>) -> Result<()> {
-    if run.connector.connected() == 0 && !run.interrupted {
+    if run.nothing_connected() {
+        let c = &run.connector;
+        let why = c
+            .limits()
+            .first()
+            .or(c.first_error().map(String::from).as_ref())
+            .cloned()
+            .unwrap_or_default();
         return Err(Error::Failed(format!(
-            "stress {mode}: no connection could be opened{}",
-            run.connector
-                .first_error()
-                .map(|e| format!(" ({e})"))
-                .unwrap_or_default()
+            "stress {mode}: no connection to {} could be opened ({} of {} failed: {}); {why}",
+            c.plan().target,
+            c.failures().total(),
+            c.plan().n,
+            c.failures().human()
         )));
     }
     if errors > 0 {
@@ -389,7 +341,9 @@ pub fn outcome(mode: &str, run: &Run, errors: u64, first: Option<&str>) -> Resul
 /// waits: what a stuck reader has not taken is given a bounded time at exit
 /// (`console::finish`).
 pub fn print_summary(lines: &[String], json: Option<String>) {
-    crate::errln!("{}", lines.join("\n"));
+    if !lines.is_empty() {
+        crate::errln!("{}", lines.join("\n"));
+    }
     if let Some(line) = json {
         let mut line = typed_summary(&line);
         line.push('\n');
@@ -536,19 +490,6 @@ pub fn latency_lines(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_take_the_units_wrk2_users_type() {
-        assert_eq!(parse_seconds("10"), Ok(10.0));
-        assert_eq!(parse_seconds("2.5s"), Ok(2.5));
-        assert_eq!(parse_seconds("500ms"), Ok(0.5));
-        assert_eq!(parse_seconds("2m"), Ok(120.0));
-        assert_eq!(parse_seconds("1h"), Ok(3600.0));
-        assert!(parse_seconds("10 parsecs")
-            .unwrap_err()
-            .contains("not a duration"));
-        assert!(parse_seconds("s").is_err());
-    }
 
     #[test]
     fn the_summary_line_says_it_is_one_right_after_its_schema() {

@@ -414,8 +414,25 @@ impl Run {
         errors.json(&mut json, "errors");
         json.opt_str("first_error", first_error);
         self.generator_report(cx, Some(msgs), &mut lines, &mut json);
-        print_summary(&lines, json_wanted.then(|| json.finish()));
+        self.print(&lines, json_wanted.then(|| json.finish()));
         outcome(self.mode, self, errors.total(), first_error)
+    }
+
+    /// No connection could be opened and nobody stopped the run: there is
+    /// nothing to report but why, which the exit line says ([`outcome`]).
+    pub fn nothing_connected(&self) -> bool {
+        self.connector.connected() == 0 && !self.interrupted
+    }
+
+    /// Prints the summary ([`print_summary`]), or, when nothing connected,
+    /// the JSON line alone: rates, latencies and the loop's figures of a run
+    /// that never had a connection would only hide the one line that matters.
+    pub fn print(&self, lines: &[String], json: Option<String>) {
+        if self.nothing_connected() {
+            print_summary(&[], json);
+        } else {
+            print_summary(lines, json);
+        }
     }
 
     /// The JSON fields every mode starts with; `duration` is the mode's

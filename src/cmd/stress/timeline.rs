@@ -36,10 +36,11 @@ pub const MAX_POINTS: usize = 1_000_000;
 /// histograms go (shared by `stress echo` and `stress chat`).
 #[derive(Debug, Clone, ClapArgs)]
 pub struct MeasureArgs {
-    /// Seconds of load before the measuring window opens: sent, checked,
-    /// and left out of every figure (warm caches, a settled server).
-    #[arg(long, value_name = "S", default_value_t = 0.0, value_parser = super::parse_seconds)]
-    pub warmup: f64,
+    /// Load before the measuring window opens (5s, 500ms; a bare number is
+    /// seconds): sent, checked, and left out of every figure (warm caches, a
+    /// settled server).
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = crate::units::parse_duration)]
+    pub warmup: Duration,
     /// Begin the load at this wall-clock time instead of as soon as every
     /// connection is open, so generators on several hosts run the same
     /// seconds: @UNIX_SECONDS, an RFC 3339 time (2026-11-25T12:00:00Z) or a

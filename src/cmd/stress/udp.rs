@@ -4,9 +4,10 @@
 //! the format `udp-stream` uses, so `udp-chat` and `udp-sink` understand
 //! them) to a target at `--rate` per second, from the reactor's one UDP
 //! socket. Every datagram that arrives on that socket is counted the way
-//! `udp-sink` counts ([`crate::stream::Sequences`]): received, unique, lost,
-//! reordered (with the largest distance) and duplicated. Without a target the stream is sent to the
-//! socket itself, so one command measures a whole UDP path on this machine;
+//! `udp-sink` counts, and reported by the same names
+//! ([`crate::sink_counts`]): received, lost (and how many to the socket's
+//! own full receive buffer), reordered, duplicated, jitter, expected.
+//! Without a target the stream is sent to the socket itself, so one command measures a whole UDP path on this machine;
 //! with a target (say `sockloop udp-sink`), the target's own report tells
 //! what arrived, and this one tells what was sent.
 //!
@@ -23,16 +24,16 @@ use clap::Args as ClapArgs;
 
 use super::report::{self, Json, Tally};
 use super::{
-    generator_report, print_summary, rate_check, zero_or_more, Generator, SECONDS, TIMER_END,
-    TIMER_MODE, TIMER_PROGRESS, UNPACED,
+    generator_report, print_summary, rate_check, Generator, TIMER_END, TIMER_MODE, TIMER_PROGRESS,
 };
 use crate::addr;
 use crate::chat_msg;
 use crate::error::{Error, Result};
 use crate::net;
 use crate::reactor::{Ctx, Event, Handler, LoopStats};
-use crate::stream::{self, Sequences};
-use crate::stream_io::{Next, StreamReceiver, StreamSender};
+use crate::sink_counts::{Figure, SinkCounts};
+use crate::stream;
+use crate::stream_io::{self, Next, StreamReceiver, StreamSender};
 use crate::sys;
 use crate::udp;
 use crate::udp_batch::Gso;
@@ -47,6 +48,12 @@ const TIMER_SEND: u64 = TIMER_MODE;
 const SINK_RCVBUF: usize = 4 << 20;
 /// Largest UDP payload over IPv4.
 const MAX_DATAGRAM: usize = 65_507;
+
+/// The schema number of this mode's JSON line: 2 since the built-in sink
+/// reports its counts by `udp-sink`'s names (`not_stream`, once `other`;
+/// `rcvbuf_drops` inside `sink`, once beside it) and adds `expected`,
+/// `lost_to_rcvbuf` and jitter.
+pub const SCHEMA: u64 = 2;
 
 /// Send errors (JSON keys under `send_errors`).
 const SEND_ERROR_NAMES: &[&str] = &["no_buffer", "refused", "unreachable", "other"];
@@ -80,15 +87,16 @@ pub struct Args {
     /// Messages to send (numbered from 0).
     #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
     pub count: u64,
-    /// Messages per second (0: as fast as the socket takes them).
-    #[arg(long, value_name = "R", default_value_t = 10_000.0, value_parser = crate::ratelimit::parse_per_second)]
+    /// Messages per second (1000, 10k; 0: unpaced, as fast as the socket takes them).
+    #[arg(short = 'R', long, value_name = "R", default_value_t = 10_000.0, value_parser = crate::units::parse_rate)]
     pub rate: f64,
-    /// Pad each message's TEXT to this many bytes ('Number 7 ......'), as udp-stream does.
-    #[arg(long, value_name = "B", default_value_t = 0)]
+    /// Pad each message's TEXT to this many bytes ('Number 7 ......'; 1K
+    /// works), as udp-stream does.
+    #[arg(short = 's', long, value_name = "BYTES", default_value = "0", value_parser = crate::units::parse_size)]
     pub size: usize,
-    /// Seconds to wait after the last datagram for stragglers.
-    #[arg(long, value_name = "S", default_value_t = 1.0)]
-    pub drain: f64,
+    /// How long to wait after the last datagram for stragglers (1s, 200ms).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::units::parse_duration)]
+    pub drain: Duration,
     /// Print the summary also as one JSON line on stdout (fields: README, appendix).
     #[arg(long)]
     pub json: bool,
@@ -106,12 +114,6 @@ fn send_error_kind(e: &io::Error) -> usize {
         Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH) => 2,
         _ => 3,
     }
-}
-
-/// `I` out of `[TIMESTAMP] NAME:\n\tNumber I[ padding]`.
-pub fn message_number(bytes: &[u8]) -> Option<u64> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    stream::parse_number(chat_msg::parse(text)?.text)
 }
 
 /// The `stress udp` handler.
@@ -133,10 +135,8 @@ struct Udp {
     send_errors: Tally,
     blocked: bool,
     timer_armed: bool,
-    /// The built-in sink: numbers that came back, counted as `udp-sink` counts.
-    sink: Sequences,
-    /// Datagrams that came back and were not ours.
-    other: u64,
+    /// The built-in sink: what came back, counted as `udp-sink` counts.
+    sink: SinkCounts,
     /// ICMP reports that nothing listens at the target.
     unreachable: u64,
     interrupted: bool,
@@ -180,20 +180,17 @@ impl Udp {
 
     /// Counts the datagram the reactor read, and whatever else is queued.
     fn on_datagram(&mut self, cx: &mut Ctx<()>, bytes: &[u8]) {
-        let (sink, other) = (&mut self.sink, &mut self.other);
-        let mut count = |datagram: &[u8]| match message_number(datagram) {
-            Some(i) => {
-                sink.record(i);
-            }
-            None => *other += 1,
-        };
+        let arrived = stream_io::now_micros();
+        let sink = &mut self.sink;
         for datagram in self.receiver.datagrams_in(bytes) {
-            count(datagram);
+            sink.count(datagram, arrived);
         }
         if let Some(socket) = cx.udp() {
             let drained = self
                 .receiver
-                .drain(socket, cx.stats().polls, |datagram, _, _| count(datagram));
+                .drain(socket, cx.stats().polls, |datagram, _, arrived| {
+                    sink.count(datagram, arrived)
+                });
             if let Some(e) = drained.error {
                 log::debug!("udp: {e}");
             }
@@ -228,7 +225,7 @@ impl Udp {
         self.sending_done = Some(Instant::now());
         self.loop_end = Some(cx.stats());
         self.cpu_end = Some(sys::cpu_time());
-        if self.all_arrived() || (!self.to_self && self.sink.received() == 0) {
+        if self.all_arrived() || (!self.to_self && self.sink.seq.received() == 0) {
             cx.stop();
         } else {
             cx.set_timer_in(self.drain, TIMER_END);
@@ -236,12 +233,12 @@ impl Udp {
     }
 
     fn all_arrived(&self) -> bool {
-        self.sink.unique() >= self.sent
+        self.sink.seq.unique() >= self.sent
     }
 
     /// Numbers sent that have not come back (never negative).
     fn lost(&self) -> u64 {
-        self.sent.saturating_sub(self.sink.unique())
+        self.sent.saturating_sub(self.sink.seq.unique())
     }
 
     fn progress(&mut self, cx: &mut Ctx<()>) {
@@ -251,11 +248,11 @@ impl Udp {
             TIMER_PROGRESS,
         );
         let (sent_before, received_before) = self.progress_last;
-        self.progress_last = (self.sent, self.sink.received());
-        let arrivals = if self.to_self || self.sink.received() > 0 {
+        self.progress_last = (self.sent, self.sink.seq.received());
+        let arrivals = if self.to_self || self.sink.seq.received() > 0 {
             format!(
                 "received {}/s, not arrived (yet) {}",
-                report::count(self.sink.received() - received_before),
+                report::count(self.sink.seq.received() - received_before),
                 report::count(self.lost())
             )
         } else {
@@ -298,7 +295,7 @@ impl Udp {
             }
         )];
         let mut json = Json::new();
-        json.u64("schema", 1);
+        json.u64("schema", SCHEMA);
         json.str("mode", "udp");
         json.str("target", &self.target.to_string());
         json.f64("duration_s", sending.as_secs_f64(), 3);
@@ -352,49 +349,25 @@ impl Udp {
                 self.target
             ));
         }
-        let sink = &self.sink;
-        if sink.received() == 0 && !self.to_self {
+        let drops = cx.udp().and_then(|socket| udp::drops_now(socket).ok());
+        let figures = self.sink.figures(Some(self.sent), drops.map(u64::from));
+        if figures.received == 0 && !self.to_self {
             lines.push(format!(
                 "  built-in sink: nothing came back to this socket; {} reports what arrived there",
                 self.target
             ));
-        } else {
-            lines.push(format!(
-                "  built-in sink: received {} (unique {}), lost {}, reordered {} (largest \
-                 distance {}), duplicated {}, not ours {}",
-                report::count(sink.received()),
-                report::count(sink.unique()),
-                report::count(self.lost()),
-                report::count(sink.reordered()),
-                report::count(sink.max_reorder_distance()),
-                report::count(sink.duplicated()),
-                report::count(self.other)
-            ));
-        }
-        if sink.received() == 0 && !self.to_self {
             // Nothing came back: what arrived is the target's to say, not ours to call lost.
             json.null("sink");
         } else {
+            lines.push(format!("  built-in sink: {}", figures.human(report::count)));
             json.begin("sink");
-            json.u64("received", sink.received());
-            json.u64("unique", sink.unique());
-            json.u64("lost", self.lost());
-            json.u64("reordered", sink.reordered());
-            json.u64("max_reorder_distance", sink.max_reorder_distance());
-            json.u64("duplicated", sink.duplicated());
-            json.u64("other", self.other);
+            figures.each(|name, value| match value {
+                Figure::Count(n) => json.u64(name, n),
+                Figure::Maybe(Some(n)) => json.u64(name, n),
+                Figure::Maybe(None) => json.null(name),
+                Figure::Millis(ms) => json.f64(name, ms, 6),
+            });
             json.end();
-        }
-        let drops = cx.udp().and_then(|socket| udp::drops_now(socket).ok());
-        if let Some(drops) = drops.filter(|d| *d > 0 || self.to_self) {
-            lines.push(format!(
-                "  this socket's full receive buffer dropped {} datagram(s) (SO_MEMINFO)",
-                report::count(u64::from(drops))
-            ));
-        }
-        match drops {
-            Some(d) => json.u64("rcvbuf_drops", u64::from(d)),
-            None => json.null("rcvbuf_drops"),
         }
         let loop_end = self.loop_end.unwrap_or_else(|| cx.stats());
         let cpu_end = self.cpu_end.unwrap_or_else(sys::cpu_time);
@@ -462,9 +435,7 @@ impl Handler for Udp {
 
 /// Runs `stress udp`: stream, then wait for stragglers, then report.
 pub fn run(args: &Args, trace: bool) -> Result<()> {
-    zero_or_more("--rate", args.rate, UNPACED)?;
     units::check_rate("--rate", args.rate).map_err(Error::Usage)?;
-    zero_or_more("--drain", args.drain, SECONDS)?;
     let drain = units::cap("--drain", args.drain).map_err(Error::Usage)?;
     let longest = chat_msg::format_now(NAME, &stream::text(args.count - 1, args.size)).len();
     if longest > MAX_DATAGRAM {
@@ -525,8 +496,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         send_errors: Tally::new(SEND_ERROR_NAMES),
         blocked: false,
         timer_armed: false,
-        sink: Sequences::expecting(args.count),
-        other: 0,
+        sink: SinkCounts::new(Some(args.count)),
         unreachable: 0,
         interrupted: false,
         loop_start: reactor.cx().stats(),
@@ -543,26 +513,4 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     udp.pump(reactor.cx());
     reactor.run(&mut udp).map_err(|e| Error::io("polling", e))?;
     udp.summary(reactor.cx(), args.json)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn message_numbers_are_read_from_the_chat_text() {
-        assert_eq!(
-            message_number(b"[2026-11-25T10:00:00.5] stress:\n\tNumber 42"),
-            Some(42)
-        );
-        assert_eq!(
-            message_number(b"[2026-11-25T10:00:00] x:\n\tNumber 7 ......"),
-            Some(7)
-        );
-        assert_eq!(
-            message_number(b"[2026-11-25T10:00:00] x:\n\tNumber x"),
-            None
-        );
-        assert_eq!(message_number(b"Number 7"), None);
-    }
 }

@@ -173,10 +173,11 @@ pub struct Args {
     /// does not read is disconnected.
     #[arg(long, default_value = "1M", value_parser = crate::units::parse_size_min1)]
     pub max_backlog: usize,
-    /// Longest wait, in seconds, between two dials of an address that does not answer.
-    #[arg(long, value_name = "SECS", default_value_t = 10,
-          value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub retry_max: u64,
+    /// Longest wait between two dials of an address that does not answer
+    /// (10s, 500ms, 1m; a bare number is seconds).
+    #[arg(long, value_name = "DURATION", default_value = "10s",
+          value_parser = crate::units::parse_duration_nonzero)]
+    pub retry_max: Duration,
     /// The framing every member and guest uses.
     #[command(flatten)]
     pub framing: FramingArgs,
@@ -377,7 +378,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         max_backlog: args.max_backlog,
         backoff: Backoff {
             base: RETRY_BASE,
-            cap: Duration::from_secs(args.retry_max),
+            cap: args.retry_max,
         },
         rng,
         n_dials: 0,
