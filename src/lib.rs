@@ -15,6 +15,8 @@
 //!   accounting and jitter; no I/O.
 //! * [`addr`], [`chat_msg`], [`framing`], [`lines`] — address parsing, the chat
 //!   message text, the TCP chat's length-prefixed frames and stdin lines; no I/O.
+//! * [`loglimit`] — log lines for what can happen thousands of times a
+//!   second: one a second per cause, with counts; no I/O.
 //! * [`safe_text`] — the trust rules for text a peer chose: what may reach a
 //!   terminal, a line client or a log, and what a name may be; no I/O.
 //! * [`cmd`] — the commands; each is a [`reactor::Handler`].
@@ -34,6 +36,7 @@ pub mod conn;
 pub mod error;
 pub mod framing;
 pub mod lines;
+pub mod loglimit;
 pub mod net;
 pub mod ratelimit;
 pub mod reactor;

@@ -1,6 +1,10 @@
 //! Listeners and admission: accepting until `WouldBlock`, the access rules
 //! and per-IP limits, refusals, and the spare descriptor that lets a server
 //! out of descriptors still turn a client away instead of spinning.
+//!
+//! A refusal is logged at most once a second per cause ([`Refusals`]): the
+//! first in full, with the client's address, the rest as one line with their
+//! count when the second is over, so a flood of connections cannot flood the log.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -10,11 +14,51 @@ use std::time::Instant;
 use mio::net::{TcpListener, TcpStream};
 use mio::Interest;
 
+use crate::loglimit::{Note, RateLog};
 use crate::ratelimit::Throttle;
 use crate::trace;
 
+use super::timer::Deadline;
 use super::token::Source;
 use super::{Ctx, Event, Handler};
+
+/// Why a connection was refused at accept: one log cause each.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Refusal {
+    /// `--allow`/`--deny`.
+    Rule,
+    /// `--max-conns-per-ip`.
+    PerIp,
+    /// `--max-conns`.
+    Full,
+    /// The open-file limit.
+    NoDescriptors,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 4] = [
+        Refusal::Rule,
+        Refusal::PerIp,
+        Refusal::Full,
+        Refusal::NoDescriptors,
+    ];
+
+    /// The cause, as the summary line gives it.
+    fn cause(self) -> &'static str {
+        match self {
+            Refusal::Rule => "by --allow/--deny",
+            Refusal::PerIp => "over --max-conns-per-ip",
+            Refusal::Full => "the server is full (--max-conns)",
+            Refusal::NoDescriptors => "out of file descriptors",
+        }
+    }
+}
+
+/// The log of refusals, one [`RateLog`] per cause.
+#[derive(Debug, Default)]
+pub(super) struct Refusals {
+    logs: [RateLog; 4],
+}
 
 pub(super) struct Listener {
     pub(super) socket: TcpListener,
@@ -103,10 +147,12 @@ impl<S> Ctx<S> {
                     }
                     if self.conns.len() >= self.config.max_conns {
                         self.stats.refused += 1;
-                        log::warn!(
-                            "refused {peer}: {} connections is the limit (--max-conns)",
-                            self.config.max_conns
-                        );
+                        if self.log_refusal(Refusal::Full) {
+                            log::warn!(
+                                "refused {peer}: {} connections is the limit (--max-conns)",
+                                self.config.max_conns
+                            );
+                        }
                         refuse(stream, self.full_notice(index));
                         continue;
                     }
@@ -164,19 +210,51 @@ impl<S> Ctx<S> {
     pub(super) fn admit(&mut self, peer: SocketAddr) -> bool {
         if let Err(why) = self.config.access.check(peer.ip()) {
             self.stats.refused_by_rule += 1;
-            log::warn!("refused {peer}: {why}");
+            if self.log_refusal(Refusal::Rule) {
+                log::warn!("refused {peer}: {why}");
+            }
             return false;
         }
         let limit = self.config.max_conns_per_ip;
         if limit > 0 && self.per_ip.get(&peer.ip()).copied().unwrap_or(0) as usize >= limit {
             self.stats.refused_per_ip += 1;
-            log::warn!(
-                "refused {peer}: {limit} connections from {} already (--max-conns-per-ip)",
-                peer.ip()
-            );
+            if self.log_refusal(Refusal::PerIp) {
+                log::warn!(
+                    "refused {peer}: {limit} connections from {} already (--max-conns-per-ip)",
+                    peer.ip()
+                );
+            }
             return false;
         }
         true
+    }
+
+    /// Counts one refusal; true when it should be logged now, in full. The
+    /// first one a second is; the others are counted, and a deadline at the
+    /// end of that second logs their number (`log_refusal_summaries`).
+    fn log_refusal(&mut self, refusal: Refusal) -> bool {
+        match self.refusals.logs[refusal as usize].note(Instant::now()) {
+            Note::Log => true,
+            Note::CountedFirst(at) => {
+                self.timers.add(at, Deadline::RefusalSummary);
+                false
+            }
+            Note::Counted => false,
+        }
+    }
+
+    /// A second of refusals is over: one line per cause with how many were
+    /// not logged on their own.
+    pub(super) fn log_refusal_summaries(&mut self) {
+        let now = Instant::now();
+        for refusal in Refusal::ALL {
+            if let Some(n) = self.refusals.logs[refusal as usize].summary(now) {
+                log::warn!(
+                    "refused {n} more connection(s) in the last second: {}",
+                    refusal.cause()
+                );
+            }
+        }
     }
 
     /// Out of descriptors: free the spare, accept one waiting client, tell it
@@ -195,7 +273,9 @@ impl<S> Ctx<S> {
         let go_on = match self.listeners[index].socket.accept() {
             Ok((stream, peer)) => {
                 self.stats.refused += 1;
-                log::warn!("refused {peer}: out of file descriptors ({error})");
+                if self.log_refusal(Refusal::NoDescriptors) {
+                    log::warn!("refused {peer}: out of file descriptors ({error})");
+                }
                 refuse(stream, self.full_notice(index));
                 true
             }

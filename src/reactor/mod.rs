@@ -142,6 +142,8 @@ pub struct Ctx<S> {
     tracer: Tracer,
     /// Open connections per peer IP, kept only under `max_conns_per_ip`.
     per_ip: HashMap<IpAddr, u32>,
+    /// Refusals at accept, for log lines limited to one a second per cause.
+    refusals: accept::Refusals,
     stats: LoopStats,
     started: Instant,
     stopping: bool,
@@ -194,6 +196,7 @@ impl<S: Default> Reactor<S> {
                 timers: Timers::default(),
                 tracer,
                 per_ip: HashMap::new(),
+                refusals: accept::Refusals::default(),
                 stats: LoopStats::default(),
                 started: Instant::now(),
                 stopping: false,
@@ -271,6 +274,7 @@ impl<S: Default> Reactor<S> {
                 Deadline::ResumeReading(key) => cx.end_throttle(key),
                 Deadline::Handshake(key) => cx.check_handshake(key),
                 Deadline::CloseGrace(key) => cx.end_close_grace(key),
+                Deadline::RefusalSummary => cx.log_refusal_summaries(),
             }
         }
 

@@ -22,6 +22,8 @@ pub enum Deadline {
     Handshake(usize),
     /// Connection KEY, closing, has had its grace: close it now.
     CloseGrace(usize),
+    /// A second of refusals at accept is over: log how many were not logged.
+    RefusalSummary,
 }
 
 /// The pending deadlines, nearest first.
