@@ -339,6 +339,9 @@ pub struct Conn<S> {
     /// When a closing connection's grace ends, in ms since the reactor
     /// started (see `Ctx::close_after_flush`).
     pub(crate) close_deadline_ms: u32,
+    /// Accepted by listener N, and the command not told yet: a TLS
+    /// connection is handed over only once its handshake is over.
+    pub(crate) accept_pending: Option<u8>,
     /// The command's per-connection state.
     pub state_of_app: S,
 }
@@ -365,6 +368,7 @@ impl<S> Conn<S> {
             tls_eof: false,
             tls_close_sent: false,
             close_deadline_ms: 0,
+            accept_pending: None,
             state_of_app: app,
         }
     }

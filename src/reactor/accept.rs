@@ -164,9 +164,6 @@ impl<S> Ctx<S> {
                                 *self.per_ip.entry(peer.ip()).or_insert(0) += 1;
                                 self.conns[id.0].counted_per_ip = true;
                             }
-                            if let Some(config) = self.config.tls_server.clone() {
-                                self.start_tls_server(id, config);
-                            }
                             if let Some(limit) = self.config.rate_limit {
                                 self.conns[id.0].throttle =
                                     Some(Box::new(Throttle::new(limit, Instant::now())));
@@ -176,6 +173,13 @@ impl<S> Ctx<S> {
                                 "listener#{index}: accepted {id} from {peer} ({} open)",
                                 self.conns.len()
                             );
+                            if let Some(config) = self.config.tls_server.clone() {
+                                // The command hears of it once the handshake is
+                                // over (`tls.rs`): until then it is nobody's client.
+                                self.conns[id.0].accept_pending = Some(index as u8);
+                                self.start_tls_server(id, config);
+                                continue;
+                            }
                             handler.handle(
                                 self,
                                 Event::Accepted {

@@ -157,10 +157,14 @@ impl Hub {
     }
 
     pub(super) fn on_closed(&mut self, cx: &mut Ctx<Member>, conn: ConnId, reason: &CloseReason) {
-        self.n_members = self.n_members.saturating_sub(1);
         let Some(c) = cx.conn(conn) else {
             return;
         };
+        if c.state_of_app.input.is_none() {
+            // Never handed over (a TLS handshake that failed): never a member.
+            return;
+        }
+        self.n_members = self.n_members.saturating_sub(1);
         let member = &c.state_of_app;
         let name = member.name.clone();
         let who = match &name {
