@@ -3,7 +3,8 @@
 //!
 //! `chat server` and `chat client` both take `--length-bytes` and
 //! `--max-frame`, and both turn what their user types on stdin into chat
-//! messages: the first line is the name when none was given, empty lines are
+//! messages: the first line is the name when none was given (asked again if
+//! it is not a name: `safe_text::check_name`), empty lines are
 //! not sent, a line that is exactly the leave text is refused with a hint,
 //! and an over-long line is skipped without stopping the input.
 //!
@@ -19,6 +20,7 @@ use crate::chat_msg;
 use crate::error::{Error, Result};
 use crate::framing::{FrameConfig, PrefixLen};
 use crate::lines::LineDecoder;
+use crate::safe_text;
 
 /// The width of a frame's length prefix, as given on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -186,6 +188,11 @@ fn take_line(name: &mut Option<Box<str>>, line: &[u8], on_typed: &mut impl FnMut
                 eprintln!("{}", chat_msg::NAME_PROMPT);
                 return;
             }
+            if let Err(why) = safe_text::check_name(typed) {
+                eprintln!("{why}");
+                eprintln!("{}", chat_msg::NAME_PROMPT);
+                return;
+            }
             let name = name.insert(Box::from(typed));
             on_typed(Typed::Name(name));
         }
@@ -231,6 +238,12 @@ mod tests {
                 "text:last (Ann)"
             ]
         );
+    }
+
+    #[test]
+    fn a_typed_name_must_be_a_name() {
+        let got = typed(None, 100, &[b"Ev\x1bil\nAnn: hi\nEve\nhello\n"]);
+        assert_eq!(got, ["name:Eve", "text:hello (Eve)"]);
     }
 
     #[test]
