@@ -423,6 +423,11 @@ impl<S> Conn<S> {
         !self.out.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
+    /// True when the connection speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// True while a TLS handshake is under way.
     pub fn tls_handshaking(&self) -> bool {
         self.tls.as_ref().is_some_and(|t| t.is_handshaking())

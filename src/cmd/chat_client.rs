@@ -10,6 +10,13 @@
 //!
 //! It never holds more than [`OUT_LIMIT`] bytes of unsent messages: reading
 //! stdin pauses until the server takes them.
+//!
+//! As soon as its name is known (`--name`, or the first line typed) it
+//! introduces itself with a message whose text is empty: a sockloop server
+//! takes it as the client's name, relays nothing, and so the room knows who
+//! has joined before they say anything. Every message printed is shown, not
+//! obeyed ([`chat_msg::display`]): another participant's control characters
+//! cannot clear the screen, retitle the terminal or forge a line.
 
 use std::time::Duration;
 
@@ -147,9 +154,18 @@ impl Handler for ChatClient {
 /// One thing typed: a name is remembered by the input; a line is sent.
 fn on_typed(cx: &mut Ctx<()>, conn: ConnId, frames: FrameConfig, wire: &mut Vec<u8>, typed: Typed) {
     match typed {
-        Typed::Name(_) => hint(HINT),
+        Typed::Name(name) => {
+            hint(HINT);
+            introduce(cx, conn, frames, wire, name);
+        }
         Typed::Text { name, text } => send_message(cx, conn, frames, wire, name, text),
     }
+}
+
+/// Tells the server our name before we say anything: a message with an
+/// empty text, which a sockloop server relays to no one.
+fn introduce(cx: &mut Ctx<()>, conn: ConnId, frames: FrameConfig, wire: &mut Vec<u8>, name: &str) {
+    send_message(cx, conn, frames, wire, name, "");
 }
 
 /// Frames `[now] NAME:\n\tTEXT` and sends it; a message over `--max-frame` is not sent.
@@ -181,7 +197,7 @@ impl ChatClient {
             Frame::Message { text, .. } => {
                 if print_error.is_none() {
                     stdout.clear();
-                    stdout.extend_from_slice(text.as_bytes());
+                    stdout.extend_from_slice(chat_msg::display(text).as_bytes());
                     stdout.push(b'\n');
                     if let Err(e) = sys::write_all_fd(1, stdout) {
                         print_error = Some(e);
@@ -254,6 +270,10 @@ impl ChatClient {
 /// Runs the chat client until the chat ends (see the module docs).
 pub fn run(args: &Args, trace: bool) -> Result<()> {
     let frames = args.framing.config()?;
+    if let Some(name) = &args.name {
+        crate::safe_text::check_name(name.trim())
+            .map_err(|why| Error::Usage(format!("--name: {why}")))?;
+    }
     let (mut reactor, conn) = super::open_client(&args.server, &args.tls, OUT_LIMIT, trace)?;
     let input = ChatInput::new(args.name.as_deref(), frames.max_frame);
     if input.name().is_some() {
@@ -269,6 +289,10 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         leaving: false,
         outcome: Ok(()),
     };
+    if let Some(name) = client.input.name() {
+        let name = name.to_string();
+        introduce(reactor.cx(), conn, frames, &mut client.wire, &name);
+    }
     reactor
         .run(&mut client)
         .map_err(|e| Error::io("polling", e))?;

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 
 use clap::{Args as ClapArgs, ValueEnum};
 
-use super::udp_room;
+use super::{deadlines, udp_room};
 use crate::cmd::access_args::AccessArgs;
 use crate::cmd::chat::FramingArgs;
 use crate::tls::ServerTlsArgs;
@@ -93,9 +93,20 @@ pub struct Args {
     /// What to do with a client whose backlog is full.
     #[arg(long, value_enum, default_value_t = OnBacklog::Disconnect)]
     pub on_backlog: OnBacklog,
-    /// Close a client that has sent nothing for this many seconds (default: never).
+    /// Close a client that has sent no complete message for this many seconds
+    /// (default: never). Bytes of a message still arriving do not count.
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout: Option<u64>,
+    /// Seconds a line client may take to give its name after connecting; it
+    /// is then told why and closed.
+    #[arg(long, value_name = "SECS", default_value_t = deadlines::DEFAULT_NAME_TIMEOUT,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub name_timeout: u64,
+    /// Seconds a frame or line may take to arrive whole once its first byte
+    /// has, at every door; a client that dribbles is told why and closed.
+    #[arg(long, value_name = "SECS", default_value_t = deadlines::DEFAULT_FRAME_TIMEOUT,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub frame_timeout: u64,
     /// Also open a plain-text door on this TCP port (same --bind) for
     /// newline-terminated clients such as nc and telnet (0: the system picks one).
     #[arg(long, value_name = "PORT")]
@@ -108,10 +119,22 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..), requires = "udp_port")]
     pub udp_peer_timeout: u64,
-    /// Most UDP peers in the room at once; datagrams from new ones are ignored while full.
+    /// Most UDP peers in the room at once. When full, a newcomer takes the
+    /// place of the peer that has waited longest without proving its address;
+    /// while every peer has proven it, newcomers are ignored.
     #[arg(long, value_name = "N", default_value_t = udp_room::DEFAULT_MAX_PEERS,
           value_parser = clap::value_parser!(u32).range(1..), requires = "udp_port")]
     pub udp_max_peers: u32,
+    /// Most UDP peers from one IP address; newcomers from it are ignored beyond that.
+    #[arg(long, value_name = "N", default_value_t = udp_room::DEFAULT_MAX_PEERS_PER_IP,
+          value_parser = clap::value_parser!(u32).range(1..), requires = "udp_port")]
+    pub udp_max_peers_per_ip: u32,
+    /// Take every UDP sender's address as its own: send a peer the room at
+    /// once, without the 3x limit that holds until it answers a challenge.
+    /// Only where addresses cannot be forged, such as a lab LAN whose Python
+    /// peers cannot answer one.
+    #[arg(long, requires = "udp_port")]
+    pub udp_trust_senders: bool,
     /// The framing both ends agreed on.
     #[command(flatten)]
     pub framing: FramingArgs,

@@ -63,12 +63,15 @@
 
 mod args;
 mod backlog;
+mod commands;
 mod console;
+mod deadlines;
 mod door_framed;
 mod door_line;
 mod door_udp;
 mod fanout;
 mod held;
+mod identity;
 mod member;
 mod read;
 pub mod udp_room;
@@ -77,6 +80,7 @@ pub use args::{Args, OnBacklog, LONG_ABOUT};
 pub use member::Member;
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Duration;
 
 use super::chat::{hint, ChatInput};
@@ -88,12 +92,14 @@ use crate::reactor::{signals, Config, ConnId, Ctx, Event, Handler, Reactor};
 use crate::udp;
 use backlog::notice_reserve;
 use console::HINT;
-use member::Input;
-use udp_room::UdpRoom;
+use identity::Names;
+pub use identity::SERVER_NAME;
+use member::{prompt_line, CloseLogs, Input};
+use udp_room::{UdpRoom, UdpSettings};
 
-/// The name the server speaks with when it has none of its own (`--relay-only`,
-/// or before its user has typed one).
-pub const DEFAULT_NAME: &str = "server";
+/// The name the server's notices come from, and the one its user speaks
+/// with when it has none of its own; reserved: no client may take it.
+pub const DEFAULT_NAME: &str = SERVER_NAME;
 
 /// How long a shutdown waits for clients to take what is queued for them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -104,6 +110,10 @@ const TIMER_IDLE_SWEEP: u64 = 1;
 const TIMER_GRACE: u64 = 2;
 /// Timer: look for UDP peers silent for `--udp-peer-timeout`.
 const TIMER_UDP_SWEEP: u64 = 3;
+/// Timer: a second of rate-limited log lines is over; log their counts.
+const TIMER_LOG_SUMMARY: u64 = 4;
+/// Timer: look for clients that missed `--name-timeout` or `--frame-timeout`.
+const TIMER_DEADLINES: u64 = 5;
 /// Timer bit: connection KEY (the low bits) may relay messages it had held
 /// back for being over its `--rate-limit`.
 const TIMER_RELEASE: u64 = 1 << 40;
@@ -123,14 +133,25 @@ struct Hub {
     /// The local user's typing; `None` with `--relay-only`, and while a
     /// `feed` is under way (so relaying may borrow the hub).
     input: Option<ChatInput>,
-    /// The name the server speaks with.
-    name: Box<str>,
+    /// The name the server's user speaks with, once known; its notices
+    /// always come from [`SERVER_NAME`].
+    host: Option<Box<str>>,
+    /// Every name held in the room, and who holds it (`identity.rs`).
+    names: Names,
     /// Room kept for a missed-frames notice (its largest encoded size).
     notice_reserve: usize,
     /// The listener of the plain-text door, if there is one.
     line_listener: Option<usize>,
     /// What a line client is asked first: the name prompt and a newline.
-    prompt: Box<[u8]>,
+    prompt: Rc<[u8]>,
+    /// `--name-timeout`: how long a line client may take to give its name.
+    name_timeout: Duration,
+    /// `--frame-timeout`: how long a frame or line may take once begun.
+    frame_timeout: Duration,
+    /// The deadline sweep is set (`deadlines.rs`).
+    deadlines_armed: bool,
+    /// Closes and name refusals, logged at most once a second per cause.
+    close_logs: CloseLogs,
     /// The UDP door's peers, if there is one.
     udp: Option<UdpRoom>,
     /// Scratch list of UDP peers found silent; reused.
@@ -177,6 +198,13 @@ impl Handler for Hub {
             }
             Event::Timer(TIMER_IDLE_SWEEP) => self.sweep_idle(cx),
             Event::Timer(TIMER_UDP_SWEEP) => self.sweep_udp(cx),
+            Event::Timer(TIMER_LOG_SUMMARY) => {
+                self.log_close_summaries();
+                if let Some(udp) = self.udp.as_mut() {
+                    udp.log_summaries();
+                }
+            }
+            Event::Timer(TIMER_DEADLINES) => self.sweep_deadlines(cx),
             Event::Timer(id) if id & TIMER_RELEASE != 0 => {
                 self.release_held(cx, ConnId((id & !TIMER_RELEASE) as usize))
             }
@@ -230,8 +258,11 @@ impl std::fmt::Display for Clients {
 /// Runs the chat server until SIGINT, SIGTERM or (unless `--relay-only`) the end of stdin.
 pub fn run(args: &Args, trace: bool) -> Result<()> {
     let frames = args.framing.config()?;
-    let name: Box<str> = Box::from(args.name.as_deref().unwrap_or(DEFAULT_NAME));
-    let notice_reserve = notice_reserve(&name, frames);
+    if let Some(name) = &args.name {
+        crate::safe_text::check_name(name.trim())
+            .map_err(|why| Error::Usage(format!("--name: {why}")))?;
+    }
+    let notice_reserve = notice_reserve(SERVER_NAME, frames);
     let smallest_backlog = framing::encoded_len(frames.max_frame, frames) + notice_reserve;
     if args.max_backlog < smallest_backlog {
         return Err(Error::Usage(format!(
@@ -242,7 +273,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     }
     let limit = super::echo_server::raise_fd_limit();
     let full_notice = match framing::encode(
-        chat_msg::format_now(&name, "the server is full; try again later").as_bytes(),
+        chat_msg::format_now(SERVER_NAME, "the server is full; try again later").as_bytes(),
         frames,
     ) {
         Ok(frame) => frame.to_vec(),
@@ -287,10 +318,17 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
                 .set_udp(socket)
                 .map_err(|e| Error::io("registering the UDP socket", e))?;
             let room = UdpRoom::new(
-                args.udp_max_peers as usize,
-                Duration::from_secs(args.udp_peer_timeout),
-                args.access.rate_limit,
-            );
+                UdpSettings {
+                    max_peers: args.udp_max_peers as usize,
+                    max_per_ip: args.udp_max_peers_per_ip as usize,
+                    timeout: Duration::from_secs(args.udp_peer_timeout),
+                    rate_limit: args.access.rate_limit,
+                    trust_senders: args.udp_trust_senders,
+                    local: addr,
+                },
+                std::time::Instant::now(),
+            )
+            .map_err(|e| Error::io("setting up the UDP door", e))?;
             reactor
                 .cx()
                 .set_timer_in(room.sweep_every(), TIMER_UDP_SWEEP);
@@ -332,16 +370,24 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         }
         Some(input)
     };
+    let mut reserved = vec![SERVER_NAME];
+    let host = args.name.as_deref().map(str::trim);
+    reserved.extend(host);
     let mut hub = Hub {
         frames,
         on_backlog: args.on_backlog,
         max_backlog: args.max_backlog,
         idle,
         input,
-        name,
+        host: host.map(Box::from),
+        names: Names::new(&reserved),
         notice_reserve,
         line_listener: line_door.map(|(index, _)| index),
-        prompt: format!("{NAME_PROMPT}\n").into_bytes().into_boxed_slice(),
+        prompt: prompt_line(NAME_PROMPT),
+        name_timeout: Duration::from_secs(args.name_timeout),
+        frame_timeout: Duration::from_secs(args.frame_timeout),
+        deadlines_armed: false,
+        close_logs: CloseLogs::default(),
         udp: udp_room,
         silent: Vec::new(),
         n_members: 0,

@@ -11,7 +11,13 @@
 //!      sender sequence         intended (ns)    actual (ns)      padding to --size
 //! ```
 //!
-//! so a receiver knows, without any shared table, who sent a frame, whether
+//! The stamp is the text of a chat message from `stress-SSSSS`, after a
+//! header (`[TIMESTAMP] stress-00003:\n\t`, [`HEADER_LEN`] bytes) that a
+//! chat server checks and then relays the frame as it came; a receiver reads
+//! the stamp after whatever header arrives (a server that re-stamps a frame
+//! keeps its text).
+//!
+//! So a receiver knows, without any shared table, who sent a frame, whether
 //! it came in order, and how long it took to fan out — measured from the
 //! intended send time (corrected for coordinated omission) and from the
 //! actual send, side by side. Expected deliveries are counted as frames are
@@ -48,6 +54,8 @@ const INTENDED: std::ops::Range<usize> = 28..44;
 const ACTUAL: std::ops::Range<usize> = 45..61;
 /// Bytes the stamp takes; the smallest `--size`.
 pub const STAMP_LEN: usize = 62;
+/// Bytes of the chat header in front of the stamp: `[YYYY-MM-DDTHH:MM:SS] stress-SSSSS:\n\t`.
+pub const HEADER_LEN: usize = 37;
 
 /// A sender whose connection holds more than this unsent stops stamping new
 /// frames until it drains (they fall behind schedule, which the corrected
@@ -96,7 +104,8 @@ pub struct Args {
     /// Frames per second per sender, on a fixed schedule (open loop).
     #[arg(long, value_name = "R", default_value_t = 100.0, value_parser = crate::ratelimit::parse_per_second)]
     pub rate: f64,
-    /// Payload bytes per frame (at least 62: the stamp; the rest is padding).
+    /// Message text bytes per frame (at least 62: the stamp; the rest is
+    /// padding). Each frame also carries its 37-byte chat header.
     #[arg(long, value_name = "B", default_value_t = 64)]
     pub size: u32,
     /// Seconds the senders send, counted from when every client is connected and settled.
@@ -216,8 +225,16 @@ fn parse16(bytes: &[u8]) -> Option<u64> {
     Some(high * 100_000_000 + low)
 }
 
-/// A stamp taken apart: (sender, sequence, intended ns, actual ns).
+/// A stamp taken apart: (sender, sequence, intended ns, actual ns). The
+/// stamp is the message text: after a chat header, if there is one.
 fn parse_stamp(payload: &[u8]) -> Option<(u64, u64, u64, u64)> {
+    let payload = match payload.first() {
+        Some(b'[') => {
+            let end = payload.windows(3).position(|w| w == b":\n\t")?;
+            &payload[end + 3..]
+        }
+        _ => payload,
+    };
     if payload.len() < STAMP_LEN || !payload.starts_with(MAGIC) {
         return None;
     }
@@ -229,7 +246,15 @@ fn parse_stamp(payload: &[u8]) -> Option<(u64, u64, u64, u64)> {
     ))
 }
 
-/// The payload of sender `sender`'s frames with zeroed numbers, padded to `size`.
+/// The chat header of sender `sender`'s frames, stamped `now`: [`HEADER_LEN`] bytes.
+fn chat_header(sender: u32, now: &chrono::NaiveDateTime) -> String {
+    format!(
+        "[{}] stress-{sender:05}:\n\t",
+        now.format("%Y-%m-%dT%H:%M:%S")
+    )
+}
+
+/// The stamp of sender `sender`'s frames with zeroed numbers, padded to `size`.
 fn stamp_template(sender: u32, size: usize) -> Vec<u8> {
     let mut payload = vec![b'.'; size];
     payload[..MAGIC.len()].copy_from_slice(MAGIC);
@@ -293,12 +318,10 @@ impl Chat {
                 more_now = true;
                 break;
             }
-            put_digits(&mut frame[prefix + SEQ.start..prefix + SEQ.end], k);
-            put_digits(
-                &mut frame[prefix + INTENDED.start..prefix + INTENDED.end],
-                due,
-            );
-            put_digits(&mut frame[prefix + ACTUAL.start..prefix + ACTUAL.end], now);
+            let at = prefix + HEADER_LEN;
+            put_digits(&mut frame[at + SEQ.start..at + SEQ.end], k);
+            put_digits(&mut frame[at + INTENDED.start..at + INTENDED.end], due);
+            put_digits(&mut frame[at + ACTUAL.start..at + ACTUAL.end], now);
             self.batch.extend_from_slice(frame);
             self.send_lag.record(now - due);
             k += 1;
@@ -624,12 +647,14 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         max_frame: 65_535,
     };
     let size = args.size as usize;
-    if !(STAMP_LEN..=config.max_frame).contains(&size) {
+    if !(STAMP_LEN..=config.max_frame - HEADER_LEN).contains(&size) {
         return Err(Error::Usage(format!(
-            "--size must be between {STAMP_LEN} (the stamp) and {} bytes, not {size}",
-            config.max_frame
+            "--size must be between {STAMP_LEN} (the stamp) and {} bytes (a frame also \
+             carries its {HEADER_LEN}-byte chat header), not {size}",
+            config.max_frame - HEADER_LEN
         )));
     }
+    let started = chrono::Local::now().naive_local();
     if args.senders > args.tcp.conns {
         return Err(Error::Usage(format!(
             "--senders {} is more than --conns {}: senders are clients too",
@@ -639,8 +664,10 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     let setup = prepare(&args.tcp, 0)?;
     let senders = (0..args.senders)
         .map(|s| {
-            let mut frame = Vec::with_capacity(framing::encoded_len(size, config));
-            framing::encode_into(&mut frame, &stamp_template(s, size), config)
+            let mut payload = chat_header(s, &started).into_bytes();
+            payload.extend_from_slice(&stamp_template(s, size));
+            let mut frame = Vec::with_capacity(framing::encoded_len(payload.len(), config));
+            framing::encode_into(&mut frame, &payload, config)
                 .map(|()| Sender {
                     frame,
                     next: 0,
@@ -706,6 +733,24 @@ mod tests {
             Some((3, 1042, 1_234_567_890, 1_234_599_123))
         );
         assert_eq!(parse_stamp(b"[2026-01-01T00:00:00] server:\n\thello"), None);
+        // With the chat header in front, as frames go out, or re-stamped by a server.
+        let now = chrono::NaiveDate::from_ymd_opt(2026, 1, 2)
+            .and_then(|d| d.and_hms_micro_opt(3, 4, 5, 6))
+            .unwrap();
+        let header = chat_header(3, &now);
+        assert_eq!(header.len(), HEADER_LEN);
+        let mut framed = header.into_bytes();
+        framed.extend_from_slice(&payload);
+        assert_eq!(
+            parse_stamp(&framed),
+            Some((3, 1042, 1_234_567_890, 1_234_599_123))
+        );
+        let mut restamped = b"[2026-01-02T03:04:05.000006] guest-4:\n\t".to_vec();
+        restamped.extend_from_slice(&payload);
+        assert_eq!(
+            parse_stamp(&restamped),
+            Some((3, 1042, 1_234_567_890, 1_234_599_123))
+        );
     }
 
     #[test]
