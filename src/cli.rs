@@ -56,6 +56,9 @@ pub enum Command {
     /// Peer-to-peer group chat over UDP (lecture lab 2).
     #[command(long_about = cmd::udp_chat::LONG_ABOUT)]
     UdpChat(cmd::udp_chat::Args),
+    /// Group chat over TCP without a hub: members listen and dial in one poll.
+    #[command(long_about = cmd::tcp_chat::LONG_ABOUT)]
+    TcpChat(cmd::tcp_chat::Args),
     /// Send N numbered chat messages to every peer (lecture lab 2 streamer).
     #[command(long_about = cmd::udp_stream::LONG_ABOUT)]
     UdpStream(cmd::udp_stream::Args),
@@ -104,6 +107,12 @@ pub enum StressCommand {
     /// UDP streamer with a built-in sink: sent, received, lost, reordered, duplicated.
     #[command(long_about = cmd::stress::udp::LONG_ABOUT)]
     Udp(cmd::stress::udp::Args),
+    /// One report from several generators' interval logs (--hist-log).
+    #[command(long_about = cmd::stress::merge::LONG_ABOUT)]
+    Merge(cmd::stress::merge::Args),
+    /// Draw interval logs (from --hist-log) as one SVG file.
+    #[command(long_about = cmd::stress::plot::LONG_ABOUT)]
+    Plot(cmd::stress::plot::Args),
 }
 
 /// Folds clap's rendering of a command-line mistake into the one line

@@ -336,9 +336,6 @@ pub struct Conn<S> {
     pub(crate) tls_eof: bool,
     /// Our TLS close_notify has been queued.
     pub(crate) tls_close_sent: bool,
-    /// When a closing connection's grace ends, in ms since the reactor
-    /// started (see `Ctx::close_after_flush`).
-    pub(crate) close_deadline_ms: u32,
     /// Accepted by listener N, and the command not told yet: a TLS
     /// connection is handed over only once its handshake is over.
     pub(crate) accept_pending: Option<u8>,
@@ -367,7 +364,6 @@ impl<S> Conn<S> {
             tls: None,
             tls_eof: false,
             tls_close_sent: false,
-            close_deadline_ms: 0,
             accept_pending: None,
             state_of_app: app,
         }

@@ -34,6 +34,8 @@ pub enum Error {
         addr: SocketAddr,
         /// The operating system's reason.
         source: io::Error,
+        /// The option that chose the port (`--port`, `--line-port`, ...), when known.
+        door: Option<&'static str>,
     },
     /// An outgoing connection failed, e.g. refused or unreachable (exit code 1).
     Connect {
@@ -71,6 +73,19 @@ impl Error {
         }
     }
 
+    /// Names the option that chose the port of a failed bind (say
+    /// `--line-port`), so the message says which door could not open.
+    pub fn at_door(self, flag: &'static str) -> Error {
+        match self {
+            Error::Bind { addr, source, .. } => Error::Bind {
+                addr,
+                source,
+                door: Some(flag),
+            },
+            other => other,
+        }
+    }
+
     /// Wraps an I/O error with a short description of what we were doing.
     pub fn io(what: impl Into<String>, source: io::Error) -> Error {
         Error::Io {
@@ -86,7 +101,26 @@ impl fmt::Display for Error {
             Error::Usage(msg) => write!(f, "{msg}"),
             Error::BadAddr { input, why } => write!(f, "bad address '{input}': {why}"),
             Error::Resolve { input, source } => write!(f, "cannot resolve '{input}': {source}"),
-            Error::Bind { addr, source } => write!(f, "cannot listen on {addr}: {}", plain(source)),
+            Error::Bind { addr, source, door } => {
+                let door = door.unwrap_or("--port");
+                write!(f, "cannot listen on {addr} ({door}): {}", plain(source))?;
+                match source.kind() {
+                    io::ErrorKind::AddrInUse => write!(
+                        f,
+                        "; another program holds port {}: pick another with {door} P, \
+                         or {door} 0 to let the system choose",
+                        addr.port()
+                    ),
+                    io::ErrorKind::AddrNotAvailable => {
+                        write!(f, "; {} is not an address of this machine", addr.ip())
+                    }
+                    io::ErrorKind::PermissionDenied if addr.port() < 1024 => write!(
+                        f,
+                        "; ports below 1024 need privileges: use a port from 1024 up"
+                    ),
+                    _ => Ok(()),
+                }
+            }
             Error::Connect { addr, source } => {
                 write!(f, "cannot connect to {addr}: {}", plain(source))
             }

@@ -10,9 +10,13 @@
 //! hands [`Decoder::feed`] whatever one `read` returned, however it was split,
 //! and gets whole frames back; so the decoder can be tested with bytes alone.
 //!
-//! Two rules keep a hostile or broken peer from costing memory:
+//! Three rules keep a hostile or broken peer from costing memory:
 //! - the announced length is checked against [`FrameConfig::max_frame`] before
 //!   anything is buffered or allocated for it;
+//! - memory follows the bytes that arrived, never the length announced: an
+//!   incomplete frame is held in a buffer that grows with what came (doubling,
+//!   at most up to the checked frame length), so a peer that announces 64 KiB
+//!   or 4 GiB and sends one byte costs a few dozen bytes;
 //! - only an incomplete frame is ever copied, and an idle connection holds no
 //!   buffer at all.
 //!
@@ -22,6 +26,12 @@
 
 use std::fmt;
 use std::rc::Rc;
+
+/// The first allocation for an incomplete frame (unless the frame is
+/// smaller): small enough that thousands of peers each holding a few bytes
+/// cost little, large enough that a frame trickling in is not reallocated
+/// for every byte.
+pub const MIN_HOLD: usize = 64;
 
 /// How many bytes the length prefix takes; both ends must agree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,9 +151,10 @@ pub struct Decoder {
     /// The framing agreed for this connection.
     config: FrameConfig,
     /// An incomplete frame: its prefix (maybe only part of it) and the payload
-    /// bytes so far. Empty and unallocated between frames. Once the prefix is
-    /// whole, its capacity is exactly the announced frame, already checked
-    /// against the maximum.
+    /// bytes so far. Empty and unallocated between frames. Its capacity grows
+    /// with the bytes held (see [`Decoder::hold`]): at most twice what it
+    /// holds, or [`MIN_HOLD`], and never more than the whole frame, whose
+    /// length was checked against the maximum before anything was held.
     partial: Vec<u8>,
     /// Open until a close frame or a protocol error.
     state: State,
@@ -212,8 +223,7 @@ impl Decoder {
         // The fast path: whole frames straight out of `input`, no copying.
         while !input.is_empty() {
             if input.len() < prefix_bytes {
-                self.partial.reserve_exact(prefix_bytes);
-                self.partial.extend_from_slice(input);
+                self.hold(input, prefix_bytes);
                 return Ok(());
             }
             let payload_len = read_prefix(&input[..prefix_bytes]);
@@ -224,8 +234,7 @@ impl Decoder {
                 return Ok(());
             }
             if input.len() < frame_len {
-                self.partial.reserve_exact(frame_len);
-                self.partial.extend_from_slice(input);
+                self.hold(input, frame_len);
                 return Ok(());
             }
             let (wire, rest) = input.split_at(frame_len);
@@ -246,30 +255,46 @@ impl Decoder {
         let prefix_bytes = self.config.prefix.bytes();
         if self.partial.len() < prefix_bytes {
             let take = (prefix_bytes - self.partial.len()).min(input.len());
-            self.partial.extend_from_slice(&input[..take]);
+            self.hold(&input[..take], prefix_bytes);
             input = &input[take..];
             if self.partial.len() < prefix_bytes {
                 return Ok(None);
             }
             let payload_len = read_prefix(&self.partial);
-            let frame_len = self.check_len(payload_len)?;
+            self.check_len(payload_len)?;
             if payload_len == 0 {
                 self.partial = Vec::new();
                 self.state = State::Closed;
                 on_frame(Frame::Close);
                 return Ok(None);
             }
-            self.partial.reserve_exact(frame_len - self.partial.len());
         }
         let frame_len = prefix_bytes + read_prefix(&self.partial[..prefix_bytes]);
         let take = (frame_len - self.partial.len()).min(input.len());
-        self.partial.extend_from_slice(&input[..take]);
+        self.hold(&input[..take], frame_len);
         if self.partial.len() < frame_len {
             return Ok(None);
         }
         on_frame(message(&self.partial, prefix_bytes)?);
         self.partial = Vec::new();
         Ok(Some(&input[take..]))
+    }
+
+    /// Appends `bytes` to the incomplete frame. The buffer grows with what
+    /// arrived, doubling (from [`MIN_HOLD`]) so that a frame trickling in
+    /// costs few reallocations, and never past `most`: the whole frame once
+    /// its length is known and checked, the prefix before that. What the peer
+    /// *announced* never decides an allocation.
+    fn hold(&mut self, bytes: &[u8], most: usize) {
+        let held = self.partial.len() + bytes.len();
+        if self.partial.capacity() < held {
+            let wanted = (2 * self.partial.capacity())
+                .max(MIN_HOLD)
+                .max(held)
+                .min(most);
+            self.partial.reserve_exact(wanted - self.partial.len());
+        }
+        self.partial.extend_from_slice(bytes);
     }
 
     /// Checks an announced payload length and returns the whole frame's length.
@@ -444,11 +469,32 @@ mod tests {
     }
 
     #[test]
-    fn incomplete_frame_reserves_exactly_its_size() {
+    fn an_incomplete_frame_holds_what_arrived_not_what_was_announced() {
+        // Small frame: never more than the frame itself.
         let mut decoder = Decoder::new(TWO);
         decoder.feed(b"\x00\x0aabc", |_| unreachable!()).unwrap();
         assert_eq!(decoder.buffered(), 5);
         assert_eq!(decoder.capacity(), 12);
+        // A 65,535-byte frame announced, one byte of it sent.
+        let mut decoder = Decoder::new(TWO);
+        decoder.feed(b"\xff\xff!", |_| unreachable!()).unwrap();
+        assert_eq!(decoder.buffered(), 3);
+        assert_eq!(decoder.capacity(), MIN_HOLD);
+        // Four gigabytes may be announced where the maximum allows it.
+        let wide = FrameConfig {
+            prefix: PrefixLen::Four,
+            max_frame: u32::MAX as usize - 4,
+        };
+        let mut decoder = Decoder::new(wide);
+        decoder
+            .feed(b"\xff\xff\xff\xfa!", |_| unreachable!())
+            .unwrap();
+        assert_eq!(decoder.capacity(), MIN_HOLD);
+        // Then it grows by doubling as the bytes come.
+        decoder.feed(&[b'a'; 100], |_| unreachable!()).unwrap();
+        assert_eq!(decoder.capacity(), 2 * MIN_HOLD);
+        decoder.feed(&[b'a'; 1000], |_| unreachable!()).unwrap();
+        assert_eq!(decoder.capacity(), 1105);
     }
 
     #[test]

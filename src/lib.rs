@@ -11,8 +11,11 @@
 //! * [`conn`] — one TCP connection: socket, bounded output buffer, state.
 //! * [`framing`], [`lines`] — the length-prefix and newline codecs; no I/O.
 //! * [`addr`], [`chat_msg`] — address parsing and the chat message text; no I/O.
-//! * [`stream`] — the UDP stream's `Number I` text, exact loss/reorder/duplicate
-//!   accounting and jitter; no I/O.
+//! * [`stream`] — the UDP stream's `Number I` text and the template that writes
+//!   it, exact loss/reorder/duplicate accounting and jitter; no I/O.
+//! * [`udp_batch`], [`stream_io`] — UDP in batches (`sendmmsg` with segmentation
+//!   offload, `recvmmsg`), and the stream's paced sender and draining receiver
+//!   built on them.
 //! * [`addr`], [`chat_msg`], [`framing`], [`lines`] — address parsing, the chat
 //!   message text, the TCP chat's length-prefixed frames and stdin lines; no I/O.
 //! * [`loglimit`] — log lines for what can happen thousands of times a
@@ -45,6 +48,9 @@ pub mod reactor;
 pub mod routability;
 pub mod safe_text;
 pub mod stream;
+pub mod stream_io;
 pub mod sys;
 pub mod tls;
 pub mod udp;
+pub mod udp_batch;
+pub mod units;

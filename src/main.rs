@@ -48,12 +48,15 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Rand => cmd::rand::run(),
         Command::TlsSelfsigned(args) => sockloop::tls::run_self_signed(args),
         Command::UdpChat(args) => cmd::udp_chat::run(args, trace),
+        Command::TcpChat(args) => cmd::tcp_chat::run(args, trace),
         Command::UdpStream(args) => cmd::udp_stream::run(args, trace),
         Command::UdpSink(args) => cmd::udp_sink::run(args, trace),
         Command::Stress(StressCommand::Echo(args)) => cmd::stress::echo::run(args, trace),
         Command::Stress(StressCommand::Chat(args)) => cmd::stress::chat::run(args, trace),
         Command::Stress(StressCommand::Conns(args)) => cmd::stress::conns::run(args, trace),
         Command::Stress(StressCommand::Udp(args)) => cmd::stress::udp::run(args, trace),
+        Command::Stress(StressCommand::Merge(args)) => cmd::stress::merge::run(args),
+        Command::Stress(StressCommand::Plot(args)) => cmd::stress::plot::run(args),
     }
 }
 

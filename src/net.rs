@@ -23,7 +23,11 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Binds a non-blocking TCP listener (SO_REUSEADDR, backlog [`LISTEN_BACKLOG`]).
 pub fn listen_tcp(bind: IpAddr, port: u16) -> Result<TcpListener> {
     let addr = SocketAddr::new(bind, port);
-    let fail = |source| Error::Bind { addr, source };
+    let fail = |source| Error::Bind {
+        addr,
+        source,
+        door: None,
+    };
     let socket =
         Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(fail)?;
     socket.set_reuse_address(true).map_err(fail)?;
@@ -40,7 +44,11 @@ pub fn listen_tcp(bind: IpAddr, port: u16) -> Result<TcpListener> {
 /// Binds a non-blocking UDP socket.
 pub fn bind_udp(bind: IpAddr, port: u16) -> Result<UdpSocket> {
     let addr = SocketAddr::new(bind, port);
-    UdpSocket::bind(addr).map_err(|source| Error::Bind { addr, source })
+    UdpSocket::bind(addr).map_err(|source| Error::Bind {
+        addr,
+        source,
+        door: None,
+    })
 }
 
 /// Connects to a server with a blocking handshake (so a refusal is a clear,

@@ -65,10 +65,14 @@ pub fn parse_per_second(text: &str) -> Result<f64, String> {
     }
 }
 
-/// A token bucket: holds up to one second's worth, refills continuously.
+/// A token bucket: holds up to one second's worth, and never less than one
+/// whole token, so a rate below 1/s (`0.5/s`: a message every two seconds)
+/// slows a client instead of starving it. Refills continuously.
 #[derive(Debug, Clone)]
 pub struct Bucket {
     rate: f64,
+    /// The most it holds: `max(rate, 1)` tokens.
+    capacity: f64,
     tokens: f64,
     last: Instant,
 }
@@ -76,16 +80,18 @@ pub struct Bucket {
 impl Bucket {
     /// A full bucket for `rate` tokens per second.
     pub fn new(rate: f64, now: Instant) -> Bucket {
+        let capacity = rate.max(1.0);
         Bucket {
             rate,
-            tokens: rate,
+            capacity,
+            tokens: capacity,
             last: now,
         }
     }
 
     fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
         self.last = now;
     }
 
@@ -172,5 +178,17 @@ mod tests {
         );
         // It never holds more than one second's worth.
         assert_eq!(bucket.available(start + Duration::from_secs(60)), 10.0);
+    }
+
+    #[test]
+    fn a_rate_below_one_per_second_fills_to_one_whole_token() {
+        let start = Instant::now();
+        let mut bucket = Bucket::new(0.5, start);
+        assert_eq!(bucket.wait(start), Duration::ZERO);
+        bucket.take(1.0, start);
+        let wait = bucket.wait(start);
+        assert!((wait.as_secs_f64() - 2.0).abs() < 1e-6, "{wait:?}");
+        assert_eq!(bucket.wait(start + wait), Duration::ZERO);
+        assert_eq!(bucket.available(start + Duration::from_secs(60)), 1.0);
     }
 }

@@ -3,7 +3,19 @@
 //!
 //! It exists so that `udp-sink` (and the load generator's UDP mode) count
 //! the same way, and so the counting can be tested with numbers alone. No
-//! I/O and no clocks here: callers pass arrival times in.
+//! I/O and no clocks here: callers pass send and arrival times in.
+//!
+//! # Writing messages without formatting them
+//!
+//! A sender writes millions of messages a second, so it does not format
+//! them: a [`Template`] holds `[TIMESTAMP] NAME:\n\tNumber ` once, its
+//! timestamp patched in place per batch ([`Stamp`] re-derives the date and
+//! time only when the second changes), and the number is an ASCII counter
+//! incremented in place. Each message is then a copy of the head, the
+//! digits and the padding. The timestamp always carries its six digits of
+//! microseconds (Python's `isoformat` drops them when they are zero), so all
+//! messages with as many digits have the same length — which is what lets
+//! them leave in segmented runs.
 //!
 //! # Counting rules
 //!
@@ -67,6 +79,199 @@ pub fn parse_number(text: &str) -> Option<u64> {
         return None;
     }
     rest[..digits_end].parse().ok()
+}
+
+/// Bytes of a stream message's timestamp: `YYYY-MM-DDTHH:MM:SS.ffffff`.
+pub const STAMP_LEN: usize = 26;
+
+/// Writes chat timestamps (local time, always with microseconds), deriving
+/// the date and time of day only when the second changes.
+#[derive(Debug, Default)]
+pub struct Stamp {
+    /// The Unix second last derived and its `YYYY-MM-DDTHH:MM:SS`.
+    second: Option<(i64, [u8; 19])>,
+}
+
+impl Stamp {
+    /// The timestamp of `unix_micros` (microseconds since the Unix epoch).
+    pub fn at(&mut self, unix_micros: i64) -> [u8; STAMP_LEN] {
+        use chrono::TimeZone as _;
+        let (secs, micros) = (
+            unix_micros.div_euclid(1_000_000),
+            unix_micros.rem_euclid(1_000_000),
+        );
+        let whole = match self.second {
+            Some((second, text)) if second == secs => text,
+            _ => {
+                let mut text = [b'0'; 19];
+                if let Some(local) = chrono::Local.timestamp_opt(secs, 0).earliest() {
+                    let formatted = local.format("%Y-%m-%dT%H:%M:%S").to_string();
+                    if formatted.len() == 19 {
+                        text.copy_from_slice(formatted.as_bytes());
+                    }
+                }
+                self.second = Some((secs, text));
+                text
+            }
+        };
+        let mut out = [0u8; STAMP_LEN];
+        out[..19].copy_from_slice(&whole);
+        out[19] = b'.';
+        let mut rest = micros as u32;
+        for digit in out[20..].iter_mut().rev() {
+            *digit = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        out
+    }
+}
+
+/// A decimal number kept as ASCII digits and incremented in place.
+#[derive(Debug, Clone, Copy)]
+struct Digits {
+    /// The digits, right-aligned: `buf[start..]`.
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl Digits {
+    fn new(n: u64) -> Digits {
+        let mut buf = [b'0'; 20];
+        let mut start = buf.len();
+        let mut rest = n;
+        loop {
+            start -= 1;
+            buf[start] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        Digits { buf, start }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    fn increment(&mut self) {
+        for i in (self.start..self.buf.len()).rev() {
+            if self.buf[i] == b'9' {
+                self.buf[i] = b'0';
+            } else {
+                self.buf[i] += 1;
+                return;
+            }
+        }
+        // All nines: one digit more (u64::MAX has 20 digits; never reached in a stream).
+        if self.start > 0 {
+            self.start -= 1;
+            self.buf[self.start] = b'1';
+        }
+    }
+}
+
+/// The stream's messages, written one after another from a prepared head:
+/// `[TIMESTAMP] NAME:\n\tNumber I[ padding]`, the same bytes as
+/// `chat_msg::format_at(time, NAME, &text(I, size))` with a six-digit
+/// fraction (see the module docs).
+#[derive(Debug, Clone)]
+pub struct Template {
+    /// `[TIMESTAMP] NAME:\n\tNumber `; the timestamp sits at bytes 1..27.
+    head: Vec<u8>,
+    size: usize,
+    number: Digits,
+}
+
+impl Template {
+    /// A template for sender `name`, TEXT padded to `size`, starting at number `first`.
+    pub fn new(name: &str, size: usize, first: u64) -> Template {
+        let mut head = Vec::with_capacity(STAMP_LEN + name.len() + 16);
+        head.push(b'[');
+        head.extend_from_slice(&[b'0'; STAMP_LEN]);
+        head.extend_from_slice(b"] ");
+        head.extend_from_slice(name.as_bytes());
+        head.extend_from_slice(b":\n\t");
+        head.extend_from_slice(PREFIX.as_bytes());
+        Template {
+            head,
+            size,
+            number: Digits::new(first),
+        }
+    }
+
+    /// Sets the timestamp of the messages written from now on.
+    pub fn set_stamp(&mut self, stamp: &[u8; STAMP_LEN]) {
+        self.head[1..1 + STAMP_LEN].copy_from_slice(stamp);
+    }
+
+    /// Bytes of the next message.
+    pub fn next_len(&self) -> usize {
+        let text = PREFIX.len() + self.number.as_bytes().len();
+        self.head.len() - PREFIX.len() + text.max(self.size)
+    }
+
+    /// Appends the next message to `out` and moves on to the next number.
+    pub fn write_next(&mut self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.head);
+        let digits = self.number.as_bytes();
+        out.extend_from_slice(digits);
+        let text = PREFIX.len() + digits.len();
+        if text < self.size {
+            out.push(b' ');
+            out.resize(out.len() + self.size - text - 1, b'.');
+        }
+        self.number.increment();
+    }
+}
+
+/// Where the stream message at the start of `bytes` ends: after
+/// `[TIMESTAMP] NAME:\n\tNumber I` and its padding (a space, then dots).
+/// `None` when `bytes` does not start with a stream message.
+pub fn message_end(bytes: &[u8]) -> Option<usize> {
+    let find = |from: usize, needle: &[u8]| {
+        bytes
+            .get(from..)?
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .map(|at| from + at)
+    };
+    if bytes.first() != Some(&b'[') {
+        return None;
+    }
+    let name = find(1, b"] ")? + 2;
+    let mut at = find(name, b":\n\t")? + 3;
+    at += PREFIX.len();
+    if bytes.get(at - PREFIX.len()..at)? != PREFIX.as_bytes() {
+        return None;
+    }
+    let digits = bytes[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    if digits == 0 {
+        return None;
+    }
+    at += digits;
+    if bytes.get(at) == Some(&b' ') {
+        at += 1 + bytes[at + 1..].iter().take_while(|b| **b == b'.').count();
+    }
+    Some(at)
+}
+
+/// The size of the messages in `bytes` when it holds two or more stream
+/// messages end to end, every one but the last of the first one's size: a
+/// run the kernel coalesced (`UDP_GRO`) and handed over without its segment
+/// size. `None` for one message, or for anything else.
+pub fn run_size(bytes: &[u8]) -> Option<usize> {
+    let size = message_end(bytes)?;
+    if size >= bytes.len() {
+        return None;
+    }
+    bytes
+        .chunks(size)
+        .all(|message| message_end(message) == Some(message.len()))
+        .then_some(size)
 }
 
 /// What one arrival was, as [`Sequences::record`] classified it.
@@ -387,6 +592,77 @@ mod tests {
                 proptest::prop_assert_eq!(seq.has(i), model.contains(&i));
             }
         }
+    }
+
+    #[test]
+    fn the_template_writes_what_the_formatter_writes() {
+        use chrono::NaiveDate;
+        let time = NaiveDate::from_ymd_opt(2024, 2, 3)
+            .unwrap()
+            .and_hms_micro_opt(12, 15, 0, 250)
+            .unwrap();
+        let stamp: [u8; STAMP_LEN] = crate::chat_msg::isoformat(&time)
+            .as_bytes()
+            .try_into()
+            .unwrap();
+        for size in [0, 9, 12, 30] {
+            // Across digit boundaries: 9 -> 10, 99 -> 100, 999 -> 1000.
+            for first in [0, 95, 995, 99_999_990] {
+                let mut template = Template::new("streamer", size, first);
+                template.set_stamp(&stamp);
+                for i in first..first + 12 {
+                    let expected = crate::chat_msg::format_at(&time, "streamer", &text(i, size));
+                    assert_eq!(
+                        template.next_len(),
+                        expected.len(),
+                        "number {i}, size {size}"
+                    );
+                    let mut out = vec![b'x'];
+                    template.write_next(&mut out);
+                    assert_eq!(&out[1..], expected.as_bytes(), "number {i}, size {size}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_coalesced_run_is_recognised_by_its_first_message() {
+        let mut template = Template::new("s", 20, 8);
+        template.set_stamp(b"2024-02-03T12:15:00.000250");
+        let mut run = Vec::new();
+        for _ in 0..5 {
+            template.write_next(&mut run);
+        }
+        let one = run.len() / 5;
+        assert_eq!(message_end(&run), Some(one));
+        assert_eq!(run_size(&run), Some(one));
+        assert_eq!(run_size(&run[..one]), None, "a single message is no run");
+        assert_eq!(run_size(&run[..2 * one + 7]), None, "a torn last message");
+        // Unpadded numbers: 9 and 10 differ in length, so they are never one run.
+        let mut plain = Template::new("s", 0, 9);
+        let mut two = Vec::new();
+        plain.write_next(&mut two);
+        plain.write_next(&mut two);
+        assert_eq!(run_size(&two), None);
+        assert_eq!(run_size(b"[x] s:\n\tNumber 1[x] s:\n\tNumber 2"), Some(16));
+        assert_eq!(run_size(b"not a stream at all"), None);
+        assert_eq!(message_end(b"[x] s:\n\tNumber "), None);
+    }
+
+    #[test]
+    fn stamps_always_carry_six_digits_of_microseconds() {
+        let mut stamp = Stamp::default();
+        let base = 1_700_000_000_000_000i64;
+        let a = stamp.at(base);
+        let b = stamp.at(base + 250);
+        let c = stamp.at(base + 1_000_000);
+        let text = |s: &[u8]| String::from_utf8(s.to_vec()).unwrap();
+        assert!(text(&a).ends_with(".000000"), "{}", text(&a));
+        assert!(text(&b).ends_with(".000250"), "{}", text(&b));
+        assert_eq!(a[..19], b[..19]);
+        assert_ne!(a[..19], c[..19]);
+        let parsed = crate::chat_msg::parse_timestamp(&text(&b)).unwrap();
+        assert_eq!(parsed.timestamp_micros(), base + 250);
     }
 
     #[test]

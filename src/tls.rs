@@ -259,19 +259,23 @@ pub fn self_signed(args: &SelfSignedArgs) -> Result<(PathBuf, PathBuf)> {
     Ok((cert, key))
 }
 
-/// Writes a file only its owner can read.
+/// Writes a file only its owner can read. The mode given at creation does
+/// nothing to a file that already exists, so it is set on the open file
+/// (before the secret is written) whatever the file's mode was.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let failed = |e| Error::io(format!("writing {}", path.display()), e);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-    file.write_all(bytes)
-        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+        .map_err(failed)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(failed)?;
+    file.write_all(bytes).map_err(failed)
 }
 
 /// `sockloop tls-selfsigned`.

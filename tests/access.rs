@@ -125,13 +125,27 @@ fn a_client_over_its_rate_is_slowed_to_it_while_another_flows() {
 }
 
 #[test]
+fn a_rate_below_one_per_second_still_lets_messages_through() {
+    // Half a message a second, or half a byte: each bucket must still fill
+    // to one whole token, so the client is slowed, never starved.
+    for limit in ["0.5/s", "100/s,0.5/s"] {
+        let (_server, addr) = echo_server(&["--rate-limit", limit]);
+        let mut client = connect(addr);
+        for byte in [b'a', b'b'] {
+            write_all(&mut client, &[byte]);
+            assert_eq!(read_exact(&mut client, 1), [byte], "--rate-limit {limit}");
+        }
+    }
+}
+
+#[test]
 fn a_byte_rate_limit_never_lifts_backpressure() {
     // A generous byte rate that never binds: the client that does not read
     // must still be stopped by its full output buffer, not read a byte at a time.
     let (mut server, addr) = echo_server(&["--rate-limit", "100000/s,50000000/s"]);
     let mut hog = connect(addr);
     let data = pattern(64 * 1024, 12);
-    let sent = fill_until_blocked(&mut hog, &data, 64 * 1024 * 1024);
+    let sent = fill_until_paused(&mut server, &mut hog, &data, 64 * 1024 * 1024);
     assert!(sent < 64 * 1024 * 1024, "the server never held back");
     let before = server.drain_lines().len();
     server.signal(libc::SIGUSR1);

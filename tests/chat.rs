@@ -18,19 +18,19 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use sockloop::chat_msg;
 use support::{
-    chat_server_with, cpu_seconds, eventually, peak_rss_kib, rss_kib, sockloop, OutLines as Lines,
-    Proc,
+    chat_server_with, cpu_seconds, eventually, peak_rss_kib, rss_kib, sockloop, vm_data_kib,
+    OutLines as Lines, Proc,
 };
 
 const LONG: Duration = Duration::from_secs(20);
@@ -71,6 +71,23 @@ fn wait_count(server: &mut Proc, needle: &str, count: usize) {
 
 /// Bytes queued per connection, from the table SIGUSR1 prints.
 fn connection_table(server: &mut Proc) -> Vec<(String, usize)> {
+    table_rows(server)
+        .into_iter()
+        .map(|row| (row.peer, row.out))
+        .collect()
+}
+
+/// One row of the connection table.
+struct Row {
+    peer: String,
+    /// Bytes queued for the peer.
+    out: usize,
+    /// Bytes the server holds from the peer (half a frame).
+    held: usize,
+}
+
+/// The rows of the table SIGUSR1 prints.
+fn table_rows(server: &mut Proc) -> Vec<Row> {
     let start = server.drain_lines().len();
     server.signal(libc::SIGUSR1);
     let (header, n) = eventually(LONG, "the connection table", || {
@@ -90,13 +107,17 @@ fn connection_table(server: &mut Proc) -> Vec<(String, usize)> {
     });
     eventually(LONG, "the table's rows", || {
         let lines = server.drain_lines();
-        let rows: Vec<(String, usize)> = lines[header + 1..]
+        let rows: Vec<Row> = lines[header + 1..]
             .iter()
             .filter(|l| l.trim_start().starts_with("conn#"))
             .take(n)
             .map(|l| {
                 let words: Vec<&str> = l.split_whitespace().collect();
-                (words[1].to_string(), words[3].parse().expect("out B"))
+                Row {
+                    peer: words[1].to_string(),
+                    out: words[3].parse().expect("out B"),
+                    held: words[4].parse().expect("in B"),
+                }
             })
             .collect();
         (rows.len() == n).then_some(rows)
@@ -175,6 +196,17 @@ impl Peer {
     /// Sends `[now] NAME:\n\tTEXT`.
     fn say(&mut self, name: &str, text: &str) {
         self.send(&chat_msg::format_now(name, text));
+    }
+
+    /// Like [`Peer::next`], but `None` when nothing came within the read timeout.
+    fn try_next(&mut self) -> Option<Got> {
+        match self.reader.fill_buf() {
+            Ok(_) => Some(self.next()),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                None
+            }
+            Err(_) => Some(Got::Eof),
+        }
     }
 
     /// The next frame, the close frame, or the end of the stream.
@@ -347,48 +379,31 @@ fn a_frame_dribbled_byte_by_byte_does_not_delay_the_others() {
     let mut reader = Peer::connect(addr);
     wait_clients(&mut server, 3);
 
+    // One byte of the dribbler's frame, then a whole message from another
+    // client, which must come through while the dribbled frame is still
+    // incomplete; and so on for every byte. No clock: if the server waited
+    // for the rest of the dribbler's frame, the message would never arrive
+    // (the test's read deadline would fail it).
     let slow = frame(
         2,
         chat_msg::format_now("dribbler", "slow but whole").as_bytes(),
     );
-    let dribbling = Arc::new(AtomicBool::new(true));
-    let flag = Arc::clone(&dribbling);
-    let dribble = thread::spawn(move || {
-        for byte in &slow {
-            dribbler.send_raw(std::slice::from_ref(byte));
-            thread::sleep(Duration::from_millis(10));
-        }
-        flag.store(false, Ordering::SeqCst);
-        dribbler
-    });
-
-    let mut worst = Duration::ZERO;
-    let mut rounds = 0;
-    let mut dribbled = None;
-    while dribbling.load(Ordering::SeqCst) || rounds < 10 {
-        let sent = Instant::now();
-        sender.say("sender", &format!("m{rounds} ping"));
-        loop {
-            let (who, text) = reader.recv_chat();
-            if who == "dribbler" {
-                // The dribbled frame completed while this ping was under way.
-                dribbled = Some(text);
-                continue;
-            }
-            assert_eq!(number(&text), rounds);
-            break;
-        }
-        worst = worst.max(sent.elapsed());
-        rounds += 1;
+    let (last, bytes) = slow.split_last().unwrap();
+    for (round, byte) in bytes.iter().enumerate() {
+        dribbler.send_raw(std::slice::from_ref(byte));
+        sender.say("sender", &format!("m{round} ping"));
+        let (who, text) = reader.recv_chat();
+        assert_eq!(
+            who, "sender",
+            "the dribbled frame came out before its last byte"
+        );
+        assert_eq!(number(&text), round);
     }
-    assert!(rounds >= 10);
-    assert!(
-        worst < Duration::from_millis(250),
-        "a message took {worst:?} while another client dribbled"
+    dribbler.send_raw(std::slice::from_ref(last));
+    assert_eq!(
+        reader.recv_chat(),
+        ("dribbler".to_string(), "slow but whole".to_string())
     );
-    let _dribbler = dribble.join().unwrap();
-    let dribbled = dribbled.unwrap_or_else(|| reader.recv_chat().1);
-    assert_eq!(dribbled, "slow but whole");
 }
 
 #[test]
@@ -467,17 +482,59 @@ fn an_over_long_length_closes_that_connection_at_once_without_allocating_it() {
     wait_clients(&mut server, 3);
     let before = rss_kib(server.pid());
 
-    let sent = Instant::now();
+    // Closed on the header alone: nothing more is sent, so a server that
+    // waited for the payload would never close it (the deadline would fail).
     hostile.send_raw(&[0xff, 0xff, 0xff, 0xf0]);
-    hostile.expect_closed(Duration::from_secs(2));
-    let took = sent.elapsed();
-    assert!(took < Duration::from_secs(1), "closed only after {took:?}");
+    hostile.expect_closed(LONG);
     server.wait_line("protocol error: frame of 4294967280 bytes", LONG);
     let grown = peak_rss_kib(server.pid()).saturating_sub(before);
     assert!(grown < 1024, "peak RSS grew by {grown} KiB");
 
     a.say("a", "still here");
     assert_eq!(b.recv_chat(), ("a".to_string(), "still here".to_string()));
+}
+
+#[test]
+fn memory_follows_the_bytes_a_peer_sent_not_the_length_it_announced() {
+    // Each client announces a long frame and sends one byte of it. The
+    // server may hold those bytes, not what was announced: 300 x 64 KiB
+    // (19 MiB) with 2-byte lengths, 50 x 100 MB (5 GB) with 4-byte ones.
+    let cases: [(&[&str], Vec<u8>, usize); 2] = [
+        (&[], vec![0xff, 0xff, b'x'], 300),
+        (
+            &[
+                "--length-bytes",
+                "4",
+                "--max-frame",
+                "100000000",
+                "--max-backlog",
+                "200M",
+            ],
+            [&100_000_000u32.to_be_bytes()[..], b"x"].concat(),
+            50,
+        ),
+    ];
+    for (extra, header, n) in cases {
+        let (mut server, addr) = chat_server(extra);
+        let mut peers: Vec<TcpStream> = (0..n).map(|_| support::connect(addr)).collect();
+        wait_clients(&mut server, n);
+        table_rows(&mut server); // the table's own allocations, before measuring
+        let before = vm_data_kib(server.pid());
+        for peer in &mut peers {
+            peer.write_all(&header).expect("write within the timeout");
+        }
+        // Every connection's bytes have been read when the table says so.
+        eventually(LONG, "every partial frame read", || {
+            let rows = table_rows(&mut server);
+            (rows.len() == n && rows.iter().all(|r| r.held == header.len())).then_some(())
+        });
+        let grown = vm_data_kib(server.pid()).saturating_sub(before);
+        assert!(
+            grown < 2048,
+            "{extra:?}: VmData grew by {grown} KiB for {n} clients holding {} bytes each",
+            header.len()
+        );
+    }
 }
 
 #[test]
@@ -750,17 +807,23 @@ fn a_connection_flood_beyond_the_open_file_limit_neither_crashes_nor_spins() {
 
     drop(flood);
     let (mut a, mut b) = eventually(LONG, "two clients served after the flood", || {
+        // Either the join arrives or, while descriptors are still short, a
+        // refusal and the end of the stream: both come without waiting.
         let mut a = Peer::connect(addr);
         let mut b = Peer::connect(addr);
+        b.say("b", "hello?");
+        // A hears of b as it comes in, then by name; if b was the one
+        // refused, a hears nothing of it: try again.
         a.reader
             .get_ref()
-            .set_read_timeout(Some(Duration::from_secs(1)))
+            .set_read_timeout(Some(Duration::from_secs(2)))
             .unwrap();
-        b.say("b", "hello?");
-        // A hears of b as it comes in, then by name.
         loop {
-            match a.next() {
-                Got::Frame(text) if text.ends_with(" is b") => return Some((a, b)),
+            match a.try_next()? {
+                Got::Frame(text) if text.ends_with(" is b") => {
+                    a.reader.get_ref().set_read_timeout(Some(LONG)).unwrap();
+                    return Some((a, b));
+                }
                 Got::Frame(_) => continue,
                 _ => return None,
             }
@@ -789,22 +852,39 @@ fn max_conns_refuses_extra_clients_with_a_framed_notice() {
 
 #[test]
 fn idle_clients_are_closed_and_talkative_ones_kept() {
-    let (mut server, addr) = chat_server(&["--idle-timeout", "1"]);
+    let (mut server, addr) = chat_server(&["--idle-timeout", "3"]);
     let mut silent = Peer::connect(addr);
     let mut talker = Peer::connect(addr);
     let mut listener_of_talk = Peer::connect(addr);
     wait_clients(&mut server, 3);
-    let started = Instant::now();
-    // The talker speaks every 200 ms; the silent one says nothing.
+    // The talkers speak in turn, each message waiting for the last to be
+    // relayed, until the server closes the silent one. Only a test stalled
+    // for the whole three seconds could make a talker look idle.
+    let silent_addr = silent.local_addr().to_string();
     let mut i = 0;
-    while started.elapsed() < Duration::from_millis(1800) {
+    loop {
         talker.say("talker", &format!("m{i}"));
+        assert_eq!(
+            listener_of_talk.recv_chat(),
+            ("talker".to_string(), format!("m{i}"))
+        );
         listener_of_talk.say("listener", &format!("m{i}"));
+        assert_eq!(
+            talker.recv_chat(),
+            ("listener".to_string(), format!("m{i}"))
+        );
         i += 1;
-        thread::sleep(Duration::from_millis(200));
+        if server
+            .drain_lines()
+            .iter()
+            .any(|l| l.contains("idle timeout") && l.contains(&silent_addr))
+        {
+            break;
+        }
+        assert!(i < 100_000, "the silent client was never closed");
+        thread::sleep(Duration::from_millis(20));
     }
     silent.expect_closed(LONG);
-    server.wait_line("idle timeout", LONG);
     talker.say("talker", "m999 still here");
     loop {
         let (who, text) = listener_of_talk.recv_chat();
@@ -812,6 +892,13 @@ fn idle_clients_are_closed_and_talkative_ones_kept() {
             break;
         }
     }
+    assert!(
+        !server
+            .drain_lines()
+            .iter()
+            .any(|l| l.contains("idle timeout") && !l.contains(&silent_addr)),
+        "a talker was closed as idle"
+    );
 }
 
 // ----- Shutdown and the local user -------------------------------------------------
@@ -847,15 +934,11 @@ fn sigterm_flushes_closes_and_exits_zero_within_the_grace() {
             "the kernel took 7 MB for a client that never reads?"
         );
     }
-    let signalled = Instant::now();
+    // The grace is the server's own 2 s, which its log line states; the
+    // deadline here only bounds a hang.
     server.signal(libc::SIGTERM);
-    let status = server.wait_exit(Duration::from_secs(5));
-    let took = signalled.elapsed();
+    let status = server.wait_exit(LONG);
     assert!(status.success(), "{status:?}");
-    assert!(
-        took < Duration::from_millis(3500),
-        "stopped only after {took:?}"
-    );
     server.wait_line("did not take their output within 2s", LONG);
     // The reader, flushed in time, got the closing frame and the end of the stream.
     assert_eq!(reader.next(), Got::CloseFrame);
@@ -960,6 +1043,9 @@ fn the_chat_client_says_when_the_server_goes_and_exits_zero() {
 
 #[test]
 fn mistakes_exit_2_or_1_with_one_line() {
+    let (_held, nobody) = support::refusing_addr();
+    let nobody = nobody.to_string();
+    let cannot = format!("cannot connect to {nobody}");
     for (args, code, says) in [
         (
             vec!["chat", "server", "--max-frame", "70000"],
@@ -976,11 +1062,7 @@ fn mistakes_exit_2_or_1_with_one_line() {
             2,
             "cannot be used with",
         ),
-        (
-            vec!["chat", "client", "127.0.0.1:1", "--name", "x"],
-            1,
-            "cannot connect to 127.0.0.1:1",
-        ),
+        (vec!["chat", "client", &nobody, "--name", "x"], 1, &cannot),
     ] {
         let output = sockloop(&args).output().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -995,8 +1077,7 @@ fn mistakes_exit_2_or_1_with_one_line() {
 #[test]
 fn a_python_client_and_a_sockloop_client_chat_through_the_server() {
     if Command::new("python3").arg("--version").output().is_err() {
-        println!("note: python3 is not on PATH; skipping the Python compatibility test");
-        return;
+        panic!("python3 is not on PATH: install it (scripts/test does) to run the Python compatibility test");
     }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/chat_client.py");
     let (mut server, addr) = chat_server_with(&[], |cmd| {

@@ -12,7 +12,9 @@
 //! - `deadlocking_echo_client` really deadlocks, and its watchdog says so and
 //!   exits with code 3;
 //! - `blocking_udp_chat` stalls: a line typed to one peer is printed by the
-//!   other only after the other's user has typed something.
+//!   other only after the other's user has typed something;
+//! - `listen_and_dial` is refused, dials again at its deadline, and when two
+//!   peers dial each other at once both keep the link the smaller id dialed.
 //!
 //! The examples are built once per run, with the same cargo and profile as
 //! this test. Every wait has a deadline, synchronisation happens on printed
@@ -173,6 +175,43 @@ fn blocking_udp_chat_stalls_until_the_other_user_types() {
             chat.name
         );
     }
+}
+
+#[test]
+fn listen_and_dial_retries_then_both_peers_keep_the_link_the_smaller_id_dialed() {
+    let deadline = start_clock();
+    let mut story = Running::start(
+        &mut Command::new(example("listen_and_dial")),
+        "listen_and_dial",
+    );
+    story
+        .stdout
+        .wait_for("peer 1's dial: Connection refused", deadline);
+    story.stdout.wait_for("2. peer 2 comes up", deadline);
+    let status = story.wait(deadline);
+    assert_eq!(status.code(), Some(0), "exit status");
+    story.stdout.collect_available();
+    let said = |needle: &str| {
+        story
+            .stdout
+            .seen
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    };
+    for peer in [1, 2] {
+        assert_eq!(
+            said(&format!("4. peer {peer} has")),
+            1,
+            "{:?}",
+            story.stdout.seen
+        );
+        assert_eq!(said(&format!("5. peer {peer} hears 'hi from peer")), 1);
+    }
+    assert_eq!(said("keeps the one dialed by peer 1, the smaller id"), 2);
+    assert_eq!(said("3. peer 1's dial is connected"), 1);
+    assert_eq!(said("3. peer 2's dial is connected"), 1);
+    assert!(said("5. done: one link between the two peers") == 1);
 }
 
 // ---------------------------------------------------------------------------

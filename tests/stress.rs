@@ -5,6 +5,7 @@
 //
 // Every run is short (2-3 s of measuring) and every wait has a deadline.
 
+mod stress_support;
 mod support;
 
 use std::io::{BufReader, Read, Write};
@@ -16,58 +17,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{echo_server, run_with_input, sockloop, Proc};
-
-/// What one `sockloop stress ...` run left behind.
-struct Outcome {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-    json: Option<Value>,
-}
-
-/// Runs `sockloop ARGS` to the end (killed after `within`) and collects its output.
-fn run(args: &[&str], within: Duration) -> Outcome {
-    let (code, stdout, stderr) = run_with_input(args, Vec::new(), within);
-    let stdout = String::from_utf8_lossy(&stdout).into_owned();
-    let json = stdout
-        .lines()
-        .find(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).expect("the --json line is JSON"));
-    Outcome {
-        code: Some(code).filter(|c| *c >= 0),
-        stdout,
-        stderr,
-        json,
-    }
-}
-
-impl Outcome {
-    fn json(&self) -> &Value {
-        self.json.as_ref().unwrap_or_else(|| {
-            panic!(
-                "no JSON line on stdout {:?}; stderr:\n{}",
-                self.stdout, self.stderr
-            )
-        })
-    }
-
-    /// A number at a `/`-separated path of the JSON line, e.g. `"connect/failures/total"`.
-    fn num(&self, path: &str) -> f64 {
-        let mut v = self.json();
-        for key in path.split('/') {
-            v = v
-                .get(key)
-                .unwrap_or_else(|| panic!("JSON has no {path:?}: {}", self.stdout.trim()));
-        }
-        v.as_f64()
-            .unwrap_or_else(|| panic!("JSON {path:?} is not a number: {v}"))
-    }
-}
+use stress_support::{assert_documented, run, Outcome};
+use support::{echo_server, sockloop, Proc};
 
 /// The fields the README's JSON appendix promises in every TCP mode's line.
 const COMMON_FIELDS: &[&str] = &[
     "schema",
+    "type",
     "mode",
     "target",
     "duration_s",
@@ -77,24 +33,6 @@ const COMMON_FIELDS: &[&str] = &[
     "connect",
     "generator",
 ];
-
-/// Every field of the JSON line, at any depth, is described in the README's JSON appendix.
-fn assert_documented(value: &Value) {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md");
-    let mut stack = vec![value];
-    while let Some(Value::Object(map)) = stack.pop() {
-        for (key, inner) in map {
-            assert!(
-                doc.contains(&format!("`{key}`"))
-                    || doc.contains(&format!(".{key}`"))
-                    || doc.contains(&format!("`{key}.")),
-                "field {key:?} is not documented in the README's JSON appendix"
-            );
-            stack.push(inner);
-        }
-    }
-}
 
 fn assert_fields(outcome: &Outcome, fields: &[&str]) {
     assert_documented(outcome.json());
@@ -107,6 +45,7 @@ fn assert_fields(outcome: &Outcome, fields: &[&str]) {
         );
     }
     assert_eq!(outcome.json()["schema"], 1);
+    assert_eq!(outcome.json()["type"], "summary");
     for key in [
         "refused",
         "timed_out",
@@ -249,7 +188,11 @@ fn a_corrupted_byte_is_caught_in_pipelined_bulk_echo_too() {
 }
 
 #[test]
-fn conns_holds_5000_connections_and_the_server_still_answers() {
+fn conns_holds_2000_connections_and_the_server_still_answers() {
+    // Thousands, not the benchmark's 10,000 (README, Performance): enough
+    // to need the generator's machinery, few enough that a loaded 2-core
+    // machine opens them all; the connect deadline is generous for the same
+    // reason (a dropped SYN is retried after 1 s, then 3 s).
     let (server, addr) = echo_server(&[]);
     let outcome = run(
         &[
@@ -257,18 +200,20 @@ fn conns_holds_5000_connections_and_the_server_still_answers() {
             "conns",
             &addr.to_string(),
             "--conns",
-            "5000",
+            "2000",
             "--hold",
             "2",
+            "--connect-timeout",
+            "30",
             "--json",
         ],
-        Duration::from_secs(60),
+        Duration::from_secs(90),
     );
     assert_eq!(outcome.code, Some(0), "stderr:\n{}", outcome.stderr);
     assert_fields(&outcome, &["hold_s", "held", "closed_by_server", "probe"]);
-    assert_eq!(outcome.num("connected"), 5000.0);
+    assert_eq!(outcome.num("connected"), 2000.0);
     assert_eq!(outcome.num("connect/failures/total"), 0.0);
-    assert_eq!(outcome.num("held"), 5000.0);
+    assert_eq!(outcome.num("held"), 2000.0);
     assert_eq!(outcome.num("closed_by_server/total"), 0.0);
     assert_eq!(outcome.json()["probe"]["ok"], true, "{}", outcome.stdout);
     assert!(outcome.num("connect/latency/p99_us") > 0.0);
@@ -333,7 +278,7 @@ fn open_loop_rate_shows_a_stall_as_latency_not_as_missing_samples() {
             "--conns",
             "10",
             "--rate",
-            "100",
+            "1000",
             "--duration",
             "3",
             "--json",
@@ -421,11 +366,10 @@ fn ctrl_c_ends_the_run_early_and_still_prints_the_summary() {
     ]);
     cmd.stdout(Stdio::piped());
     let mut stress = Proc::start(cmd);
-    stress.wait_line("echo: 20/20 up", Duration::from_secs(10));
-    let started = Instant::now();
+    stress.wait_line("echo: 20/20 up", Duration::from_secs(20));
     stress.signal(libc::SIGINT);
-    let status = stress.wait_exit(Duration::from_secs(10));
-    assert!(started.elapsed() < Duration::from_secs(5));
+    // Long before --duration 60 ends it; the deadline only bounds a hang.
+    let status = stress.wait_exit(Duration::from_secs(30));
     assert_eq!(status.code(), Some(0));
     let mut stdout = String::new();
     stress
@@ -505,7 +449,7 @@ fn chat_run(addr: SocketAddr) -> Outcome {
             "--senders",
             "5",
             "--rate",
-            "100",
+            "500",
             "--duration",
             "2",
             "--json",
@@ -587,6 +531,27 @@ fn udp_to_its_own_socket_sees_every_datagram() {
     assert_eq!(outcome.num("sink/lost"), 0.0);
     assert_eq!(outcome.num("sink/duplicated"), 0.0);
     assert!(outcome.num("generator/loop_utilisation") >= 0.0);
+}
+
+#[test]
+fn udp_without_segmentation_sees_every_datagram_too() {
+    let outcome = run(
+        &[
+            "stress", "udp", "--count", "10000", "--rate", "20000", "--size", "50", "--no-gso",
+            "--json",
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(outcome.code, Some(0), "stderr:\n{}", outcome.stderr);
+    assert!(
+        outcome.stderr.contains("segmentation offload off"),
+        "{}",
+        outcome.stderr
+    );
+    assert_eq!(outcome.num("sent"), 10000.0);
+    assert_eq!(outcome.num("sink/unique"), 10000.0);
+    assert_eq!(outcome.num("sink/duplicated"), 0.0);
+    assert_eq!(outcome.num("sink/other"), 0.0);
 }
 
 #[test]

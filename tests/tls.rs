@@ -43,6 +43,21 @@ fn client(args: &[&str], input: Vec<u8>, within: Duration) -> (i32, Vec<u8>, Str
 }
 
 #[test]
+fn the_key_is_private_even_when_it_replaces_a_readable_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("sockloop-tls-mode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("key.pem");
+    std::fs::write(&key, "an old key").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (_, made) = certificate("mode");
+    assert_eq!(made, key);
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(mode, 0o600, "key.pem left with mode {mode:o}");
+}
+
+#[test]
 fn echo_over_tls_returns_identical_bytes() {
     let (cert, key) = certificate("echo");
     let (_server, addr) = tls_echo_server(&cert, &key);

@@ -25,6 +25,8 @@ pub struct AccessArgs {
     /// slowed (reads paused until it is within its rate), never disconnected.
     /// Echo counts each read as a message; chat counts each frame or line, and
     /// holds back the ones over the rate (in order) instead of letting a burst through.
+    /// A client may burst one second's worth (at least one message or byte), so
+    /// rates below 1/s work: 0.5/s lets one message through every two seconds.
     #[arg(long, value_name = "RATE")]
     pub rate_limit: Option<RateLimit>,
 }

@@ -8,8 +8,9 @@
 //! arrives and exits 0 when the server closes. If the server goes first, the
 //! client says so on stderr and exits 0.
 //!
-//! It never holds more than [`OUT_LIMIT`] bytes of unsent messages: reading
-//! stdin pauses until the server takes them.
+//! Reading stdin pauses once [`OUT_LIMIT`] bytes of messages wait to be
+//! sent, until the server takes them; what one more read of stdin can add
+//! keeps the total under [`queue_limit`], the connection's hard bound.
 //!
 //! As soon as its name is known (`--name`, or the first line typed) it
 //! introduces itself with a message whose text is empty: a sockloop server
@@ -27,12 +28,28 @@ use crate::chat_msg;
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};
 use crate::framing::{self, Decoder, Frame, FrameConfig};
-use crate::reactor::{ConnId, Ctx, Event, Handler};
+use crate::reactor::{ConnId, Ctx, Event, Handler, Queued, SCRATCH_SIZE};
 use crate::sys;
 use crate::tls::ClientTlsArgs;
 
 /// Unsent output at which reading stdin pauses.
 pub const OUT_LIMIT: usize = 1024 * 1024;
+
+/// Most bytes a line of stdin can grow to as a frame, per byte of the line:
+/// the shortest line sent is two bytes (a character and its newline), and
+/// its frame adds the length prefix (4), the timestamp and brackets (29),
+/// the name (at most 32 characters, 128 bytes) and `":\n\t"` (3).
+const FRAME_GROWTH: usize = (1 + 4 + 29 + 128 + 3) / 2 + 1;
+
+/// The most unsent output the client ever holds (the connection's
+/// `out_limit`): [`OUT_LIMIT`], where stdin pauses, plus what the one read of
+/// stdin before the pause can become (a [`SCRATCH_SIZE`] chunk of short
+/// lines, and a line of up to `--max-frame` that it completes). A message
+/// that would go over it is not sent, with a warning; with stdin paused at
+/// [`OUT_LIMIT`] that does not happen.
+pub fn queue_limit(frames: FrameConfig) -> usize {
+    OUT_LIMIT + FRAME_GROWTH * SCRATCH_SIZE + framing::encoded_len(frames.max_frame, frames)
+}
 
 /// How long to wait, after leaving, for the server to close the connection.
 pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -180,7 +197,11 @@ fn send_message(
     let message = chat_msg::format_now(name, text);
     wire.clear();
     match framing::encode_into(wire, message.as_bytes(), frames) {
-        Ok(()) => cx.send(conn, wire),
+        Ok(()) => {
+            if let Queued::OverLimit { queued } = cx.send(conn, wire) {
+                log::warn!("not sent: the server is not taking our messages ({queued} bytes wait)");
+            }
+        }
         Err(error) => log::warn!("not sent: {error} (--max-frame)"),
     }
 }
@@ -251,7 +272,9 @@ impl ChatClient {
         if let Some(name) = input.name() {
             send_message(cx, *conn, *frames, wire, name, chat_msg::LEAVE_TEXT);
         }
-        cx.send(self.conn, framing::close_frame(self.frames));
+        // Refused only when the server takes nothing: then the end of our
+        // stream (below) is all it will see of our leaving.
+        let _ = cx.send(self.conn, framing::close_frame(self.frames));
         cx.shutdown_write(self.conn);
         cx.set_timer_in(LEAVE_TIMEOUT, TIMER_LEAVE);
     }
@@ -274,8 +297,9 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         crate::safe_text::check_name(name.trim())
             .map_err(|why| Error::Usage(format!("--name: {why}")))?;
     }
-    let (mut reactor, conn) = super::open_client(&args.server, &args.tls, OUT_LIMIT, trace)?;
-    let input = ChatInput::new(args.name.as_deref(), frames.max_frame);
+    let (mut reactor, conn) =
+        super::open_client(&args.server, &args.tls, queue_limit(frames), trace)?;
+    let input = ChatInput::new(args.name.as_deref(), frames.max_frame).checking_names();
     if input.name().is_some() {
         hint(HINT);
     }

@@ -17,7 +17,7 @@ use clap::Args as ClapArgs;
 
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};
-use crate::reactor::{ConnId, Ctx, Event, Handler};
+use crate::reactor::{ConnId, Ctx, Event, Handler, Queued, SCRATCH_SIZE};
 use crate::sys;
 use crate::tls::ClientTlsArgs;
 
@@ -26,6 +26,11 @@ pub const VERIFY_WINDOW: usize = 16 * 1024 * 1024;
 
 /// Output queued for the server before stdin is paused.
 const OUT_LIMIT: usize = 64 * 1024;
+
+/// The connection's bound on queued output: [`OUT_LIMIT`] plus the one chunk
+/// of stdin (at most [`SCRATCH_SIZE`]) read before the pause, so no byte of
+/// the stream is ever refused.
+const QUEUE_LIMIT: usize = OUT_LIMIT + SCRATCH_SIZE;
 
 /// The long `--help` text of `echo client` (also given to its subcommand in `cli.rs`,
 /// where a doc comment would otherwise replace it).
@@ -120,7 +125,16 @@ impl Handler for EchoClient {
                 if self.verify {
                     self.pending.extend(bytes);
                 }
-                cx.send(self.conn, bytes);
+                if let Queued::OverLimit { queued } = cx.send(self.conn, bytes) {
+                    // Stdin pauses at OUT_LIMIT, so this means a bug, not a slow server.
+                    return self.finish(
+                        cx,
+                        Err(Error::Failed(format!(
+                            "{} bytes of input refused with {queued} bytes queued",
+                            bytes.len()
+                        ))),
+                    );
+                }
                 self.regulate_stdin(cx);
             }
             Event::StdinEof => {
@@ -186,7 +200,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         }
         return run_naive(args);
     }
-    let (mut reactor, conn) = super::open_client(&args.server, &args.tls, OUT_LIMIT, trace)?;
+    let (mut reactor, conn) = super::open_client(&args.server, &args.tls, QUEUE_LIMIT, trace)?;
     let mut client = EchoClient {
         conn,
         verify: args.verify,
@@ -258,6 +272,9 @@ fn run_naive(args: &Args) -> Result<()> {
             }
         }
     }
+    // Measured now, while the echo still waits in them: the buffers this
+    // end had when everything was sent.
+    let buffers = kernel_buffers(&stream);
     let _ = stream.shutdown(std::net::Shutdown::Write);
     let mut echo = Vec::new();
     stream
@@ -267,11 +284,46 @@ fn run_naive(args: &Args) -> Result<()> {
         .read_to_end(&mut echo)
         .map_err(io_err("reading the echo"))?;
     sys::write_all_fd(1, &echo).map_err(io_err("writing to stdout"))?;
-    eprintln!(
-        "what you just saw: all {sent} bytes fitted in the kernel buffers, so sending everything \
-         before reading happened to work. Try more input (e.g. 20 MB) to see it stall."
-    );
+    eprintln!("{}", no_deadlock_lesson(sent, buffers));
     Ok(())
+}
+
+/// The most the kernel buffers between us and the server can hold: our
+/// send and receive buffers as they are now, and the server's at the
+/// system's maximum (it reads, so its receive buffer may have grown to it).
+/// `None` when a size cannot be read.
+fn kernel_buffers(stream: &std::net::TcpStream) -> Option<u64> {
+    let socket = socket2::SockRef::from(stream);
+    let ours = socket.send_buffer_size().ok()? + socket.recv_buffer_size().ok()?;
+    let most = |setting: &str| -> Option<u64> {
+        sys::proc_sys(setting)?
+            .split_whitespace()
+            .nth(2)?
+            .parse()
+            .ok()
+    };
+    let theirs = most("net/ipv4/tcp_rmem")? + most("net/ipv4/tcp_wmem")?;
+    Some(ours as u64 + theirs)
+}
+
+/// What `--naive` says when everything was sent without a stall: either it
+/// all fitted in the kernel buffers, or the server held it in its memory.
+fn no_deadlock_lesson(sent: u64, buffers: Option<u64>) -> String {
+    match buffers {
+        Some(room) if sent > room => format!(
+            "what you just saw: the server took all {sent} bytes while we read none of its echo, \
+             but the kernel buffers between us hold at most about {room} (ours now, the server's \
+             at the system maximum). So the server kept reading without being able to send, and \
+             queued the echo in its own memory: it applies no backpressure (like `sockloop echo \
+             server --unbounded`). Sending everything before reading worked only because that \
+             server grew; with enough input it runs out of memory instead. Against a server with \
+             backpressure the same input deadlocks."
+        ),
+        _ => format!(
+            "what you just saw: all {sent} bytes fitted in the kernel buffers, so sending everything \
+             before reading happened to work. Try more input (e.g. 20 MB) to see it stall."
+        ),
+    }
 }
 
 /// The watchdog's diagnosis, with the kernel's queues as evidence.

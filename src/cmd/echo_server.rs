@@ -10,6 +10,7 @@
 use std::net::IpAddr;
 
 use clap::Args as ClapArgs;
+use nix::sys::resource::{getrusage, UsageWho};
 
 use crate::cmd::access_args::AccessArgs;
 use crate::conn::CloseReason;
@@ -41,8 +42,9 @@ pub struct Args {
     /// TCP port to listen on (0: the system picks one, printed at start).
     #[arg(long, short, default_value_t = 0)]
     pub port: u16,
-    /// Local address to listen on (0.0.0.0: every IPv4 interface; :: for IPv6).
-    #[arg(long, default_value = "0.0.0.0")]
+    /// Local address to listen on: an IP (0.0.0.0: every IPv4 interface; :: for IPv6;
+    /// [::1] works too) or a host name such as localhost.
+    #[arg(long, default_value = "0.0.0.0", value_parser = crate::units::parse_bind)]
     pub bind: IpAddr,
     /// Most clients at once; extra ones are told the server is full and closed.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
@@ -79,7 +81,8 @@ impl Handler for Echo {
                 }
             }
             Event::Data(conn, bytes) => {
-                cx.send(conn, bytes);
+                // Never refused: the reactor read no more than the output room left.
+                let _ = cx.send(conn, bytes);
                 cx.charge_messages(conn, 1);
             }
             Event::PeerClosed(conn) => cx.close_after_flush(conn),
@@ -145,19 +148,33 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         .run(&mut echo)
         .map_err(|e| Error::io("polling", e))?;
     if args.unbounded {
-        eprintln!("{}", UNBOUNDED_LESSON.replace("{rss}", &rss_text()));
+        eprintln!(
+            "{}",
+            UNBOUNDED_LESSON
+                .replace("{peak}", &mib(peak_rss_kib()))
+                .replace("{rss}", &mib(sys::rss_kib()))
+        );
     }
     Ok(())
 }
 
 const UNBOUNDED_LESSON: &str = "what you just saw: with --unbounded the server kept reading from \
 clients that did not read their echo, and queued every byte for them in its own memory \
-(resident size at exit: {rss}). Without --unbounded each client may have at most --max-output \
-bytes waiting; then the server stops reading from it, the client's kernel buffers fill, and \
-the client is slowed instead of the server growing.";
+(peak resident size: {peak}; {rss} at exit, once those clients had gone). Without --unbounded \
+each client may have at most --max-output bytes waiting; then the server stops reading from \
+it, the client's kernel buffers fill, and the client is slowed instead of the server growing.";
 
-fn rss_text() -> String {
-    match sys::rss_kib() {
+/// The most memory this process has had resident at once, in KiB
+/// (`getrusage`'s `ru_maxrss`, which Linux counts in KiB): what the queues
+/// cost at their worst, not what is left when the lesson is printed.
+fn peak_rss_kib() -> Option<u64> {
+    let usage = getrusage(UsageWho::RUSAGE_SELF).ok()?;
+    u64::try_from(usage.max_rss()).ok()
+}
+
+/// A size in KiB as MiB text.
+fn mib(kib: Option<u64>) -> String {
+    match kib {
         Some(kib) => format!("{:.1} MiB", kib as f64 / 1024.0),
         None => "unknown".to_string(),
     }

@@ -11,6 +11,7 @@ pub mod echo_server;
 pub mod ips;
 pub mod rand;
 pub mod stress;
+pub mod tcp_chat;
 pub mod udp_chat;
 pub mod udp_sink;
 pub mod udp_stream;

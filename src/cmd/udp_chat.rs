@@ -108,8 +108,9 @@ pub struct Args {
     /// UDP port to receive on (0: the system picks one, printed at start).
     #[arg(long, short, default_value_t = 0)]
     pub port: u16,
-    /// Local address to bind (0.0.0.0: every IPv4 interface; :: for IPv6 and IPv4).
-    #[arg(long, default_value = "0.0.0.0")]
+    /// Local address to bind: an IP (0.0.0.0: every IPv4 interface; :: for IPv6 and IPv4;
+    /// [::1] works too) or a host name such as localhost.
+    #[arg(long, default_value = "0.0.0.0", value_parser = crate::units::parse_bind)]
     pub bind: IpAddr,
     /// Your name in the chat. Without it, the first line you type is your name.
     #[arg(long, short)]

@@ -21,15 +21,13 @@ use std::time::{Duration, Instant};
 use clap::Args as ClapArgs;
 
 use crate::addr;
-use crate::chat_msg;
 use crate::error::{Error, Result};
 use crate::net;
 use crate::reactor::{Config, Ctx, Event, Handler, LoopStats, Reactor};
 use crate::stream;
-use crate::udp::{self, Sent, MAX_DATAGRAM};
-
-/// Datagrams sent in one turn of the loop before it looks at its other sources.
-const BATCH: usize = 256;
+use crate::stream_io::{Next, StreamSender};
+use crate::udp::{self, MAX_DATAGRAM};
+use crate::udp_batch::Gso;
 
 /// Timer ids: the progress line, and sending (with a generation, so only the
 /// latest send deadline counts).
@@ -37,7 +35,7 @@ const PROGRESS: u64 = 1;
 const SEND_BASE: u64 = 1 << 32;
 
 /// The longest timestamp the chat format writes: `YYYY-MM-DDTHH:MM:SS.ffffff`.
-const TIMESTAMP_MAX: usize = 26;
+const TIMESTAMP_MAX: usize = stream::STAMP_LEN;
 
 /// The long `--help` text of `udp-stream` (also given to its subcommand in `cli.rs`,
 /// where a doc comment would otherwise replace it).
@@ -45,10 +43,17 @@ pub const LONG_ABOUT: &str =
     "Send N numbered chat messages ('Number 0', 'Number 1', ...) to every peer, \
         in the chat text format, so a running udp-chat shows them and udp-sink can count \
         what arrived.\n\n\
-        --rate paces the stream through the event loop's timeout (never by sleeping); \
-        without it, messages go as fast as the socket takes them. When the socket is full, \
-        the stream waits until it has room again instead of dropping the message, and the \
-        summary says how many sends had to wait. A progress line is printed each second.";
+        --rate paces the stream through the event loop's timeout (never by sleeping): each \
+        tick sends, in one batch, every message that fell due; without it, messages go as \
+        fast as the socket takes them. When the socket is full, the stream waits until it \
+        has room again instead of dropping the message, and the summary says how many sends \
+        had to wait. A progress line is printed each second.\n\n\
+        Messages are written from a prepared template (the timestamp, always with \
+        microseconds, is patched once per batch; the number is a counter patched in place) \
+        and sent with sendmmsg, up to 64 messages per system call. Where the kernel offers \
+        UDP segmentation offload (UDP_SEGMENT), each run of up to 64 equal-size messages \
+        leaves as one, and the kernel cuts it into datagrams; if the kernel or the route \
+        refuses it, the stream says so and goes on one datagram per message.";
 
 /// Command-line options of `udp-stream`.
 #[derive(Debug, Clone, ClapArgs)]
@@ -72,6 +77,11 @@ pub struct Args {
     /// The sender name in each message.
     #[arg(long, short, default_value = "streamer")]
     pub name: String,
+    /// Never use UDP segmentation offload: one datagram per message (still
+    /// sent 64 messages per system call). For comparison, or for a path that
+    /// mishandles segmented sends.
+    #[arg(long)]
+    pub no_gso: bool,
     /// Where to send: HOST:PORT, [IPv6]:PORT or IPv4:PORT (one or more).
     #[arg(value_name = "PEER", required = true)]
     pub peers: Vec<String>,
@@ -79,100 +89,55 @@ pub struct Args {
 
 /// The streamer's progress and tallies.
 struct Streamer {
-    peers: Vec<SocketAddr>,
-    name: String,
-    size: usize,
+    stream: StreamSender,
     count: u64,
-    /// Seconds between messages, when paced.
-    interval: Option<f64>,
     started: Instant,
-    /// The next message number to send.
-    next: u64,
-    /// The peer (index) message `next` goes to next, and its text, once formatted.
-    next_peer: usize,
-    current: Option<Vec<u8>>,
     /// Waiting for [`Event::UdpWritable`].
     waiting: bool,
     /// The send deadline that counts (older ones are ignored when they fire).
     send_timer: Option<(u64, Instant)>,
     send_generation: u64,
-    n_sent: u64,
-    bytes_sent: u64,
-    n_waits: u64,
-    n_failed: u64,
     /// Port-unreachable reports per peer: nobody listened there.
     unreachable: BTreeMap<SocketAddr, u64>,
+    /// Refused sends warned about (at most 10).
+    warned: u64,
     last_progress: (Instant, u64, LoopStats),
     finished: bool,
 }
 
 impl Streamer {
-    /// When message `i` is due (paced streams only).
-    fn due(&self, i: u64) -> Option<Instant> {
-        self.interval
-            .map(|interval| self.started + Duration::from_secs_f64(i as f64 * interval))
-    }
-
-    /// Sends every message that is due, up to a batch, then arranges to be
-    /// called again: by a deadline, or by the socket having room.
+    /// Sends what is due, then arranges to be called again: by a deadline,
+    /// or by the socket having room.
     fn pump(&mut self, cx: &mut Ctx<()>) {
         if self.waiting || self.finished {
             return;
         }
-        let now = Instant::now();
-        let mut sent_this_turn = 0;
-        while self.next < self.count {
-            if let Some(due) = self.due(self.next) {
-                if due > now {
-                    self.wake_at(cx, due);
-                    return;
-                }
+        let Some(socket) = cx.udp() else {
+            return;
+        };
+        let warned = &mut self.warned;
+        let next = self.stream.pump(socket, |e, peer, n| {
+            if *warned < 10 {
+                *warned += 1;
+                log::warn!("{n} datagram(s) to {peer} not sent: {e}");
             }
-            if sent_this_turn >= BATCH {
-                self.wake_at(cx, now);
-                return;
+        });
+        match next {
+            Next::Done => {
+                self.finished = true;
+                cx.stop();
             }
-            let message = self.current.get_or_insert_with(|| {
-                chat_msg::format_now(&self.name, &stream::text(self.next, self.size)).into_bytes()
-            });
-            while self.next_peer < self.peers.len() {
-                let peer = self.peers[self.next_peer];
-                let Some(socket) = cx.udp() else {
-                    return;
-                };
-                match udp::send_to(socket, message, peer) {
-                    Sent::Yes => {
-                        self.n_sent += 1;
-                        self.bytes_sent += message.len() as u64;
-                        self.next_peer += 1;
-                        sent_this_turn += 1;
-                    }
-                    Sent::Full => {
-                        self.n_waits += 1;
-                        self.waiting = true;
-                        crate::trace!(
-                            cx.tracer(),
-                            "udp-stream: socket full at message {}, waiting for room",
-                            self.next
-                        );
-                        cx.udp_want_writable(true);
-                        return;
-                    }
-                    Sent::Failed(e) => {
-                        self.n_failed += 1;
-                        if self.n_failed <= 10 {
-                            log::warn!("message {} to {peer} not sent: {e}", self.next);
-                        }
-                        self.next_peer += 1;
-                    }
-                }
+            Next::At(at) => self.wake_at(cx, at),
+            Next::Writable => {
+                self.waiting = true;
+                crate::trace!(
+                    cx.tracer(),
+                    "udp-stream: socket full at message {}, waiting for room",
+                    self.stream.messages_done()
+                );
+                cx.udp_want_writable(true);
             }
-            self.next += 1;
-            self.next_peer = 0;
-            self.current = None;
         }
-        self.finished = true;
-        cx.stop();
     }
 
     /// Makes sure the loop wakes by `at` to send again.
@@ -193,36 +158,48 @@ impl Streamer {
         let stats = cx.stats();
         let (then, sent_then, stats_then) = self.last_progress;
         let secs = (now - then).as_secs_f64().max(1e-9);
+        let sent = self.stream.sent();
         log::info!(
             "udp-stream: message {}/{} ({:.0} datagrams/s), {} send(s) waited; {}",
-            self.next,
+            self.stream.messages_done(),
             self.count,
-            (self.n_sent - sent_then) as f64 / secs,
-            self.n_waits,
+            (sent.datagrams - sent_then) as f64 / secs,
+            sent.waits,
             stats.since(&stats_then)
         );
-        self.last_progress = (now, self.n_sent, stats);
+        self.last_progress = (now, sent.datagrams, stats);
         cx.set_timer_in(Duration::from_secs(1), PROGRESS);
     }
 
     fn summary(&self, stats: &LoopStats) -> String {
         let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+        let sent = self.stream.sent();
+        let peers = self.stream.peers().count();
+        let gso = match self.stream.gso() {
+            Gso::On => "on".to_string(),
+            Gso::Off(why) => format!("off, {why}"),
+        };
         let mut text = format!(
             "udp-stream: sent {} of {} message(s) to {} peer(s): {} datagrams, {} bytes in {:.3} s \
              ({:.0} datagrams/s, {:.2} MB/s); {} sends had to wait for room in the socket; \
              {} failed; loop utilisation {:.0}%",
-            self.next,
+            self.stream.messages_done(),
             self.count,
-            self.peers.len(),
-            self.n_sent,
-            self.bytes_sent,
+            peers,
+            sent.datagrams,
+            sent.bytes,
             secs,
-            self.n_sent as f64 / secs,
-            self.bytes_sent as f64 / secs / 1e6,
-            self.n_waits,
-            self.n_failed,
+            sent.datagrams as f64 / secs,
+            sent.bytes as f64 / secs / 1e6,
+            sent.waits,
+            sent.failed,
             stats.utilisation() * 100.0
         );
+        text.push_str(&format!(
+            "\nudp-stream: {} sendmmsg call(s), {:.1} datagrams per call; segmentation offload {gso}",
+            sent.calls,
+            sent.datagrams as f64 / sent.calls.max(1) as f64
+        ));
         for (peer, n) in &self.unreachable {
             text.push_str(&format!(
                 "\nudp-stream: {peer}: {n} port-unreachable report(s) — nothing was listening there"
@@ -262,7 +239,7 @@ impl Handler for Streamer {
                 log::info!(
                     "{}: stopping at message {}",
                     crate::reactor::signals::name(signal),
-                    self.next
+                    self.stream.messages_done()
                 );
                 cx.stop();
             }
@@ -273,15 +250,11 @@ impl Handler for Streamer {
 
 /// Runs the streamer until every message went to every peer (or a signal).
 pub fn run(args: &Args, trace: bool) -> Result<()> {
-    let interval = match args.rate {
-        None => None,
-        Some(rate) if rate.is_finite() && rate > 0.0 => Some(1.0 / rate),
-        Some(rate) => {
-            return Err(Error::Usage(format!(
-                "--rate {rate}: give a positive number of messages per second"
-            )))
-        }
-    };
+    if let Some(rate) = args.rate.filter(|r| !(r.is_finite() && *r > 0.0)) {
+        return Err(Error::Usage(format!(
+            "--rate {rate}: give a positive number of messages per second"
+        )));
+    }
     let header_max = format!("[] {}:\n\t", args.name).len() + TIMESTAMP_MAX;
     let text_max = stream::text(args.count.saturating_sub(1), args.size).len();
     if header_max + text_max > MAX_DATAGRAM {
@@ -321,24 +294,28 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         .map_err(|e| Error::io("registering the UDP socket", e))?;
     log::debug!("udp-stream: sending from {local}");
     let now = Instant::now();
+    let stream = match reactor.cx().udp() {
+        Some(socket) => StreamSender::new(
+            socket,
+            &peers,
+            &args.name,
+            args.size,
+            args.count,
+            args.rate,
+            !args.no_gso,
+            now,
+        ),
+        None => return Err(Error::Failed("the UDP socket is not registered".into())),
+    };
     let mut streamer = Streamer {
-        peers,
-        name: args.name.clone(),
-        size: args.size,
+        stream,
         count: args.count,
-        interval,
         started: now,
-        next: 0,
-        next_peer: 0,
-        current: None,
         waiting: false,
         send_timer: None,
         send_generation: 0,
-        n_sent: 0,
-        bytes_sent: 0,
-        n_waits: 0,
-        n_failed: 0,
         unreachable: BTreeMap::new(),
+        warned: 0,
         last_progress: (now, 0, LoopStats::default()),
         finished: false,
     };

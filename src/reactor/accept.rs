@@ -2,6 +2,14 @@
 //! and per-IP limits, refusals, and the spare descriptor that lets a server
 //! out of descriptors still turn a client away instead of spinning.
 //!
+//! The rule it keeps: a listener is drained on every edge, and when an error
+//! stops the draining early, the listener is tried again without waiting
+//! for an edge (clients already in the backlog raise none): at once, through
+//! the ready list, after errors that were one client's; after a backoff
+//! deadline (10 ms doubling to 1 s) after errors that may last, such as the
+//! kernel running out of memory; and when a connection closes, after the
+//! descriptors ran out. Never in a loop that spins.
+//!
 //! A refusal is logged at most once a second per cause ([`Refusals`]): the
 //! first in full, with the client's address, the rest as one line with their
 //! count when the second is over, so a flood of connections cannot flood the log.
@@ -18,9 +26,13 @@ use crate::loglimit::{Note, RateLog};
 use crate::ratelimit::Throttle;
 use crate::trace;
 
-use super::timer::Deadline;
+use super::timer::{Backoff, Deadline};
 use super::token::Source;
 use super::{Ctx, Event, Handler};
+
+/// Accept errors that were one client's (it is gone) handled in a row before
+/// the listener goes on the ready list, so other sources get their turn.
+const CLIENT_ERRORS_AT_ONCE: usize = 64;
 
 /// Why a connection was refused at accept: one log cause each.
 #[derive(Debug, Clone, Copy)]
@@ -66,6 +78,8 @@ pub(super) struct Listener {
     pub(super) paused: bool,
     /// What a client refused at this listener is told, if not `Config::full_notice`.
     pub(super) full_notice: Option<Vec<u8>>,
+    /// Accepting failed for a reason that may pass: when to try again.
+    pub(super) backoff: Backoff,
 }
 
 impl<S> Ctx<S> {
@@ -81,6 +95,7 @@ impl<S> Ctx<S> {
             socket,
             paused: false,
             full_notice: None,
+            backoff: Backoff::default(),
         });
         Ok(index)
     }
@@ -132,15 +147,17 @@ impl<S> Ctx<S> {
     where
         S: Default,
     {
+        let mut client_errors = 0;
         loop {
             let Some(listener) = self.listeners.get_mut(index) else {
                 return;
             };
-            if listener.paused {
+            if listener.paused || listener.backoff.waiting() {
                 return;
             }
             match listener.socket.accept() {
                 Ok((stream, peer)) => {
+                    listener.backoff.succeeded();
                     if !self.admit(peer) {
                         drop(stream);
                         continue;
@@ -198,15 +215,58 @@ impl<S> Ctx<S> {
                         return;
                     }
                 }
-                Err(e) => {
-                    // ECONNABORTED and friends: that client is gone, the listener is fine.
+                Err(e) if is_one_clients_error(&e) => {
+                    // That client is gone (or was refused by a firewall rule);
+                    // the listener is fine and the next one may be waiting.
                     log::debug!("accept on listener#{index}: {e}");
-                    if e.raw_os_error() != Some(libc::ECONNABORTED) {
+                    client_errors += 1;
+                    if client_errors == CLIENT_ERRORS_AT_ONCE {
+                        self.ready.push(Source::Listener(index));
                         return;
                     }
                 }
+                Err(e) => {
+                    // The listener itself could not accept (say, ENOBUFS or
+                    // ENOMEM). Clients may be waiting in the backlog, and
+                    // they raise no new edge: come back after a backoff.
+                    self.retry_accept_later(index, &e);
+                    return;
+                }
             }
         }
+    }
+
+    /// Sets listener `index` aside after an error that may pass, with a
+    /// deadline to try it again (see [`Backoff`]).
+    pub(super) fn retry_accept_later(&mut self, index: usize, error: &io::Error) {
+        let Some(listener) = self.listeners.get_mut(index) else {
+            return;
+        };
+        let Some(wait) = listener.backoff.fail() else {
+            return;
+        };
+        self.stats.accept_errors += 1;
+        if wait == Backoff::FIRST {
+            log::warn!("accept on listener#{index}: {error}; trying again in {wait:?}");
+        } else {
+            log::debug!("accept on listener#{index}: {error}; trying again in {wait:?}");
+        }
+        self.timers
+            .add(Instant::now() + wait, Deadline::RetryAccept(index));
+    }
+
+    /// A listener's retry deadline: accept again, whatever stopped it.
+    pub(super) fn retry_accept<H: Handler<Conn = S>>(&mut self, handler: &mut H, index: usize)
+    where
+        S: Default,
+    {
+        let Some(listener) = self.listeners.get_mut(index) else {
+            return;
+        };
+        listener.backoff.retry_due();
+        listener.paused = false;
+        trace!(self.tracer, "listener#{index}: retrying accept");
+        self.accept_all(handler, index);
     }
 
     /// Access rules and the per-IP limit, checked at accept. A refused
@@ -267,10 +327,7 @@ impl<S> Ctx<S> {
     /// accepting.
     pub(super) fn refuse_with_spare(&mut self, index: usize, error: &io::Error) -> bool {
         let Some(spare) = self.spare_fd.take() else {
-            log::warn!(
-                "out of file descriptors ({error}); accepting paused until a connection closes"
-            );
-            self.listeners[index].paused = true;
+            self.pause_accepting(index, error);
             return false;
         };
         drop(spare);
@@ -283,20 +340,34 @@ impl<S> Ctx<S> {
                 refuse(stream, self.full_notice(index));
                 true
             }
-            Err(_) => false,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            Err(e) => {
+                self.retry_accept_later(index, &e);
+                false
+            }
         };
         // Only now, with the refused client's descriptor closed, is there one
         // to take back; taken earlier, the refused socket would still hold it
         // and the next client would find no spare.
         self.spare_fd = File::open("/dev/null").ok();
         if self.spare_fd.is_none() {
+            self.pause_accepting(index, error);
+            return false;
+        }
+        go_on
+    }
+
+    /// Out of descriptors with no spare to refuse a client with: stop
+    /// accepting until a connection closes, or the retry deadline finds a
+    /// descriptor free again (something other than a connection may free one).
+    fn pause_accepting(&mut self, index: usize, error: &io::Error) {
+        if !self.listeners[index].paused {
             log::warn!(
                 "out of file descriptors ({error}); accepting paused until a connection closes"
             );
             self.listeners[index].paused = true;
-            return false;
         }
-        go_on
+        self.retry_accept_later(index, error);
     }
 }
 
@@ -308,4 +379,26 @@ fn refuse(mut stream: TcpStream, notice: &[u8]) {
 
 fn is_out_of_descriptors(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}
+
+/// Errors that end one waiting connection, not the listener: the client
+/// aborted, a firewall rule refused it, or (as accept(2) warns for TCP on
+/// Linux) a network error already pending on the new socket. The next
+/// client in the backlog may be fine.
+fn is_one_clients_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNABORTED
+                | libc::EPROTO
+                | libc::EPERM
+                | libc::ENETDOWN
+                | libc::ENOPROTOOPT
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EHOSTUNREACH
+                | libc::EOPNOTSUPP
+                | libc::ENETUNREACH
+        )
+    )
 }

@@ -26,7 +26,9 @@ impl fmt::Display for ConnId {
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Bytes a connection may have queued for its peer. With
-    /// `pause_reads_when_full`, reading stops when it is reached. Default 64 KiB.
+    /// `pause_reads_when_full`, reading stops when it is reached; otherwise
+    /// [`Ctx::send`] and [`Ctx::queue`] refuse what would exceed it
+    /// ([`Queued::OverLimit`]). Default 64 KiB.
     pub out_limit: usize,
     /// Backpressure: read from a connection only into the room its own output
     /// has left (an echo server's rule). Off: the command enforces its own
@@ -133,13 +135,15 @@ pub trait Handler {
     fn describe(&self, _out: &mut String) {}
 }
 
-/// What [`Ctx::queue`] did with a frame.
+/// What [`Ctx::queue`] did with a frame, or [`Ctx::send`] with bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Queued {
-    /// Queued; it will be written at the end of the turn.
+    /// Taken: queued to be written at the end of the turn (`queue`), or
+    /// written, with any tail the kernel did not take queued (`send`).
     Yes,
-    /// Not queued: the connection already holds `queued` bytes and the frame
-    /// would take it over the output limit. The command chooses the policy.
+    /// Not taken, nothing written: the connection already holds `queued`
+    /// bytes and these would take it over the output limit, even after what
+    /// was queued had been offered to the kernel. The command chooses the policy.
     OverLimit {
         /// Bytes already queued for that connection.
         queued: usize,

@@ -100,24 +100,59 @@ impl<S> Ctx<S> {
     /// ahead of them; what the kernel does not take is copied into the output
     /// buffer and written when the socket is writable.
     ///
-    /// The caller bounds what it sends (the reactor bounds reads to the
-    /// output room under `pause_reads_when_full`).
-    pub fn send(&mut self, id: ConnId, bytes: &[u8]) {
+    /// The output bound ([`Config::out_limit`]) holds here as in
+    /// [`Ctx::queue`]: bytes that would take the connection's queue past it
+    /// are refused whole — nothing is written — and the answer is
+    /// [`Queued::OverLimit`], given only after what was queued has been
+    /// offered to the kernel, so it means the peer is not reading. The
+    /// command decides what follows (pause its own source, drop, close);
+    /// a byte stream it must not cut should stop producing before that, as
+    /// the clients do by pausing stdin below their limit. A command that
+    /// sends back what it read under `pause_reads_when_full` never meets the
+    /// bound: reads are sized to the room left. [`Queued::Gone`]: the
+    /// connection is closed or closing.
+    pub fn send(&mut self, id: ConnId, bytes: &[u8]) -> Queued {
+        let limit = self.config.out_limit;
         let Some(conn) = self.conns.get_mut(id.0) else {
-            return;
+            return Queued::Gone;
         };
-        if conn.doomed || bytes.is_empty() {
-            return;
+        if conn.doomed {
+            return Queued::Gone;
         }
+        if bytes.is_empty() {
+            return Queued::Yes;
+        }
+        if conn.out.len().saturating_add(bytes.len()) > limit {
+            if !conn.out.is_empty() && conn.state != State::Connecting {
+                // As in `queue`: offer what waits first, so that `OverLimit`
+                // means the peer is not reading, not that the turn is long.
+                match conn.write_out() {
+                    Ok(n) if n > 0 => self.mark_dirty(id.0),
+                    Ok(_) => {}
+                    Err(e) => {
+                        let reason = write_failure(conn.state, e);
+                        self.close(id, reason);
+                        return Queued::Gone;
+                    }
+                }
+            }
+            let queued = self.conns[id.0].out.len();
+            if queued.saturating_add(bytes.len()) > limit {
+                trace!(
+                    self.tracer,
+                    "{id}: {} B refused, {queued} B queued of {limit} B",
+                    bytes.len()
+                );
+                return Queued::OverLimit { queued };
+            }
+        }
+        let conn = &mut self.conns[id.0];
         let mut rest = bytes;
         if conn.tls.is_some() {
             // Through the session: queue, and write it all at the end of the turn.
             conn.out.push_copy(rest);
-            if !conn.dirty {
-                conn.dirty = true;
-                self.dirty.push(id.0);
-            }
-            return;
+            self.mark_dirty(id.0);
+            return Queued::Yes;
         }
         if conn.out.is_empty() && conn.state != State::Connecting {
             loop {
@@ -132,7 +167,7 @@ impl<S> Ctx<S> {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
                         self.close(id, CloseReason::Io(e));
-                        return;
+                        return Queued::Gone;
                     }
                 }
             }
@@ -151,6 +186,7 @@ impl<S> Ctx<S> {
             conn.out.push_copy(rest);
             self.after_output_change(id.0);
         }
+        Queued::Yes
     }
 
     /// Queues a shared frame for a connection, to be written at the end of the
@@ -186,6 +222,12 @@ impl<S> Ctx<S> {
                         "{id}: at the output limit, wrote {n} B early, {} B still queued",
                         conn.out.len()
                     );
+                    // The end-of-turn flush keeps the books: WRITABLE
+                    // interest, a paused reader, even if nothing is queued below.
+                    if n > 0 && !conn.dirty {
+                        conn.dirty = true;
+                        self.dirty.push(id.0);
+                    }
                 }
                 Err(e) => {
                     let reason = write_failure(conn.state, e);
@@ -210,10 +252,16 @@ impl<S> Ctx<S> {
     /// until `need` more bytes fit under the output limit. Returns how many.
     pub fn drop_oldest(&mut self, id: ConnId, need: usize) -> usize {
         let limit = self.config.out_limit;
-        match self.conns.get_mut(id.0) {
-            Some(conn) => conn.out.drop_oldest(need, limit),
-            None => 0,
+        let Some(conn) = self.conns.get_mut(id.0) else {
+            return 0;
+        };
+        let dropped = conn.out.drop_oldest(need, limit);
+        if dropped > 0 {
+            // The queue may now be empty: the end-of-turn flush drops
+            // WRITABLE interest then.
+            self.mark_dirty(id.0);
         }
+        dropped
     }
 
     /// Closes a connection now (queued output is discarded). The command gets
@@ -237,11 +285,14 @@ impl<S> Ctx<S> {
             self.close(id, CloseReason::Local("closed during the tls handshake"));
             return;
         }
-        let deadline = self.started.elapsed() + CLOSE_GRACE;
-        conn.close_deadline_ms = u32::try_from(deadline.as_millis()).unwrap_or(u32::MAX);
+        if conn.state == State::Flushing {
+            // Already closing: its grace runs from the first call.
+            return;
+        }
         conn.state = State::Flushing;
+        let now = Instant::now();
         self.timers
-            .add(Instant::now() + CLOSE_GRACE, Deadline::CloseGrace(id.0));
+            .add(now + CLOSE_GRACE, Deadline::CloseGrace(id.0, now));
         // Flushing with nothing left goes straight on (close_notify, then a gentle close).
         self.mark_dirty(id.0);
     }

@@ -5,7 +5,8 @@
 //! does three things, in this order:
 //!
 //! 1. **poll** — block until a source is ready or the nearest deadline
-//!    passes (no blocking at all while work is left over from the last turn);
+//!    passes, to the microsecond (a timerfd in the poll; see `timer.rs`),
+//!    and no blocking at all while work is left over from the last turn;
 //! 2. **dispatch** — for each event, decode its token into a [`Source`] and
 //!    call that source's handler: accept, read, write, read stdin, take
 //!    signals; then serve the ready list and the deadlines that passed;
@@ -51,6 +52,11 @@
 //!   queue, one [`Event::PeerUnreachable`] or [`Event::UdpError`] per report;
 //!   an ordinary read would only have returned the bare errno, once, without
 //!   saying which peer (`udp.rs`).
+//! * **An error that may pass is retried on a deadline.** A listener that
+//!   cannot accept for a reason of its own, or a UDP socket whose receive
+//!   fails, is set aside until a backoff deadline (10 ms doubling to 1 s,
+//!   [`timer::Backoff`]): retried at once it would spin, never retried it
+//!   would strand what waits behind the error (`accept.rs`, `udp.rs`).
 //! * **No source is read twice at once.** One handler runs at a time, which
 //!   is why one scratch buffer serves every read.
 //!
@@ -61,7 +67,8 @@
 //! do), `accept.rs` (listeners and admission), `tcp.rs` (a connection's
 //! reads, writes, close and reaping), `tls.rs`, `udp.rs`, `stdin.rs`,
 //! `signals.rs`, `timer.rs` (deadlines), `stats.rs` (the loop's figures,
-//! the SIGUSR1 table, trace lines), `token.rs` (the token map), `trace.rs`.
+//! the SIGUSR1 table, trace lines), `token.rs` (the token map), `trace.rs`;
+//! `tests.rs` tests the edges above from the inside, over loopback.
 
 mod accept;
 mod api;
@@ -70,6 +77,8 @@ pub mod signals;
 mod stats;
 pub mod stdin;
 mod tcp;
+#[cfg(test)]
+mod tests;
 pub mod timer;
 mod tls;
 pub mod token;
@@ -93,7 +102,7 @@ pub use api::{Config, ConnId, Event, Handler, Queued};
 use signals::SignalSource;
 pub use stats::LoopStats;
 use stdin::{StdinKind, StdinSource};
-use timer::{Deadline, Timers};
+use timer::{Backoff, Deadline, Timers};
 pub use token::Source;
 use trace::Tracer;
 
@@ -131,6 +140,8 @@ pub struct Ctx<S> {
     /// client when the open-file limit is reached.
     spare_fd: Option<File>,
     udp: Option<UdpSocket>,
+    /// The UDP socket failed to receive: when to try again.
+    udp_backoff: Backoff,
     udp_writable_wanted: bool,
     /// The kernel's running count of datagrams the UDP socket dropped for
     /// want of receive-buffer room, as last reported with a datagram.
@@ -170,6 +181,7 @@ impl<S: Default> Reactor<S> {
             None
         };
         let signals = SignalSource::open(poll.registry())?;
+        let timers = Timers::new(poll.registry());
         let mut ready = Vec::new();
         if let Some(source) = &stdin {
             // Regular files and /dev/null never raise a readiness event: start reading them now.
@@ -188,12 +200,13 @@ impl<S: Default> Reactor<S> {
                 listeners: Vec::new(),
                 spare_fd: File::open("/dev/null").ok(),
                 udp: None,
+                udp_backoff: Backoff::default(),
                 udp_writable_wanted: false,
                 udp_dropped: 0,
                 stdin,
                 stdin_paused: false,
                 stdin_eof: false,
-                timers: Timers::default(),
+                timers,
                 tracer,
                 per_ip: HashMap::new(),
                 refusals: accept::Refusals::default(),
@@ -233,13 +246,16 @@ impl<S: Default> Reactor<S> {
         // 1. Poll. Work left from the last turn means: look, but do not wait.
         let now = Instant::now();
         let timeout = if cx.ready.is_empty() && cx.dirty.is_empty() {
-            cx.timers.timeout(now)
+            cx.timers.poll_timeout(now)
         } else {
             Some(Duration::ZERO)
         };
         match cx.poll.poll(events, timeout) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            // A signal ended the wait (its event comes with the next poll).
+            // The wait still counts, and the rest of the turn runs as for a
+            // poll that returned nothing: deadlines may be due.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => events.clear(),
             Err(e) => return Err(e),
         }
         let woke = Instant::now();
@@ -264,7 +280,7 @@ impl<S: Default> Reactor<S> {
                 Source::Conn(key) => cx.read_conn(handler, scratch, key),
                 Source::Stdin => cx.read_stdin(handler, scratch),
                 Source::Udp => cx.read_udp(handler, scratch),
-                Source::Signals => {}
+                Source::Signals | Source::Timer => {}
             }
         }
         let now = Instant::now();
@@ -273,7 +289,9 @@ impl<S: Default> Reactor<S> {
                 Deadline::Command(id) => handler.handle(cx, Event::Timer(id)),
                 Deadline::ResumeReading(key) => cx.end_throttle(key),
                 Deadline::Handshake(key) => cx.check_handshake(key),
-                Deadline::CloseGrace(key) => cx.end_close_grace(key),
+                Deadline::CloseGrace(key, since) => cx.end_close_grace(key, since),
+                Deadline::RetryAccept(index) => cx.retry_accept(handler, index),
+                Deadline::RetryUdp => cx.retry_udp(handler, scratch),
                 Deadline::RefusalSummary => cx.log_refusal_summaries(),
             }
         }
@@ -315,6 +333,8 @@ impl<S> Ctx<S> {
                         self.on_signal(handler, signal);
                     }
                 }
+                // The deadlines it woke us for pass after the events (`turn`).
+                Source::Timer => self.timers.on_clock(),
             }
         }
     }

@@ -27,6 +27,12 @@ pub struct LoopStats {
     pub refused_by_rule: u64,
     /// Connections refused by `--max-conns-per-ip`.
     pub refused_per_ip: u64,
+    /// Times a listener could not accept for a reason of its own (not one
+    /// client's) and was set aside until a retry deadline.
+    pub accept_errors: u64,
+    /// Times the UDP socket failed to receive for a reason other than an
+    /// ICMP report, and was set aside until a retry deadline.
+    pub udp_errors: u64,
 }
 
 impl LoopStats {
@@ -49,6 +55,8 @@ impl LoopStats {
             refused: self.refused - earlier.refused,
             refused_by_rule: self.refused_by_rule - earlier.refused_by_rule,
             refused_per_ip: self.refused_per_ip - earlier.refused_per_ip,
+            accept_errors: self.accept_errors - earlier.accept_errors,
+            udp_errors: self.udp_errors - earlier.udp_errors,
         }
     }
 }
@@ -74,8 +82,16 @@ impl<S> Ctx<S> {
     /// SIGUSR1: the connection table on stderr.
     pub(super) fn print_table<H: Handler<Conn = S>>(&self, handler: &H) {
         let now = Instant::now();
+        let errors = if self.stats.accept_errors + self.stats.udp_errors > 0 {
+            format!(
+                "; retried after errors: {} accept, {} udp",
+                self.stats.accept_errors, self.stats.udp_errors
+            )
+        } else {
+            String::new()
+        };
         let mut text = format!(
-            "connection table: {} connection(s); {} accepted, refused: {} full, {} by rule, {} per-ip; {}\n",
+            "connection table: {} connection(s); {} accepted, refused: {} full, {} by rule, {} per-ip{errors}; {}\n",
             self.conns.len(),
             self.stats.accepted,
             self.stats.refused,
@@ -113,6 +129,7 @@ impl<S> Ctx<S> {
             Source::Udp => "udp".to_string(),
             Source::Stdin => "stdin".to_string(),
             Source::Signals => "signals".to_string(),
+            Source::Timer => "timer".to_string(),
             Source::Conn(key) => match self.conns.get(key) {
                 Some(conn) => format!("conn#{key} {} ({} B queued)", conn.peer, conn.out.len()),
                 None => format!("conn#{key} (gone)"),

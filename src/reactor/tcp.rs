@@ -203,7 +203,12 @@ impl<S> Ctx<S> {
         if !conn.has_pending_output() {
             if conn.shutdown_write_when_drained || conn.state == State::Flushing {
                 self.on_drained(handler, key);
+            } else if conn.read_paused {
+                self.resume_reading(key);
             }
+            // Written early (`Ctx::queue`) or dropped (`Ctx::drop_oldest`)
+            // since the last flush: WRITABLE may still be registered.
+            self.after_output_change(key);
             return;
         }
         match conn.write_out() {
@@ -293,18 +298,17 @@ impl<S> Ctx<S> {
     }
 
     /// A closing connection's grace ran out: close it now, whatever is left.
-    pub(super) fn end_close_grace(&mut self, key: usize) {
-        let now_ms = self.started.elapsed().as_millis() as u64;
+    /// `since` is when it began closing; a connection in the table that was
+    /// opened after that reused the key of the one the deadline was for.
+    pub(super) fn end_close_grace(&mut self, key: usize, since: Instant) {
         let Some(conn) = self.conns.get(key) else {
             return;
         };
-        let late = u64::from(conn.close_deadline_ms) <= now_ms;
-        match conn.state {
-            State::Flushing if late => self.close(
+        if conn.state == State::Flushing && conn.since <= since {
+            self.close(
                 ConnId(key),
                 CloseReason::Local("the peer did not take its last output in time"),
-            ),
-            _ => {}
+            );
         }
     }
 
@@ -376,11 +380,21 @@ impl<S> Ctx<S> {
         }
     }
 
+    /// Removes the connections marked this turn, a batch at a time: each
+    /// command hears `Closed` while its connection is still in the table;
+    /// then the batch is removed, and the ready and dirty lists are swept
+    /// once for the whole batch (one pass each, not one per connection: a
+    /// thousand clients leaving at once must not cost a million steps).
+    /// Keys freed here are reused only after the sweep, so it cannot remove
+    /// a new connection's entries.
     pub(super) fn reap<H: Handler<Conn = S>>(&mut self, handler: &mut H) {
         while !self.closing.is_empty() {
             let closing = std::mem::take(&mut self.closing);
+            for (key, reason) in &closing {
+                handler.handle(self, Event::Closed(ConnId(*key), reason));
+            }
+            let mut removed = Vec::with_capacity(closing.len());
             for (key, reason) in closing {
-                handler.handle(self, Event::Closed(ConnId(key), &reason));
                 let mut conn = self.conns.remove(key);
                 let _ = self.poll.registry().deregister(&mut conn.stream);
                 if conn.counted_per_ip {
@@ -393,19 +407,25 @@ impl<S> Ctx<S> {
                     }
                 }
                 trace!(self.tracer, "conn#{key} {}: closed ({reason})", conn.peer);
-                self.ready.retain(|s| *s != Source::Conn(key));
-                self.dirty.retain(|k| *k != key);
-                // A descriptor is free again: a listener paused for lack of them may go on.
-                for (index, listener) in self.listeners.iter_mut().enumerate() {
-                    if listener.paused {
-                        listener.paused = false;
-                        self.ready.push(Source::Listener(index));
-                        log::info!("a descriptor is free: accepting again");
-                    }
+                removed.push(key);
+            }
+            removed.sort_unstable();
+            let gone = |key: &usize| removed.binary_search(key).is_ok();
+            self.ready.retain(|source| match source {
+                Source::Conn(key) => !gone(key),
+                _ => true,
+            });
+            self.dirty.retain(|key| !gone(key));
+            // Descriptors are free again: a listener paused for lack of them may go on.
+            for (index, listener) in self.listeners.iter_mut().enumerate() {
+                if listener.paused {
+                    listener.paused = false;
+                    self.ready.push(Source::Listener(index));
+                    log::info!("a descriptor is free: accepting again");
                 }
-                if self.spare_fd.is_none() {
-                    self.spare_fd = File::open("/dev/null").ok();
-                }
+            }
+            if self.spare_fd.is_none() {
+                self.spare_fd = File::open("/dev/null").ok();
             }
         }
     }

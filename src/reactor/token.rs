@@ -7,6 +7,7 @@
 //! | `usize::MAX - 1`         | the UDP socket                          |
 //! | `usize::MAX - 2`         | standard input                          |
 //! | `usize::MAX - 3`         | the signal pipe (SIGINT, SIGTERM, SIGUSR1) |
+//! | `usize::MAX - 4`         | the deadline clock (a timerfd)          |
 //! | `usize::MAX - 8 - i`     | TCP listener number `i` (up to 4)       |
 //!
 //! The fixed tokens sit at the top of the range, where a slab key never
@@ -20,6 +21,7 @@ pub const MAX_LISTENERS: usize = 4;
 const UDP: usize = usize::MAX - 1;
 const STDIN: usize = usize::MAX - 2;
 const SIGNALS: usize = usize::MAX - 3;
+const TIMER: usize = usize::MAX - 4;
 const LISTENER_BASE: usize = usize::MAX - 8;
 
 /// A poll source, as decoded from its token.
@@ -33,6 +35,8 @@ pub enum Source {
     Stdin,
     /// The signal pipe.
     Signals,
+    /// The timerfd set to the nearest deadline.
+    Timer,
     /// A TCP connection: its slab key.
     Conn(usize),
 }
@@ -48,6 +52,7 @@ impl Source {
             Source::Udp => UDP,
             Source::Stdin => STDIN,
             Source::Signals => SIGNALS,
+            Source::Timer => TIMER,
             Source::Conn(key) => {
                 debug_assert!(key < LISTENER_BASE - MAX_LISTENERS);
                 key
@@ -62,6 +67,7 @@ impl From<Token> for Source {
             UDP => Source::Udp,
             STDIN => Source::Stdin,
             SIGNALS => Source::Signals,
+            TIMER => Source::Timer,
             t if t <= LISTENER_BASE && t > LISTENER_BASE - MAX_LISTENERS => {
                 Source::Listener(LISTENER_BASE - t)
             }
@@ -82,6 +88,7 @@ mod tests {
             Source::Udp,
             Source::Stdin,
             Source::Signals,
+            Source::Timer,
             Source::Conn(0),
             Source::Conn(19_999),
         ] {

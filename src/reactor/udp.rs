@@ -1,8 +1,15 @@
 //! The reactor's side of the one UDP socket: reading datagrams until
 //! `WouldBlock`, draining the error queue (ICMP reports name the peer), and
 //! write interest only while a command asks for it.
+//!
+//! The rule it keeps: an error is reported to the command and the socket is
+//! tried again later, never at once: an ICMP report is taken from the error
+//! queue and reading goes on; any other error sets the socket aside until a
+//! backoff deadline (10 ms doubling to 1 s), so an error that repeats costs a
+//! few wake-ups a second instead of a spinning loop.
 
 use std::io;
+use std::time::Instant;
 
 use mio::net::UdpSocket;
 use mio::Interest;
@@ -10,6 +17,7 @@ use mio::Interest;
 use crate::trace;
 use crate::udp;
 
+use super::timer::Deadline;
 use super::token::Source;
 use super::{Ctx, Event, Handler};
 
@@ -81,15 +89,20 @@ impl<S> Ctx<S> {
         }
     }
 
-    /// Reads datagrams until `WouldBlock` or the read budget (then: the ready list).
+    /// Reads datagrams until `WouldBlock` or the read budget (then: the ready
+    /// list), unless an error has set the socket aside (then: its retry deadline).
     pub(super) fn read_udp<H: Handler<Conn = S>>(&mut self, handler: &mut H, scratch: &mut [u8]) {
         let mut budget = self.config.read_budget;
         loop {
+            if self.udp_backoff.waiting() {
+                return;
+            }
             let Some(socket) = self.udp.as_ref() else {
                 return;
             };
             match udp::recv_datagram(socket, scratch) {
                 Ok(datagram) => {
+                    self.udp_backoff.succeeded();
                     let n = datagram.len;
                     let from = datagram.from;
                     if let Some(dropped) = datagram.drops {
@@ -117,12 +130,24 @@ impl<S> Ctx<S> {
                 Err(e) => {
                     trace!(self.tracer, "udp: error {e}");
                     handler.handle(self, Event::UdpError(e));
-                    // Do not spin on an error that repeats; come back next turn.
-                    self.ready.push(Source::Udp);
+                    // It may repeat at every read: come back after a backoff,
+                    // not next turn (that would spin), and not never (what
+                    // waits behind it would raise no edge).
+                    if let Some(wait) = self.udp_backoff.fail() {
+                        self.stats.udp_errors += 1;
+                        trace!(self.tracer, "udp: reading again in {wait:?}");
+                        self.timers.add(Instant::now() + wait, Deadline::RetryUdp);
+                    }
                     return;
                 }
             }
         }
+    }
+
+    /// The UDP socket's retry deadline: read it again.
+    pub(super) fn retry_udp<H: Handler<Conn = S>>(&mut self, handler: &mut H, scratch: &mut [u8]) {
+        self.udp_backoff.retry_due();
+        self.read_udp(handler, scratch);
     }
 
     /// Drains the UDP socket's error queue (ICMP reports); returns whether it held any.

@@ -331,29 +331,82 @@ pub fn write_all(stream: &mut TcpStream, bytes: &[u8]) {
         .expect("write_all within the timeout");
 }
 
-/// Writes without reading until the kernel takes no more (the server has
-/// stopped reading us), bounded by `cap` bytes and 10 s; returns what was sent.
-pub fn fill_until_blocked(stream: &mut TcpStream, data: &[u8], cap: usize) -> usize {
+/// Writes without reading until the server says (in its SIGUSR1 table) that
+/// it has paused reading this client, bounded by `cap` bytes and 20 s;
+/// returns what was sent. Each time the kernel takes no more, the server is
+/// asked; if it has not paused, the write waits for the socket to become
+/// writable again, so a server that is merely slow is never taken for one
+/// that holds back.
+pub fn fill_until_paused(
+    server: &mut Proc,
+    stream: &mut TcpStream,
+    data: &[u8],
+    cap: usize,
+) -> usize {
+    let me = stream.local_addr().unwrap().to_string();
     stream.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
     let mut sent = 0usize;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sent < cap && Instant::now() < deadline {
+    while sent < cap {
         let from = sent % data.len();
         match stream.write(&data[from..]) {
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                // Let the server catch up; if it still takes nothing, it is holding back.
-                thread::sleep(Duration::from_millis(50));
-                match stream.write(&data[from..]) {
-                    Ok(n) => sent += n,
-                    Err(_) => break,
-                }
+            Ok(n) => {
+                sent += n;
+                continue;
             }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => panic!("write: {e}"),
         }
+        if table_row(server, &me).contains("paused") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 20 s the server neither read more nor paused reading"
+        );
+        wait_writable(stream, Duration::from_millis(200));
     }
     stream.set_nonblocking(false).unwrap();
     sent
+}
+
+/// Sends SIGUSR1 and returns the table row of the connection whose peer is `peer`.
+pub fn table_row(server: &mut Proc, peer: &str) -> String {
+    let before = server.drain_lines().len();
+    server.signal(libc::SIGUSR1);
+    let header = server.wait_line_after(before, "connection table:", Duration::from_secs(10));
+    let at = server
+        .seen
+        .iter()
+        .rposition(|l| *l == header)
+        .unwrap_or(before);
+    server.wait_line_after(at, &format!(" {peer} "), Duration::from_secs(10))
+}
+
+/// Waits until `stream` can take more bytes, or `within` passes.
+pub fn wait_writable(stream: &TcpStream, within: Duration) {
+    use std::os::fd::AsRawFd;
+    let mut poll = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for a descriptor the stream owns.
+    unsafe {
+        libc::poll(&mut poll, 1, within.as_millis() as libc::c_int);
+    }
+}
+
+/// An address where nothing accepts: a socket bound to a fresh loopback
+/// port but not listening, held (so nobody else can listen there) until
+/// the returned socket is dropped. A connect to it is refused at once.
+pub fn refusing_addr() -> (socket2::Socket, SocketAddr) {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&any.into()).expect("bind");
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    (socket, addr)
 }
 
 /// Deterministic pseudo-random bytes (xorshift), for payloads a test can regenerate.
@@ -402,6 +455,12 @@ pub fn rss_kib(pid: u32) -> u64 {
 /// A process's peak resident set size so far (VmHWM) in KiB.
 pub fn peak_rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmHWM")
+}
+
+/// A process's data segment and anonymous mappings in KiB (VmData): what
+/// it has asked the kernel for, touched or not, so a reservation shows at once.
+pub fn vm_data_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmData")
 }
 
 /// A `FIELD:   N kB` line of /proc/PID/status, in KiB.

@@ -74,8 +74,9 @@ pub struct Args {
     /// TCP port to listen on (0: the system picks one, printed at start).
     #[arg(long, short, default_value_t = 0)]
     pub port: u16,
-    /// Local address to listen on (0.0.0.0: every IPv4 interface; :: for IPv6).
-    #[arg(long, default_value = "0.0.0.0")]
+    /// Local address to listen on: an IP (0.0.0.0: every IPv4 interface; :: for IPv6;
+    /// [::1] works too) or a host name such as localhost.
+    #[arg(long, default_value = "0.0.0.0", value_parser = crate::units::parse_bind)]
     pub bind: IpAddr,
     /// Your name in the chat (asked for on stdin when missing).
     #[arg(long, conflicts_with = "relay_only")]
@@ -88,7 +89,7 @@ pub struct Args {
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_conns: u32,
     /// Bytes that may wait for one client (suffixes K, M, G: binary multiples).
-    #[arg(long, default_value = "1M", value_parser = parse_bytes)]
+    #[arg(long, default_value = "1M", value_parser = crate::units::parse_size_min1)]
     pub max_backlog: usize,
     /// What to do with a client whose backlog is full.
     #[arg(long, value_enum, default_value_t = OnBacklog::Disconnect)]
@@ -153,44 +154,4 @@ pub enum OnBacklog {
     Disconnect,
     /// Drop its oldest queued messages and send it a notice of how many it missed.
     DropOldest,
-}
-
-/// Parses a byte count: `65536`, `64K`, `1M`, `1MiB`, `2G`.
-fn parse_bytes(text: &str) -> std::result::Result<usize, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let number: usize = digits
-        .parse()
-        .map_err(|_| format!("'{text}' is not a byte count (e.g. 65536, 64K, 1M)"))?;
-    let scale: usize = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(format!("unknown unit in '{text}' (use K, M or G)")),
-    };
-    match number.checked_mul(scale) {
-        Some(0) => Err("the backlog must be at least 1 byte".to_string()),
-        Some(bytes) => Ok(bytes),
-        None => Err(format!("'{text}' is too large")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn byte_counts_take_binary_suffixes() {
-        assert_eq!(parse_bytes("65536"), Ok(65_536));
-        assert_eq!(parse_bytes("64K"), Ok(65_536));
-        assert_eq!(parse_bytes("1MiB"), Ok(1 << 20));
-        assert_eq!(parse_bytes("2g"), Ok(2 << 30));
-        assert!(parse_bytes("0").is_err());
-        assert!(parse_bytes("1T").is_err());
-        assert!(parse_bytes("lots").is_err());
-    }
 }

@@ -295,7 +295,10 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     let (_, addr) = reactor.cx().listen(args.bind, args.port)?;
     let line_door = match args.line_port {
         Some(port) => {
-            let (index, addr) = reactor.cx().listen(args.bind, port)?;
+            let (index, addr) = reactor
+                .cx()
+                .listen(args.bind, port)
+                .map_err(|e| e.at_door("--line-port"))?;
             // A line client turned away should read plain text, not a frame.
             reactor
                 .cx()
@@ -306,7 +309,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     };
     let udp_door = match args.udp_port {
         Some(port) => {
-            let socket = net::bind_udp(args.bind, port)?;
+            let socket = net::bind_udp(args.bind, port).map_err(|e| e.at_door("--udp-port"))?;
             let addr = socket
                 .local_addr()
                 .map_err(|e| Error::io("reading the UDP socket address", e))?;
@@ -364,7 +367,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     let input = if args.relay_only {
         None
     } else {
-        let input = ChatInput::new(args.name.as_deref(), frames.max_frame);
+        let input = ChatInput::new(args.name.as_deref(), frames.max_frame).checking_names();
         if input.name().is_some() {
             hint(HINT);
         }

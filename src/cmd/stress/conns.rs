@@ -290,7 +290,10 @@ impl Handler for Conns {
             Event::Connected(id) => {
                 if self.is_probe(id) {
                     match self.probe_kind {
-                        Probe::Echo => cx.send(id, PROBE),
+                        Probe::Echo => {
+                            // A few bytes on a fresh connection: always taken.
+                            let _ = cx.send(id, PROBE);
+                        }
                         _ => self.probe_done(cx, Ok(())),
                     }
                     return;

@@ -3,12 +3,16 @@
 //!
 //! Each connection sends `--size`-byte messages and reads them back, with up
 //! to `--pipeline` messages in flight. Closed loop (the default): a message
-//! goes out as soon as one comes back. Open loop (`--rate R`): message `k` of
-//! a connection is *due* at `start + phase + k/R` whatever the server does;
-//! its latency is measured from that intended time, so a server that stalls
-//! shows up as high latency rather than as fewer samples (coordinated
-//! omission, as wrk2 measures it), and the uncorrected figure is printed next
-//! to it.
+//! goes out as soon as one comes back. Open loop (`--rate R`, in all, as
+//! wrk2's `-R`): each of the `n` connections sends `R/n` a second, message
+//! `k` *due* at `start + phase + k·n/R` whatever the server does; its latency
+//! is measured from that intended time, so a server that stalls shows up as
+//! high latency rather than as fewer samples (coordinated omission, as wrk2
+//! measures it), and the uncorrected figure is printed next to it.
+//!
+//! Phases: connect, (wait for `--start-at`), `--warmup` (load, not
+//! measured), the window (`--duration`), the drain. Samples are filed by
+//! second in a [`Timeline`] (interval log, JSON lines, plot).
 //!
 //! Verification costs one `memcmp` per read and no state per message: byte
 //! `o` of connection `i`'s stream is `PATTERN[(o + i) % 251]`, so the bytes to
@@ -21,9 +25,11 @@ use clap::Args as ClapArgs;
 
 use super::connect::Ended;
 use super::report::{self, Latency, Tally};
+use super::timeline::{MeasureArgs, Timeline};
 use super::{
-    latency_lines, positive, prepare, rate_check, zero_or_more, Run, TcpArgs, SECONDS,
-    SEND_TICK_NS, TIMER_CONN, TIMER_DRAIN, TIMER_END, TIMER_PROGRESS,
+    latency_lines, measure_report, parse_seconds, positive, prepare, rate_check, zero_or_more, Run,
+    TcpArgs, SECONDS, SEND_TICK_NS, TIMER_CONN, TIMER_DRAIN, TIMER_END, TIMER_INTERVAL,
+    TIMER_PROGRESS, TIMER_START, TIMER_WARMUP,
 };
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};
@@ -50,10 +56,14 @@ pub const LONG_ABOUT: &str =
         percentiles and errors. The first byte that comes back wrong is reported with its \
         connection and offset, and the run exits 1.\n\n\
         Closed loop by default: a connection sends its next message when one returns, so a \
-        slow server is sent less (and looks better than it is). With --rate R every \
-        connection sends on a fixed schedule of R messages/s and latency is measured from \
-        when each message should have been sent (corrected for coordinated omission); \
-        the uncorrected figure is printed beside it.";
+        slow server is sent less (and looks better than it is). With --rate R (-R, the \
+        total, as in wrk2) the connections send R messages/s between them, each on a fixed \
+        schedule of R/connections, and latency is measured from when each message should \
+        have been sent (corrected for coordinated omission); the uncorrected figure is \
+        printed beside it. --rate-per-conn R asks R of every connection instead.\n\n\
+        --warmup S loads the server S seconds before measuring; --start-at TIME begins the \
+        load at a wall-clock time (several generators together); --hist-log FILE writes \
+        every second's latency histogram for 'stress merge' and 'stress plot'.";
 
 /// Command-line options of `stress echo`.
 #[derive(Debug, Clone, ClapArgs)]
@@ -63,6 +73,7 @@ pub const LONG_ABOUT: &str =
     after_help = "Examples:\n  sockloop echo server --port 9000 &\n  \
         sockloop stress echo 127.0.0.1:9000 --conns 100 --size 1024 --duration 5\n  \
         sockloop stress echo 127.0.0.1:9000 --conns 10 --size 16384 --pipeline 8\n  \
+        sockloop stress echo 127.0.0.1:9000 -c 50 -d 30 -R 10000 --warmup 5 --hist-log run.hlog\n  \
         sockloop stress echo 127.0.0.1:9000 --conns 50 --rate 200 --json\n\n\
         Progress goes to stderr each second; Ctrl+C ends the run early and still prints \
         the summary."
@@ -74,21 +85,40 @@ pub struct Args {
     /// Bytes per message.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=16 * 1024 * 1024))]
     pub size: u32,
-    /// Seconds to measure, counted from when every connection is open.
-    #[arg(long, value_name = "S", default_value_t = 5.0)]
+    /// Seconds to measure (10, 10s, 2m, 500ms), counted from when every
+    /// connection is open (and the warmup is over).
+    #[arg(short = 'd', long, value_name = "S", default_value_t = 5.0, value_parser = parse_seconds)]
     pub duration: f64,
     /// Messages in flight per connection (1: ping-pong).
     #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub pipeline: u32,
-    /// Open loop: each connection sends R messages per second on a fixed
-    /// schedule (still at most --pipeline in flight), and latency is measured
-    /// from each message's intended send time.
-    #[arg(long, value_name = "R", value_parser = crate::ratelimit::parse_per_second)]
+    /// Open loop: R messages per second in all, spread evenly over the
+    /// connections (R/connections each, on a fixed schedule, still at most
+    /// --pipeline in flight); latency is measured from each message's intended
+    /// send time.
+    #[arg(short = 'R', long, value_name = "R", value_parser = crate::ratelimit::parse_per_second,
+          conflicts_with = "rate_per_conn")]
     pub rate: Option<f64>,
+    /// Open loop with R messages per second from every connection (R x
+    /// connections in all).
+    #[arg(long, value_name = "R", value_parser = crate::ratelimit::parse_per_second)]
+    pub rate_per_conn: Option<f64>,
     /// Seconds to wait after the window for echoes still in flight (they are
     /// verified, not counted).
-    #[arg(long, value_name = "S", default_value_t = 2.0)]
+    #[arg(long, value_name = "S", default_value_t = 2.0, value_parser = parse_seconds)]
     pub drain: f64,
+    /// Warmup, start time, interval log, plot, spectrum.
+    #[command(flatten)]
+    pub measure: MeasureArgs,
+}
+
+/// What `--rate` or `--rate-per-conn` asked for.
+#[derive(Debug, Clone, Copy)]
+enum Rate {
+    /// Messages per second from all connections together.
+    Total(f64),
+    /// Messages per second from each connection.
+    PerConn(f64),
 }
 
 /// One connection's state: where its two streams stand.
@@ -107,9 +137,13 @@ pub struct EchoConn {
 /// The `stress echo` handler.
 struct Echo {
     run: Run,
+    measure: MeasureArgs,
     size: u64,
     pipeline: u64,
-    /// Open loop: nanoseconds between two messages of one connection.
+    /// Open loop: what was asked.
+    rate: Option<Rate>,
+    /// Open loop: nanoseconds between two messages of one connection (set
+    /// when the load begins, from the connections up then).
     period_ns: Option<u64>,
     duration: Duration,
     drain: Duration,
@@ -120,18 +154,20 @@ struct Echo {
     sent_at: Vec<u64>,
     /// Open loop: the intended send time, same layout.
     intended_at: Vec<u64>,
-    /// The window's start and planned end, nanoseconds since `run.started`.
+    /// The load's start (the schedule's origin, before any warmup) and its
+    /// planned end, nanoseconds since `run.started`.
+    load_ns: (u64, u64),
+    /// The window's start (after the warmup) and planned end, same clock.
     window_ns: (u64, u64),
-    /// Latency from the intended send time (open loop) or the send (closed loop).
-    latency: Latency,
-    /// Open loop: latency from the actual send.
-    uncorrected: Latency,
+    /// Latency from the intended send time (open loop) or the send (closed
+    /// loop), and open loop from the actual send, second by second.
+    timeline: Timeline,
     /// Open loop: how late messages left against their schedule (timer
     /// granularity, a busy generator, a full pipeline).
     send_lag: Latency,
     /// Messages whose echo completed inside the window.
     msgs: u64,
-    /// Messages sent inside the window.
+    /// Messages sent inside the window (not in the warmup).
     sent: u64,
     /// Messages sent and not echoed yet, over all connections.
     in_flight: u64,
@@ -139,6 +175,8 @@ struct Echo {
     first_error: Option<String>,
     /// The window is over; waiting for the echoes still in flight.
     draining: bool,
+    /// Every connection is open (or failed); the load's start is scheduled.
+    start_armed: bool,
 }
 
 impl Echo {
@@ -155,7 +193,7 @@ impl Echo {
         // Connections are spread over one period (golden-ratio steps) so
         // they do not all send in the same instant.
         let phase = (f64::from(index) * 0.618_033_988_75).fract() * period as f64;
-        self.window_ns.0 + phase as u64 + k * period
+        self.load_ns.0 + phase as u64 + k * period
     }
 
     /// Writes messages `from .. from + n` of connection `index`: one
@@ -185,7 +223,9 @@ impl Echo {
             st.sent = first + n;
         }
         self.in_flight += n;
-        self.sent += n;
+        if now >= self.window_ns.0 {
+            self.sent += n;
+        }
         self.send_stream(cx, id, index, first, n);
     }
 
@@ -202,7 +242,7 @@ impl Echo {
         let mut k = first;
         while k - done < self.pipeline {
             let due = self.intended_ns(index, k, period);
-            if due >= self.window_ns.1 {
+            if due >= self.load_ns.1 {
                 break;
             }
             if due > now {
@@ -218,7 +258,10 @@ impl Echo {
             let slot = self.slot(index, k);
             self.intended_at[slot] = due;
             self.sent_at[slot] = now;
-            self.send_lag.record(now - due);
+            if due >= self.window_ns.0 {
+                self.send_lag.record(now - due);
+                self.sent += 1;
+            }
             k += 1;
         }
         if let Some(st) = cx.state_mut(id) {
@@ -227,7 +270,6 @@ impl Echo {
         }
         if k > first {
             self.in_flight += k - first;
-            self.sent += k - first;
             self.send_stream(cx, id, index, first, k - first);
         }
     }
@@ -272,23 +314,24 @@ impl Echo {
         if let Some(st) = cx.state_mut(id) {
             st.received = total;
         }
-        let in_window = self.run.measuring() && now <= self.window_ns.1;
+        let in_window = self.in_window(now);
         for k in done_before..done_after {
             let slot = self.slot(index, k);
             if in_window {
                 self.msgs += 1;
                 match self.period_ns {
-                    Some(_) => {
-                        self.latency.record(now - self.intended_at[slot]);
-                        self.uncorrected.record(now - self.sent_at[slot]);
-                    }
-                    None => self.latency.record(now - self.sent_at[slot]),
+                    Some(_) => self.timeline.record_pair(
+                        now,
+                        now - self.intended_at[slot],
+                        now - self.sent_at[slot],
+                    ),
+                    None => self.timeline.record(now, now - self.sent_at[slot]),
                 }
             }
         }
         let completed = done_after - done_before;
         self.in_flight -= completed;
-        if self.run.measuring() {
+        if self.run.loading() {
             match self.period_ns {
                 Some(_) if completed > 0 => self.pump(cx, index),
                 Some(_) => {}
@@ -319,7 +362,7 @@ impl Echo {
                 let outstanding = st.sent - st.received / self.size;
                 self.in_flight -= outstanding;
                 let counted = matches!(reason, CloseReason::Local(_));
-                if !counted && (self.run.measuring() || outstanding > 0) {
+                if !counted && (self.run.loading() || outstanding > 0) {
                     let kind = match reason {
                         CloseReason::Io(_) => RESET,
                         _ => CLOSED,
@@ -341,20 +384,48 @@ impl Echo {
         }
     }
 
-    /// Once every connection is open (or failed), the window starts.
+    /// A completion at `now` counts: inside the window, which has not ended.
+    fn in_window(&self, now: u64) -> bool {
+        self.run.window_end.is_none()
+            && self.run.load_start.is_some()
+            && (self.window_ns.0..self.window_ns.1).contains(&now)
+    }
+
+    /// Once every connection is open (or failed), the load is scheduled.
     fn check_start(&mut self, cx: &mut Ctx<EchoConn>) {
-        if self.run.window_start.is_some() || !self.run.connector.done() {
+        if self.start_armed || !self.run.connector.done() {
             return;
         }
-        self.run.begin_window(cx);
+        self.start_armed = true;
         if self.run.connector.up() == 0 {
+            self.run.begin_window(cx);
             self.run.end_window(cx);
             cx.stop();
             return;
         }
-        let start = self.now_ns();
-        self.window_ns = (start, start + self.duration.as_nanos() as u64);
-        cx.set_timer_in(self.duration, TIMER_END);
+        self.run.arm_start(cx, Duration::ZERO);
+    }
+
+    /// The load begins: the schedule, the window, the first messages.
+    fn begin(&mut self, cx: &mut Ctx<EchoConn>) {
+        if self.run.load_start.is_some() {
+            return;
+        }
+        let (load, window) = self.run.begin_load(cx);
+        let up = u64::from(self.run.connector.up().max(1));
+        self.period_ns = self.rate.map(|rate| {
+            let per_conn = match rate {
+                Rate::Total(total) => total / up as f64,
+                Rate::PerConn(per_conn) => per_conn,
+            };
+            ((1e9 / per_conn) as u64).max(1)
+        });
+        let end = window + self.duration.as_nanos() as u64;
+        self.load_ns = (load, end);
+        self.window_ns = (window, end);
+        cx.set_timer(self.run.started + Duration::from_nanos(end), TIMER_END);
+        let header = self.log_header();
+        self.timeline.start(cx, window, &header);
         for index in 0..self.run.connector.plan().n {
             let Some(id) = self.run.connector.conn_of(index) else {
                 continue;
@@ -373,6 +444,12 @@ impl Echo {
         }
         match timer {
             TIMER_PROGRESS => self.progress(cx),
+            TIMER_START => self.begin(cx),
+            TIMER_WARMUP => self.run.end_warmup(cx),
+            TIMER_INTERVAL => {
+                let now = self.now_ns();
+                self.timeline.on_timer(cx, now);
+            }
             TIMER_END => {
                 if self.period_ns.is_some() {
                     // Messages due in the window's last tick go out before it closes.
@@ -381,6 +458,9 @@ impl Echo {
                     }
                 }
                 self.run.end_window(cx);
+                // Echoes completed in the drain are not counted: the last
+                // interval ends with the window.
+                self.timeline.finish(self.window_ns.1);
                 self.draining = true;
                 if self.in_flight == 0 {
                     cx.stop();
@@ -396,7 +476,7 @@ impl Echo {
                         st.timer_armed = false;
                     }
                 }
-                if self.run.measuring() {
+                if self.run.loading() {
                     self.pump(cx, index);
                 }
             }
@@ -407,12 +487,12 @@ impl Echo {
     fn progress(&mut self, cx: &mut Ctx<EchoConn>) {
         let (msgs_per_s, mb_per_s) = self.run.progress_tick(cx, self.msgs, self.msgs * self.size);
         let p99 = self
-            .latency
-            .quantile(0.99)
+            .timeline
+            .last_p99()
             .map(report::duration_ns)
             .unwrap_or_else(|| "-".into());
         let body = format!(
-            "{}, {} msgs/s, {:.2} MB/s, p99 {p99}, errors {}{}",
+            "{}, {} msgs/s, {:.2} MB/s, p99 (last 1 s) {p99}, errors {}{}",
             self.run.conns_text(),
             report::rate(msgs_per_s),
             mb_per_s,
@@ -426,23 +506,77 @@ impl Echo {
         self.run.progress_line(&body);
     }
 
-    fn summary(&self, cx: &Ctx<EchoConn>, json_wanted: bool) -> Result<()> {
+    /// What the loop asks for, as the summary's headline and the log's title say it.
+    fn load_text(&self) -> String {
+        match (self.rate, self.period_ns) {
+            (Some(rate), Some(period)) => {
+                let per_conn = 1e9 / period as f64;
+                let total = match rate {
+                    Rate::Total(total) => total,
+                    Rate::PerConn(_) => per_conn * f64::from(self.run.connector.up()),
+                };
+                format!(
+                    "open loop at {} msgs/s ({} per connection)",
+                    report::rate(total),
+                    number(per_conn)
+                )
+            }
+            (Some(_), None) => "open loop".to_string(),
+            (None, _) => "closed loop".to_string(),
+        }
+    }
+
+    /// The interval log's header lines: the run, and what its histograms hold.
+    fn log_header(&self) -> Vec<String> {
+        let plan = self.run.connector.plan();
+        vec![
+            format!(
+                "sockloop stress echo {}: {} connections x {} B, pipeline {}, {}",
+                plan.target,
+                self.run.connector.up(),
+                self.size,
+                self.pipeline,
+                self.load_text()
+            ),
+            match self.period_ns {
+                Some(_) => "Values in nanoseconds. Untagged: round trip from the intended send \
+                    time (corrected for coordinated omission); Tag=uncorrected: from the actual \
+                    send."
+                    .to_string(),
+                None => {
+                    "Values in nanoseconds: round trip from the send (closed loop).".to_string()
+                }
+            },
+        ]
+    }
+
+    fn summary(&mut self, cx: &Ctx<EchoConn>, json_wanted: bool) -> Result<()> {
+        let end_ns = self
+            .run
+            .window_end
+            .map(|at| at.saturating_duration_since(self.run.started).as_nanos() as u64)
+            .unwrap_or(u64::MAX)
+            .min(self.window_ns.1);
+        self.timeline.finish(end_ns);
         let window = self.run.window();
         let msgs_per_s = report::per_second(self.msgs, window);
         let mb_per_s = msgs_per_s * self.size as f64 / 1e6;
         let head = format!(
-            "stress echo {}: {} connections x {} B, pipeline {}, {}; {:.2} s measured",
+            "stress echo {}: {} connections x {} B, pipeline {}, {}; {:.2} s measured{}",
             self.run.connector.plan().target,
             report::count(u64::from(self.run.connector.plan().n)),
             self.size,
             self.pipeline,
-            match self.period_ns {
-                Some(_) => format!("open loop at {} msgs/s per connection", self.rate_text()),
-                None => "closed loop".to_string(),
-            },
-            window.as_secs_f64()
+            self.load_text(),
+            window.as_secs_f64(),
+            if self.run.warmup.is_zero() {
+                String::new()
+            } else {
+                format!(" after {:.1} s of warmup", self.run.warmup.as_secs_f64())
+            }
         );
         let (mut lines, mut json) = self.run.open_summary(head, window);
+        self.run.phase_json(&mut json);
         json.u64("size", self.size);
         json.u64("pipeline", self.pipeline);
         lines.push(format!(
@@ -474,8 +608,8 @@ impl Echo {
         latency_lines(
             &mut lines,
             &mut json,
-            &self.latency,
-            self.period_ns.map(|_| &self.uncorrected),
+            self.timeline.total(),
+            self.timeline.total_uncorrected(),
         );
         match self.period_ns {
             Some(_) => {
@@ -499,7 +633,20 @@ impl Echo {
                 }
             ));
         }
-        self.run.close_summary(
+        let title = format!(
+            "stress echo {}: {}",
+            self.run.connector.plan().target,
+            self.load_text()
+        );
+        let failed = measure_report(
+            &mut lines,
+            &self.measure,
+            &self.timeline,
+            self.period_ns.map(|_| &self.send_lag),
+            &title,
+            "messages",
+        );
+        let outcome = self.run.close_summary(
             cx,
             &self.errors,
             self.first_error.as_deref(),
@@ -507,13 +654,23 @@ impl Echo {
             lines,
             json,
             json_wanted,
-        )
+        );
+        match failed {
+            Some(error) => outcome.and(Err(error)),
+            None => outcome,
+        }
     }
+}
 
-    fn rate_text(&self) -> String {
-        self.period_ns
-            .map(|p| format!("{}", 1e9 / p as f64))
-            .unwrap_or_default()
+/// A rate as people write it: `2,000`, `66.7`, `0.5`.
+fn number(value: f64) -> String {
+    if value >= 100.0 {
+        report::rate(value)
+    } else {
+        format!("{value:.3}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
     }
 }
 
@@ -553,9 +710,19 @@ impl Handler for Echo {
 pub fn run(args: &Args, trace: bool) -> Result<()> {
     positive("--duration", args.duration)?;
     zero_or_more("--drain", args.drain, SECONDS)?;
-    if let Some(rate) = args.rate {
-        positive("--rate", rate)?;
-    }
+    zero_or_more("--warmup", args.measure.warmup, SECONDS)?;
+    let rate = match (args.rate, args.rate_per_conn) {
+        (Some(total), _) => {
+            positive("--rate", total)?;
+            Some(Rate::Total(total))
+        }
+        (None, Some(per_conn)) => {
+            positive("--rate-per-conn", per_conn)?;
+            Some(Rate::PerConn(per_conn))
+        }
+        (None, None) => None,
+    };
+    let log = args.measure.create_log()?;
     let setup = prepare(&args.tcp, 0)?;
     let n = u64::from(setup.plan.n);
     let pipeline = u64::from(args.pipeline);
@@ -565,23 +732,35 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         .map(|i| b'!' + ((i % PERIOD) * 37 % 94) as u8)
         .collect();
     let mut reactor = super::reactor::<EchoConn>(trace)?;
+    let mut run = Run::new("echo", &setup);
+    run.set_phases(&args.measure);
+    let timeline = Timeline::new(
+        "echo",
+        rate.is_some(),
+        &args.measure,
+        log,
+        run.started,
+        run.started_wall,
+    );
     let mut echo = Echo {
-        run: Run::new("echo", &setup),
+        run,
+        measure: args.measure.clone(),
         size,
         pipeline,
-        period_ns: args.rate.map(|r| ((1e9 / r) as u64).max(1)),
+        rate,
+        period_ns: None,
         duration: Duration::from_secs_f64(args.duration),
         drain: Duration::from_secs_f64(args.drain),
         pattern,
         sent_at: vec![0; (n * pipeline) as usize],
-        intended_at: if args.rate.is_some() {
+        intended_at: if rate.is_some() {
             vec![0; (n * pipeline) as usize]
         } else {
             Vec::new()
         },
+        load_ns: (0, 0),
         window_ns: (0, 0),
-        latency: Latency::new(),
-        uncorrected: Latency::new(),
+        timeline,
         send_lag: Latency::new(),
         msgs: 0,
         sent: 0,
@@ -589,6 +768,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         errors: Tally::new(ERROR_NAMES),
         first_error: None,
         draining: false,
+        start_armed: false,
     };
     echo.run.start(reactor.cx());
     echo.check_start(reactor.cx());
@@ -600,5 +780,5 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         "stress echo: loop ran {:.2} s",
         started.elapsed().as_secs_f64()
     );
-    echo.summary(reactor.cx(), args.tcp.json)
+    echo.summary(reactor.cx(), args.tcp.json || args.measure.json_intervals)
 }

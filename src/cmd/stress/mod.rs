@@ -4,14 +4,20 @@
 //! Each mode is a [`Handler`](crate::reactor::Handler) whose per-connection
 //! state is a few words (no buffer per connection, no allocation per
 //! message): `echo` (request/response, every byte verified), `conns` (idle
-//! connections held open), `chat` (framed fan-out with per-sender order),
-//! `udp` (numbered datagrams with a built-in sink).
+//! connections held open), `chat` (framed or line fan-out with per-sender
+//! order), `udp` (numbered datagrams with a built-in sink). Two more
+//! commands read what runs leave behind: `merge` (several generators'
+//! interval logs, one report) and `plot` (an SVG of them).
 //!
 //! This file holds what the TCP modes share: their common options, the
-//! descriptor budget, the run's phases and measuring window, the progress
-//! line and the parts of the summary every mode prints (connections,
-//! generator honesty). [`connect`] opens connections at scale and names the
-//! limit behind a failure; [`report`] holds histograms and the JSON writer.
+//! descriptor budget, the reactor they run on, and the summary's shared
+//! parts (generator honesty, latency lines, the send-lag warning, the
+//! interval log and plot lines). [`run`] holds one run's phases (connect,
+//! optional `--start-at` wait, warmup, measuring window, drain), its
+//! progress line and its connection report. [`connect`] opens connections at scale and names the limit behind a
+//! failure; [`report`] holds histograms and the JSON writer; [`timeline`]
+//! files samples by second for [`histlog`] (the interval log), the JSON
+//! interval lines and [`plot`]; [`start`] reads `--start-at`.
 //!
 //! Numbers this module prints must never flatter: rates are divided by the
 //! window they were counted in, latencies come from HDR histograms, and every
@@ -22,20 +28,29 @@ pub mod chat;
 pub mod connect;
 pub mod conns;
 pub mod echo;
+pub mod histlog;
+pub mod merge;
+pub mod plot;
 pub mod report;
+pub mod run;
+pub mod stamp;
+pub mod start;
+pub mod timeline;
 pub mod udp;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::{Args as ClapArgs, ValueEnum};
 
 use crate::addr;
 use crate::error::{Error, Result};
-use crate::reactor::{Config, Ctx, LoopStats, Reactor};
+use crate::reactor::{Config, Reactor};
 use crate::sys;
-use connect::{is_v4_loopback, port_range_size, Connector, Plan};
-use report::{Json, Latency, Tally};
+use connect::{is_v4_loopback, port_range_size, Plan};
+use report::{Json, Latency, Percentiles};
+pub use run::Run;
+use timeline::{MeasureArgs, Timeline};
 
 /// Descriptors kept back for what is not a client connection: stdio, the
 /// poll, the signal pipe, the reactor's spare, a probe, log files.
@@ -47,18 +62,24 @@ pub const TIMER_PROGRESS: u64 = 1;
 pub const TIMER_END: u64 = 4;
 /// Timer: stop waiting for answers still in flight.
 pub const TIMER_DRAIN: u64 = 5;
-/// Timer: the start of the measuring window, after the settle time.
+/// Timer: the load begins (after the settle time, or at `--start-at`).
 pub const TIMER_START: u64 = 6;
+/// Timer: the next interval of the [`Timeline`] ends.
+pub const TIMER_INTERVAL: u64 = 7;
+/// Timer: the warmup is over; the measuring window opens.
+pub const TIMER_WARMUP: u64 = 8;
 /// First timer id a mode may use for itself.
 pub const TIMER_MODE: u64 = 16;
 /// Timer ids from here on are `TIMER_CONN + connection number`.
 pub const TIMER_CONN: u64 = 1 << 32;
 
 /// A sender woken by a timer sends everything due by then, and is not woken
-/// again sooner than this: the poll's timeout has millisecond granularity
-/// anyway, so waking per message would only add writes (and syscalls), not
-/// punctuality. The lateness this allows is reported as the send lag.
-pub const SEND_TICK_NS: u64 = 1_000_000;
+/// again sooner than this. Deadlines fire to the microsecond (the reactor's
+/// timerfd), so a message due later than this is sent on time; messages due
+/// closer together than this (over 20,000 a second on one connection) go
+/// out in one write instead of one wake-up each. The lateness this allows
+/// is reported as the send lag.
+pub const SEND_TICK_NS: u64 = 50_000;
 
 /// The generator's loop was busier than this: say it may have been the bottleneck.
 pub const BUSY_WARNING: f64 = 0.90;
@@ -81,7 +102,7 @@ pub struct TcpArgs {
     pub addr: String,
     /// Client connections to open. Each costs one descriptor; the run refuses
     /// more than the open-file limit allows.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(short = 'c', long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub conns: u32,
     /// Open at most R connections per second (0: as fast as
     /// --connect-concurrency allows). Pacing keeps a burst of SYNs from
@@ -222,6 +243,32 @@ pub fn positive(name: &str, value: f64) -> Result<()> {
     }
 }
 
+/// Parses a duration option: seconds as a number (`10`, `0.5`) or with a
+/// unit, as wrk2 takes them (`500ms`, `10s`, `2m`, `1h`). The range is
+/// checked where the option is used ([`positive`], [`zero_or_more`]).
+pub fn parse_seconds(text: &str) -> std::result::Result<f64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale = match unit {
+        "" | "s" => 1.0,
+        "ms" => 1e-3,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => {
+            return Err(format!(
+                "'{text}' is not a duration (use 10, 10s, 500ms, 2m or 1h)"
+            ))
+        }
+    };
+    number
+        .parse::<f64>()
+        .map(|n| n * scale)
+        .map_err(|_| format!("'{text}' is not a duration (use 10, 10s, 500ms, 2m or 1h)"))
+}
+
 /// What a duration option accepts, for [`zero_or_more`].
 pub const SECONDS: &str = "0 or more seconds";
 /// What a pacing rate accepts, for [`zero_or_more`].
@@ -250,298 +297,6 @@ pub fn reactor<S: Default>(trace: bool) -> Result<Reactor<S>> {
         ..Config::default()
     };
     Reactor::new(config).map_err(|e| Error::io("starting the event loop", e))
-}
-
-/// What every TCP mode keeps about its run: the connector, the measuring
-/// window, the loop's and the CPU's figures at its edges, the progress clock.
-pub struct Run {
-    /// The mode's name, as the progress line and the JSON print it.
-    pub mode: &'static str,
-    /// Opens the connections and keeps their numbers.
-    pub connector: Connector,
-    /// When the run began (progress lines count from here).
-    pub started: Instant,
-    /// The measuring window's start, once it began.
-    pub window_start: Option<Instant>,
-    /// The measuring window's end, once it ended (early after Ctrl+C).
-    pub window_end: Option<Instant>,
-    /// Ctrl+C or SIGTERM ended the run early.
-    pub interrupted: bool,
-    /// The open-file limit and the connections it leaves room for.
-    pub fd_limit: u64,
-    /// See `fd_limit`.
-    pub room: u64,
-    loop_start: LoopStats,
-    loop_end: Option<LoopStats>,
-    cpu_start: Duration,
-    cpu_end: Option<Duration>,
-    progress_lines: u32,
-    progress_last: Instant,
-    progress_msgs: u64,
-    progress_bytes: u64,
-}
-
-impl Run {
-    /// A run of `mode` over `setup`; nothing is opened yet.
-    pub fn new(mode: &'static str, setup: &Setup) -> Run {
-        let now = Instant::now();
-        Run {
-            mode,
-            connector: Connector::new(setup.plan.clone()),
-            started: now,
-            window_start: None,
-            window_end: None,
-            interrupted: false,
-            fd_limit: setup.fd_limit,
-            room: setup.room,
-            loop_start: LoopStats::default(),
-            loop_end: None,
-            cpu_start: Duration::ZERO,
-            cpu_end: None,
-            progress_lines: 0,
-            progress_last: now,
-            progress_msgs: 0,
-            progress_bytes: 0,
-        }
-    }
-
-    /// Starts opening connections and the progress clock.
-    pub fn start<S: Default>(&mut self, cx: &mut Ctx<S>) {
-        self.loop_start = cx.stats();
-        self.cpu_start = sys::cpu_time();
-        cx.set_timer(self.started + Duration::from_secs(1), TIMER_PROGRESS);
-        self.connector.fill(cx);
-    }
-
-    /// Opens the measuring window now.
-    pub fn begin_window<S>(&mut self, cx: &Ctx<S>) {
-        let now = Instant::now();
-        self.window_start = Some(now);
-        self.loop_start = cx.stats();
-        self.cpu_start = sys::cpu_time();
-        self.progress_last = now;
-    }
-
-    /// Closes the measuring window now (once).
-    pub fn end_window<S>(&mut self, cx: &Ctx<S>) {
-        if self.window_end.is_none() {
-            self.window_end = Some(Instant::now());
-            self.loop_end = Some(cx.stats());
-            self.cpu_end = Some(sys::cpu_time());
-        }
-    }
-
-    /// True between the window's start and its end.
-    pub fn measuring(&self) -> bool {
-        self.window_start.is_some() && self.window_end.is_none()
-    }
-
-    /// The window's length (so far, while it is open).
-    pub fn window(&self) -> Duration {
-        match (self.window_start, self.window_end) {
-            (Some(start), Some(end)) => end - start,
-            (Some(start), None) => start.elapsed(),
-            _ => Duration::ZERO,
-        }
-    }
-
-    /// Ctrl+C: close the window and stop the loop; the summary is still printed.
-    pub fn interrupt<S>(&mut self, cx: &mut Ctx<S>) {
-        if !self.interrupted {
-            eprintln!(
-                "[{:>6.1}s] {}: interrupted, finishing",
-                self.started.elapsed().as_secs_f64(),
-                self.mode
-            );
-        }
-        self.interrupted = true;
-        if self.window_start.is_none() {
-            self.begin_window(cx);
-        }
-        self.end_window(cx);
-        cx.stop();
-    }
-
-    /// Re-arms the progress timer and returns the rates since the last line:
-    /// (msgs/s, MB/s). `msgs` and `bytes` are running totals.
-    pub fn progress_tick<S>(&mut self, cx: &mut Ctx<S>, msgs: u64, bytes: u64) -> (f64, f64) {
-        self.progress_lines += 1;
-        let next = self.started + Duration::from_secs(u64::from(self.progress_lines) + 1);
-        cx.set_timer(next, TIMER_PROGRESS);
-        let now = Instant::now();
-        let secs = (now - self.progress_last).as_secs_f64().max(1e-9);
-        let rates = (
-            msgs.saturating_sub(self.progress_msgs) as f64 / secs,
-            bytes.saturating_sub(self.progress_bytes) as f64 / secs / 1e6,
-        );
-        self.progress_last = now;
-        self.progress_msgs = msgs;
-        self.progress_bytes = bytes;
-        rates
-    }
-
-    /// Prints `[   2.0s] echo: BODY` on stderr.
-    pub fn progress_line(&self, body: &str) {
-        eprintln!(
-            "[{:>6.1}s] {}: {body}",
-            self.started.elapsed().as_secs_f64(),
-            self.mode
-        );
-    }
-
-    /// `500/500 up` or `480/500 up, 20 failed`.
-    pub fn conns_text(&self) -> String {
-        let failed = self.connector.failures().total();
-        let mut text = format!(
-            "{}/{} up",
-            report::count(u64::from(self.connector.up())),
-            report::count(u64::from(self.connector.plan().n))
-        );
-        if failed > 0 {
-            text.push_str(&format!(", {} failed", report::count(failed)));
-        }
-        if self.connector.in_flight() > 0 {
-            text.push_str(&format!(
-                ", {} connecting",
-                report::count(u64::from(self.connector.in_flight()))
-            ));
-        }
-        text
-    }
-
-    /// The loop's utilisation over the window (or the run so far), 0..=1.
-    pub fn utilisation<S>(&self, cx: &Ctx<S>) -> f64 {
-        let end = self.loop_end.unwrap_or_else(|| cx.stats());
-        end.since(&self.loop_start).utilisation()
-    }
-
-    /// CPU time this process used over the window.
-    pub fn cpu(&self) -> Duration {
-        self.cpu_end
-            .unwrap_or_else(sys::cpu_time)
-            .saturating_sub(self.cpu_start)
-    }
-
-    /// The summary's "connections" lines and the JSON `connect` object.
-    pub fn connect_report(&self, lines: &mut Vec<String>, json: &mut Json) {
-        let c = &self.connector;
-        let plan = c.plan();
-        let elapsed = c.elapsed();
-        let connected = c.connected();
-        let lat = c.latency().percentiles();
-        lines.push(format!(
-            "  connections: {} of {} opened in {:.2} s ({}/s){}; failed: {}",
-            report::count(connected),
-            report::count(u64::from(plan.n)),
-            elapsed.as_secs_f64(),
-            report::rate(report::per_second(connected, elapsed)),
-            match plan.per_source {
-                Some(_) => format!(", from {} source address(es)", plan.n_sources()),
-                None => String::new(),
-            },
-            c.failures().human()
-        ));
-        lines.push(format!("  connect time: {}", lat.human()));
-        if lat.count > 0 && lat.p99 >= 900_000_000 {
-            lines.push(
-                "  note: connect p99 near 1 s or more means SYNs were retransmitted: the \
-                 server's accept queue (listen backlog) was full at times"
-                    .to_string(),
-            );
-        }
-        if let Some(first) = c.first_error() {
-            lines.push(format!("  first connect failure: {first}"));
-        }
-        for limit in c.limits() {
-            lines.push(format!("  {limit}"));
-        }
-        json.u64("conns", u64::from(plan.n));
-        json.u64("connected", connected);
-        json.begin("connect");
-        c.failures().json(json, "failures");
-        json.opt_str("first_error", c.first_error());
-        json.opt_str("limit", c.limits().first().map(String::as_str));
-        json.f64("total_s", elapsed.as_secs_f64(), 3);
-        json.f64("per_s", report::per_second(connected, elapsed), 0);
-        json.u64("sources", u64::from(plan.n_sources()));
-        lat.json(json, "latency");
-        json.end();
-    }
-
-    /// The summary's "generator" lines and the JSON `generator` object (see
-    /// [`generator_report`]); `msgs` (if the mode counts messages) gives the
-    /// CPU cost of one.
-    pub fn generator_report<S>(
-        &self,
-        cx: &Ctx<S>,
-        msgs: Option<u64>,
-        lines: &mut Vec<String>,
-        json: &mut Json,
-    ) {
-        generator_report(
-            &Generator {
-                utilisation: self.utilisation(cx),
-                cpu: self.cpu(),
-                window: self.window(),
-                msgs,
-                fd_limit: self.fd_limit,
-                room: Some(self.room),
-            },
-            lines,
-            json,
-        );
-    }
-
-    /// Starts a summary the same way in every TCP mode: the headline (with
-    /// "(interrupted)" when Ctrl+C ended the run), the JSON fields every mode
-    /// starts with, and the connection report. `duration` is the measured time.
-    pub fn open_summary(&self, headline: String, duration: Duration) -> (Vec<String>, Json) {
-        let interrupted = if self.interrupted {
-            " (interrupted)"
-        } else {
-            ""
-        };
-        let mut lines = vec![format!("{headline}{interrupted}")];
-        let mut json = Json::new();
-        self.json_head(&mut json, duration);
-        self.connect_report(&mut lines, &mut json);
-        (lines, json)
-    }
-
-    /// Ends a summary the same way in every message-counting mode: the
-    /// errors by kind and the first one, the generator's honesty lines, then
-    /// prints it (and the JSON line with `--json`) and returns the exit.
-    #[allow(clippy::too_many_arguments)]
-    pub fn close_summary<S>(
-        &self,
-        cx: &Ctx<S>,
-        errors: &Tally,
-        first_error: Option<&str>,
-        msgs: u64,
-        mut lines: Vec<String>,
-        mut json: Json,
-        json_wanted: bool,
-    ) -> Result<()> {
-        lines.push(format!("  errors: {}", errors.human()));
-        if let Some(first) = first_error {
-            lines.push(format!("  first error: {first}"));
-        }
-        errors.json(&mut json, "errors");
-        json.opt_str("first_error", first_error);
-        self.generator_report(cx, Some(msgs), &mut lines, &mut json);
-        print_summary(&lines, json_wanted.then(|| json.finish()));
-        outcome(self.mode, self, errors.total(), first_error)
-    }
-
-    /// The JSON fields every mode starts with; `duration` is the mode's
-    /// measured time (the window; for `conns`, the hold).
-    pub fn json_head(&self, json: &mut Json, duration: Duration) {
-        json.u64("schema", 1);
-        json.str("mode", self.mode);
-        json.str("target", &self.connector.plan().target.to_string());
-        json.f64("duration_s", duration.as_secs_f64(), 3);
-        json.bool("interrupted", self.interrupted);
-    }
 }
 
 /// What the generator itself did over a window: the figures of its honesty line.
@@ -625,12 +380,98 @@ pub fn outcome(mode: &str, run: &Run, errors: u64, first: Option<&str>) -> Resul
 }
 
 /// Prints the summary: the human lines on stderr, then (with `--json`) the
-/// JSON line on stdout.
+/// JSON line on stdout, marked `"type":"summary"` right after its schema
+/// number (interval lines, printed before it, say `"interval"`).
 pub fn print_summary(lines: &[String], json: Option<String>) {
     eprintln!("{}", lines.join("\n"));
     if let Some(line) = json {
-        println!("{line}");
+        println!("{}", typed_summary(&line));
     }
+}
+
+/// `{"schema":1,...}` as `{"schema":1,"type":"summary",...}`. Every summary
+/// line starts with its schema number (a number: the first comma ends it).
+fn typed_summary(line: &str) -> String {
+    match line.find(',') {
+        Some(comma) if line.starts_with("{\"schema\":") => {
+            format!("{},\"type\":\"summary\"{}", &line[..comma], &line[comma..])
+        }
+        _ => line.to_string(),
+    }
+}
+
+/// The lines a latency mode adds to its summary after its latencies: a
+/// warning when messages left so late against their schedule that the
+/// lateness, not the server, makes up the corrected latency; the spectrum
+/// with `--spectrum`; where the interval log and the plot went (drawing the
+/// plot now). Returns the error that must end the run afterwards (the log
+/// or the plot could not be written), if any.
+pub fn measure_report(
+    lines: &mut Vec<String>,
+    args: &MeasureArgs,
+    timeline: &Timeline,
+    lag: Option<&Latency>,
+    title: &str,
+    what: &str,
+) -> Option<Error> {
+    if let (Some(lag), Some(plain)) = (lag, timeline.total_uncorrected()) {
+        if let Some(warning) = lag_warning(&lag.percentiles(), &plain.percentiles(), what) {
+            lines.push(warning);
+        }
+    }
+    if args.spectrum {
+        lines.extend(report::spectrum(
+            "latency spectrum (milliseconds):",
+            timeline.total().histogram(),
+        ));
+        if let Some(plain) = timeline.total_uncorrected() {
+            lines.extend(report::spectrum(
+                "latency spectrum, uncorrected (milliseconds):",
+                plain.histogram(),
+            ));
+        }
+    }
+    let mut error = None;
+    if let Some(path) = &args.hist_log {
+        match timeline.log_failed() {
+            Some(why) => error = Some(Error::Failed(why.to_string())),
+            None => lines.push(format!(
+                "  interval log: {} ({} one-second histograms)",
+                path.display(),
+                timeline.points().len()
+            )),
+        }
+    }
+    if let Some(path) = &args.plot {
+        let series = plot::Series {
+            name: "latency".to_string(),
+            corrected: timeline.total().histogram(),
+            uncorrected: timeline.total_uncorrected().map(Latency::histogram),
+            points: timeline.points(),
+            offset_s: 0.0,
+        };
+        match plot::draw(path, title, &[series]) {
+            Ok(()) => lines.push(format!("  plot: {}", path.display())),
+            Err(e) => error = error.or(Some(e)),
+        }
+    }
+    error
+}
+
+/// A send lag is large when its median is above 100 µs and above the median
+/// latency measured from the actual send: then most of the corrected latency
+/// is the generator's own lateness.
+pub fn lag_warning(lag: &Percentiles, plain: &Percentiles, what: &str) -> Option<String> {
+    (lag.count > 0 && plain.count > 0 && lag.p50 > 100_000 && lag.p50 > plain.p50).then(|| {
+        format!(
+            "  warning: {what} left {} late (median) against their schedule, more than the {} \
+             they then took (median, uncorrected): the corrected latency is mostly the \
+             generator's own lateness; see the loop utilisation, give the generator a core \
+             (taskset), or lower the rate",
+            report::duration_ns(lag.p50),
+            report::duration_ns(plain.p50)
+        )
+    })
 }
 
 /// The open-loop comparison every rate-driven report prints: achieved vs asked.
@@ -681,5 +522,46 @@ pub fn latency_lines(
             main.json(json, "latency");
             json.null("latency_uncorrected");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_the_units_wrk2_users_type() {
+        assert_eq!(parse_seconds("10"), Ok(10.0));
+        assert_eq!(parse_seconds("2.5s"), Ok(2.5));
+        assert_eq!(parse_seconds("500ms"), Ok(0.5));
+        assert_eq!(parse_seconds("2m"), Ok(120.0));
+        assert_eq!(parse_seconds("1h"), Ok(3600.0));
+        assert!(parse_seconds("10 parsecs")
+            .unwrap_err()
+            .contains("not a duration"));
+        assert!(parse_seconds("s").is_err());
+    }
+
+    #[test]
+    fn the_summary_line_says_it_is_one_right_after_its_schema() {
+        assert_eq!(
+            typed_summary(r#"{"schema":1,"mode":"echo"}"#),
+            r#"{"schema":1,"type":"summary","mode":"echo"}"#
+        );
+        assert_eq!(typed_summary("{}"), "{}");
+    }
+
+    #[test]
+    fn send_lag_is_large_when_it_outweighs_the_round_trip() {
+        let us = |p50: u64| Percentiles {
+            count: 10,
+            p50: p50 * 1000,
+            ..Percentiles::default()
+        };
+        assert!(lag_warning(&us(600), &us(35), "messages")
+            .unwrap()
+            .contains("left 600.0 µs late"));
+        assert!(lag_warning(&us(20), &us(35), "messages").is_none());
+        assert!(lag_warning(&us(150), &us(300), "messages").is_none());
     }
 }

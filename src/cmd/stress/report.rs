@@ -1,5 +1,6 @@
 //! What a stress run tells its user: latency histograms, the progress line,
-//! the human summary's formatting and the one-line JSON summary.
+//! the human summary's formatting, the percentile spectrum and the one-line
+//! JSON objects.
 //!
 //! Nothing here touches a socket or the clock of the run; callers hand in
 //! figures and get text back. The JSON field names are a public interface
@@ -13,7 +14,10 @@ use hdrhistogram::Histogram;
 
 /// Largest latency a histogram holds: 60 s, in nanoseconds. Longer values are
 /// clamped to it (a minute-long wait is reported as "at least a minute").
-const MAX_TRACKED_NS: u64 = 60_000_000_000;
+pub const MAX_TRACKED_NS: u64 = 60_000_000_000;
+
+/// The JSON schema number every line carries.
+pub const SCHEMA: u64 = 1;
 
 /// A latency histogram in nanoseconds, 3 significant digits (HdrHistogram):
 /// recording is a few array operations, so it stays on the hot path.
@@ -60,6 +64,23 @@ impl Latency {
         self.hist.len()
     }
 
+    /// Adds every sample of `other` (both track the same range, so nothing is lost).
+    pub fn add(&mut self, other: &Latency) {
+        self.hist
+            .add(&other.hist)
+            .expect("histograms with the same bounds add");
+    }
+
+    /// Forgets every sample, keeping the allocation.
+    pub fn reset(&mut self) {
+        self.hist.reset();
+    }
+
+    /// The histogram itself (for the interval log and the spectrum).
+    pub fn histogram(&self) -> &Histogram<u64> {
+        &self.hist
+    }
+
     /// The value at quantile `q` (0..=1), or `None` before the first sample.
     pub fn quantile(&self, q: f64) -> Option<u64> {
         (!self.hist.is_empty()).then(|| self.hist.value_at_quantile(q))
@@ -67,18 +88,7 @@ impl Latency {
 
     /// The summary figures.
     pub fn percentiles(&self) -> Percentiles {
-        if self.hist.is_empty() {
-            return Percentiles::default();
-        }
-        Percentiles {
-            count: self.hist.len(),
-            p50: self.hist.value_at_quantile(0.50),
-            p90: self.hist.value_at_quantile(0.90),
-            p99: self.hist.value_at_quantile(0.99),
-            p999: self.hist.value_at_quantile(0.999),
-            max: self.hist.max(),
-            mean: self.hist.mean() as u64,
-        }
+        Percentiles::of(&self.hist)
     }
 }
 
@@ -89,6 +99,22 @@ impl Default for Latency {
 }
 
 impl Percentiles {
+    /// The summary figures of any histogram of nanoseconds (one read from a log, say).
+    pub fn of(hist: &Histogram<u64>) -> Percentiles {
+        if hist.is_empty() {
+            return Percentiles::default();
+        }
+        Percentiles {
+            count: hist.len(),
+            p50: hist.value_at_quantile(0.50),
+            p90: hist.value_at_quantile(0.90),
+            p99: hist.value_at_quantile(0.99),
+            p999: hist.value_at_quantile(0.999),
+            max: hist.max(),
+            mean: hist.mean() as u64,
+        }
+    }
+
     /// `p50 56 µs  p90 70 µs  p99 110 µs  p99.9 300 µs  max 1.20 ms`.
     pub fn human(&self) -> String {
         if self.count == 0 {
@@ -122,6 +148,56 @@ impl Percentiles {
         }
         json.end();
     }
+}
+
+/// Steps per halving of the distance to 100% in [`spectrum`]: HdrHistogram's
+/// and wrk2's default, which gives rows at 0%, 10%, ... 50%, 55%, ... 90%,
+/// 91.25%, ... down to the last sample.
+pub const SPECTRUM_TICKS: u32 = 5;
+
+/// The full percentile spectrum of a histogram of nanoseconds, in the layout
+/// of HdrHistogram's `outputPercentileDistribution` (and wrk2's `--latency`):
+/// value in milliseconds, percentile, count up to it and `1/(1-percentile)`,
+/// then mean, deviation, max and count. `title` heads the block. The rows
+/// start at column 0, as HdrHistogram's tools print them, so they can be cut
+/// out of the report and fed to a plotter that reads that format.
+pub fn spectrum(title: &str, hist: &Histogram<u64>) -> Vec<String> {
+    let mut lines = vec![
+        format!("  {title}"),
+        format!(
+            "{:>12} {:>14} {:>10} {:>14}",
+            "Value(ms)", "Percentile", "TotalCount", "1/(1-Percentile)"
+        ),
+    ];
+    if hist.is_empty() {
+        lines.push("  (no samples)".to_string());
+        return lines;
+    }
+    let mut total = 0u64;
+    for step in hist.iter_quantiles(SPECTRUM_TICKS) {
+        total += step.count_since_last_iteration();
+        let q = step.quantile_iterated_to();
+        let value_ms = step.value_iterated_to() as f64 / 1e6;
+        if q < 1.0 {
+            lines.push(format!(
+                "{value_ms:>12.3} {q:>14.12} {total:>10} {:>14.2}",
+                1.0 / (1.0 - q)
+            ));
+        } else {
+            lines.push(format!("{value_ms:>12.3} {q:>14.12} {total:>10}"));
+        }
+    }
+    lines.push(format!(
+        "#[Mean    = {:>12.3}, StdDeviation   = {:>12.3}]",
+        hist.mean() / 1e6,
+        hist.stdev() / 1e6
+    ));
+    lines.push(format!(
+        "#[Max     = {:>12.3}, Total count    = {:>12}]",
+        hist.max() as f64 / 1e6,
+        hist.len()
+    ));
+    lines
 }
 
 /// A nanosecond count as people read it: `830 ns`, `56.8 µs`, `1.21 ms`, `1.05 s`.
@@ -171,11 +247,13 @@ pub fn per_second(n: u64, window: Duration) -> f64 {
 }
 
 /// Builds one JSON object as a single line, with fields in the order they are
-/// written. Small on purpose: numbers, strings, booleans, null, nested objects.
+/// written. Small on purpose: numbers, strings, booleans, null, nested
+/// objects and arrays of objects.
 pub struct Json {
     text: String,
-    /// One entry per open object: has it got a field yet?
-    has_field: Vec<bool>,
+    /// One entry per open object or array: is it an array, and has it got
+    /// a field (or an element) yet?
+    open: Vec<(bool, bool)>,
 }
 
 impl Json {
@@ -183,16 +261,25 @@ impl Json {
     pub fn new() -> Json {
         Json {
             text: String::from("{"),
-            has_field: vec![false],
+            open: vec![(false, false)],
         }
     }
 
-    fn key(&mut self, key: &str) {
-        let first = self.has_field.last_mut().expect("an object is open");
-        if *first {
+    /// Writes the comma before a field or an element, if one came before.
+    fn separate(&mut self) {
+        let (_, has_some) = self.open.last_mut().expect("an object is open");
+        if *has_some {
             self.text.push(',');
         }
-        *first = true;
+        *has_some = true;
+    }
+
+    fn key(&mut self, key: &str) {
+        assert!(
+            !self.open.last().expect("an object is open").0,
+            "a field inside an array; open an element with item()"
+        );
+        self.separate();
         push_string(&mut self.text, key);
         self.text.push(':');
     }
@@ -258,19 +345,38 @@ impl Json {
     pub fn begin(&mut self, key: &str) {
         self.key(key);
         self.text.push('{');
-        self.has_field.push(false);
+        self.open.push((false, false));
     }
 
-    /// Closes the innermost nested object.
+    /// Opens an array of objects under `key`; open each element with
+    /// [`Json::item`], close the array with [`Json::end`].
+    pub fn begin_array(&mut self, key: &str) {
+        self.key(key);
+        self.text.push('[');
+        self.open.push((true, false));
+    }
+
+    /// Opens the next object of the innermost array; close it with [`Json::end`].
+    pub fn item(&mut self) {
+        assert!(
+            self.open.last().expect("an array is open").0,
+            "item() outside an array"
+        );
+        self.separate();
+        self.text.push('{');
+        self.open.push((false, false));
+    }
+
+    /// Closes the innermost nested object or array.
     pub fn end(&mut self) {
-        assert!(self.has_field.len() > 1, "end() without begin()");
-        self.has_field.pop();
-        self.text.push('}');
+        assert!(self.open.len() > 1, "end() without begin()");
+        let (array, _) = self.open.pop().expect("checked above");
+        self.text.push(if array { ']' } else { '}' });
     }
 
     /// Closes the top-level object and returns the line (no newline).
     pub fn finish(mut self) -> String {
-        assert_eq!(self.has_field.len(), 1, "an object was left open");
+        assert_eq!(self.open.len(), 1, "an object was left open");
         self.text.push('}');
         self.text
     }
@@ -383,6 +489,52 @@ mod tests {
             json.finish(),
             r#"{"schema":1,"target":"a\"b\n","latency_us":{"p50_us":56.8,"bad":null},"interrupted":false,"rate":null}"#
         );
+    }
+
+    #[test]
+    fn arrays_hold_objects_separated_by_commas() {
+        let mut json = Json::new();
+        json.begin_array("logs");
+        for n in [1, 2] {
+            json.item();
+            json.u64("count", n);
+            json.null("latency");
+            json.end();
+        }
+        json.end();
+        json.begin_array("empty");
+        json.end();
+        assert_eq!(
+            json.finish(),
+            r#"{"logs":[{"count":1,"latency":null},{"count":2,"latency":null}],"empty":[]}"#
+        );
+    }
+
+    #[test]
+    fn the_spectrum_climbs_to_the_last_sample() {
+        let mut latency = Latency::new();
+        for us in 1..=1000u64 {
+            latency.record(us * 1000);
+        }
+        let lines = spectrum("latency", latency.histogram());
+        assert!(lines[1].contains("1/(1-Percentile)"), "{lines:?}");
+        let rows: Vec<Vec<f64>> = lines[2..]
+            .iter()
+            .take_while(|l| !l.starts_with('#'))
+            .map(|l| l.split_whitespace().map(|w| w.parse().unwrap()).collect())
+            .collect();
+        assert!(rows.len() > 20, "{lines:?}");
+        let first = &rows[0];
+        let last = rows.last().unwrap();
+        assert!((first[0] - 0.001).abs() < 1e-6, "{first:?}");
+        assert_eq!(first[1], 0.0);
+        assert!((last[0] - 1.0).abs() < 0.001, "{last:?}");
+        assert_eq!(last[1], 1.0);
+        assert_eq!(last[2], 1000.0);
+        assert!(rows
+            .windows(2)
+            .all(|w| w[0][0] <= w[1][0] && w[0][1] < w[1][1]));
+        assert!(lines.iter().any(|l| l.starts_with("#[Max     =")));
     }
 
     #[test]

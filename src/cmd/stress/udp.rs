@@ -10,8 +10,10 @@
 //! with a target (say `sockloop udp-sink`), the target's own report tells
 //! what arrived, and this one tells what was sent.
 //!
-//! The sender keeps one message buffer and rewrites it per datagram (the
-//! timestamp part once per batch); the sink keeps one bit per message number.
+//! Both halves are `udp-stream`'s and `udp-sink`'s own paths
+//! ([`crate::stream_io`]): messages written from a template into batches
+//! and sent with `sendmmsg` (segmented where the kernel allows), and
+//! arrivals taken with `recvmmsg`; the sink keeps one bit per message number.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -30,15 +32,18 @@ use crate::error::{Error, Result};
 use crate::net;
 use crate::reactor::{Ctx, Event, Handler, LoopStats};
 use crate::stream::{self, Sequences};
+use crate::stream_io::{Next, StreamReceiver, StreamSender};
 use crate::sys;
-use crate::udp::{self, Sent};
+use crate::udp;
+use crate::udp_batch::Gso;
 
 /// The sender name in every message.
 const NAME: &str = "stress";
 /// Timer: the next datagrams are due.
 const TIMER_SEND: u64 = TIMER_MODE;
-/// Most datagrams sent per turn, so arriving ones are read in between.
-const BATCH: u32 = 256;
+/// The receive buffer the socket asks for (the kernel caps it at
+/// `net.core.rmem_max`, 208 KiB by default).
+const SINK_RCVBUF: usize = 4 << 20;
 /// Largest UDP payload over IPv4.
 const MAX_DATAGRAM: usize = 65_507;
 
@@ -86,6 +91,20 @@ pub struct Args {
     /// Print the summary also as one JSON line on stdout (fields: README, appendix).
     #[arg(long)]
     pub json: bool,
+    /// Never use UDP segmentation offload: one datagram per message (still
+    /// 64 messages per system call), as `udp-stream --no-gso`.
+    #[arg(long)]
+    pub no_gso: bool,
+}
+
+/// The `send_errors` key (index into [`SEND_ERROR_NAMES`]) of a send error.
+fn send_error_kind(e: &io::Error) -> usize {
+    match e.raw_os_error() {
+        Some(libc::ENOBUFS) | Some(libc::ENOMEM) => 0,
+        Some(libc::ECONNREFUSED) => 1,
+        Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH) => 2,
+        _ => 3,
+    }
 }
 
 /// `I` out of `[TIMESTAMP] NAME:\n\tNumber I[ padding]`.
@@ -100,16 +119,17 @@ struct Udp {
     to_self: bool,
     count: u64,
     size: usize,
-    period_ns: Option<u64>,
+    rate: Option<f64>,
     drain: Duration,
     started: Instant,
     sending_done: Option<Instant>,
-    /// The next message number to send.
-    next: u64,
+    /// The sending half: paced batches from a template.
+    stream: StreamSender,
+    /// The receiving half: batches after the reactor's first read.
+    receiver: StreamReceiver,
+    /// Datagrams the kernel accepted.
     sent: u64,
     send_errors: Tally,
-    /// Sends that found the socket full (then the loop waited for room).
-    waits: u64,
     blocked: bool,
     timer_armed: bool,
     /// The built-in sink: numbers that came back, counted as `udp-sink` counts.
@@ -118,8 +138,6 @@ struct Udp {
     other: u64,
     /// ICMP reports that nothing listens at the target.
     unreachable: u64,
-    /// The one message buffer, rewritten per datagram.
-    buf: String,
     interrupted: bool,
     loop_start: LoopStats,
     loop_end: Option<LoopStats>,
@@ -130,58 +148,58 @@ struct Udp {
 }
 
 impl Udp {
-    fn elapsed_ns(&self) -> u64 {
-        self.started.elapsed().as_nanos() as u64
-    }
-
-    /// Sends every due datagram (at most [`BATCH`] per turn).
+    /// Sends what is due (one batch per turn), then arranges to be called again.
     fn pump(&mut self, cx: &mut Ctx<()>) {
         if self.blocked || self.sending_done.is_some() {
             return;
         }
-        let now = self.elapsed_ns();
-        // "[TIMESTAMP] stress:\n\t", formatted once for the whole batch.
-        let head = chat_msg::format_now(NAME, "");
-        let mut n = 0;
-        while self.next < self.count {
-            if let Some(period) = self.period_ns {
-                let due = self.next * period;
-                if due > now {
-                    self.arm(cx, self.started + Duration::from_nanos(due));
-                    return;
-                }
+        let Some(socket) = cx.udp() else {
+            return;
+        };
+        let (errors, target) = (&mut self.send_errors, self.target);
+        let next = self.stream.pump(socket, |e, _, n| {
+            if errors.total() == 0 {
+                log::warn!(
+                    "sending to {target}: {} (counted; the stream goes on)",
+                    crate::error::plain(e)
+                );
             }
-            if n == BATCH {
-                self.arm(cx, Instant::now());
-                return;
-            }
-            self.buf.clear();
-            self.buf.push_str(&head);
-            stream::write_text(&mut self.buf, self.next, self.size);
-            let sent = match cx.udp() {
-                Some(socket) => udp::send_to(socket, self.buf.as_bytes(), self.target),
-                None => return,
-            };
-            match sent {
-                Sent::Yes => {
-                    self.sent += 1;
-                    self.next += 1;
-                    n += 1;
-                }
-                Sent::Full => {
-                    self.waits += 1;
-                    self.blocked = true;
-                    cx.udp_want_writable(true);
-                    return;
-                }
-                Sent::Failed(e) => {
-                    self.send_error(&e);
-                    self.next += 1;
-                    n += 1;
-                }
+            errors.add_n(send_error_kind(e), n);
+        });
+        self.sent = self.stream.sent().datagrams;
+        match next {
+            Next::Done => self.finish_sending(cx),
+            Next::At(at) => self.arm(cx, at),
+            Next::Writable => {
+                self.blocked = true;
+                cx.udp_want_writable(true);
             }
         }
-        self.finish_sending(cx);
+    }
+
+    /// Counts the datagram the reactor read, and whatever else is queued.
+    fn on_datagram(&mut self, cx: &mut Ctx<()>, bytes: &[u8]) {
+        let (sink, other) = (&mut self.sink, &mut self.other);
+        let mut count = |datagram: &[u8]| match message_number(datagram) {
+            Some(i) => {
+                sink.record(i);
+            }
+            None => *other += 1,
+        };
+        for datagram in self.receiver.datagrams_in(bytes) {
+            count(datagram);
+        }
+        if let Some(socket) = cx.udp() {
+            let drained = self
+                .receiver
+                .drain(socket, cx.stats().polls, |datagram, _, _| count(datagram));
+            if let Some(e) = drained.error {
+                log::debug!("udp: {e}");
+            }
+        }
+        if self.sending_done.is_some() && self.all_arrived() {
+            cx.stop();
+        }
     }
 
     fn arm(&mut self, cx: &mut Ctx<()>, at: Instant) {
@@ -192,12 +210,6 @@ impl Udp {
     }
 
     fn send_error(&mut self, e: &io::Error) {
-        let kind = match e.raw_os_error() {
-            Some(libc::ENOBUFS) | Some(libc::ENOMEM) => 0,
-            Some(libc::ECONNREFUSED) => 1,
-            Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH) => 2,
-            _ => 3,
-        };
         if self.send_errors.total() == 0 {
             log::warn!(
                 "sending to {}: {} (counted; the stream goes on)",
@@ -205,7 +217,7 @@ impl Udp {
                 crate::error::plain(e)
             );
         }
-        self.send_errors.add(kind);
+        self.send_errors.add(send_error_kind(e));
     }
 
     fn finish_sending(&mut self, cx: &mut Ctx<()>) {
@@ -299,13 +311,22 @@ impl Udp {
             sending.as_secs_f64(),
             report::rate(sent_per_s),
             self.send_errors.human(),
-            report::count(self.waits)
+            report::count(self.stream.sent().waits)
+        ));
+        let sent = self.stream.sent();
+        lines.push(format!(
+            "  {} sendmmsg call(s), {:.1} datagrams per call; segmentation offload {}",
+            report::count(sent.calls),
+            sent.datagrams as f64 / sent.calls.max(1) as f64,
+            match self.stream.gso() {
+                Gso::On => "on".to_string(),
+                Gso::Off(why) => format!("off, {why}"),
+            }
         ));
         json.u64("sent", self.sent);
         json.f64("sent_per_s", sent_per_s, 0);
-        match self.period_ns {
-            Some(period) => {
-                let asked = 1e9 / period as f64;
+        match self.rate {
+            Some(asked) => {
                 let (line, _) = rate_check("sending", sent_per_s, asked);
                 lines.push(line);
                 json.f64("asked_per_s", asked, 0);
@@ -313,7 +334,7 @@ impl Udp {
             None => json.null("asked_per_s"),
         }
         self.send_errors.json(&mut json, "send_errors");
-        json.u64("socket_full", self.waits);
+        json.u64("socket_full", self.stream.sent().waits);
         json.u64("unreachable", self.unreachable);
         if self.unreachable > 0 {
             lines.push(format!(
@@ -397,17 +418,7 @@ impl Handler for Udp {
 
     fn handle(&mut self, cx: &mut Ctx<()>, event: Event<'_>) {
         match event {
-            Event::Datagram(bytes, _) => {
-                match message_number(bytes) {
-                    Some(i) => {
-                        self.sink.record(i);
-                    }
-                    None => self.other += 1,
-                }
-                if self.sending_done.is_some() && self.all_arrived() {
-                    cx.stop();
-                }
-            }
+            Event::Datagram(bytes, _) => self.on_datagram(cx, bytes),
             Event::UdpWritable => {
                 self.blocked = false;
                 cx.udp_want_writable(false);
@@ -460,33 +471,52 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         None => IpAddr::V4(Ipv4Addr::LOCALHOST),
     };
     let socket = net::bind_udp(bind_ip, 0)?;
+    // The built-in sink reads between batches, but a loop that falls behind
+    // (a busy machine) may find two batches waiting: room for a few
+    // thousand datagrams, so its own buffer is not what it measures.
+    if let Err(e) = udp::set_recv_buffer(&socket, SINK_RCVBUF) {
+        log::debug!("receive buffer of {SINK_RCVBUF} bytes refused: {e}");
+    }
     let local = socket
         .local_addr()
         .map_err(|e| Error::io("reading the UDP socket's address", e))?;
     let mut reactor = super::reactor::<()>(trace)?;
+    let target = target.unwrap_or(local);
+    let rate = (args.rate > 0.0).then_some(args.rate);
+    let started = Instant::now();
+    let stream = StreamSender::new(
+        &socket,
+        &[target],
+        NAME,
+        args.size,
+        args.count,
+        rate,
+        !args.no_gso,
+        started,
+    );
+    let receiver = StreamReceiver::new(&socket, false);
     reactor
         .cx()
         .set_udp(socket)
         .map_err(|e| Error::io("registering the UDP socket", e))?;
     let mut udp = Udp {
-        target: target.unwrap_or(local),
-        to_self: target.is_none(),
+        target,
+        to_self: args.addr.is_none(),
         count: args.count,
         size: args.size,
-        period_ns: (args.rate > 0.0).then(|| ((1e9 / args.rate) as u64).max(1)),
+        rate,
         drain: Duration::from_secs_f64(args.drain),
-        started: Instant::now(),
+        started,
         sending_done: None,
-        next: 0,
+        stream,
+        receiver,
         sent: 0,
         send_errors: Tally::new(SEND_ERROR_NAMES),
-        waits: 0,
         blocked: false,
         timer_armed: false,
         sink: Sequences::expecting(args.count),
         other: 0,
         unreachable: 0,
-        buf: String::with_capacity(args.size + 64),
         interrupted: false,
         loop_start: reactor.cx().stats(),
         loop_end: None,
