@@ -202,7 +202,12 @@ impl Peer {
     fn try_next(&mut self) -> Option<Got> {
         match self.reader.fill_buf() {
             Ok(_) => Some(self.next()),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 None
             }
             Err(_) => Some(Got::Eof),

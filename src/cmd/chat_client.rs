@@ -67,7 +67,11 @@ pub const LONG_ABOUT: &str =
     chat message '[TIMESTAMP] NAME:\\n\\tTEXT', and prints every message that arrives on \
     stdout, as soon as it arrives.\n\n\
     Without --name it asks for one ('Enter your username to start the chat:') and takes \
-    the first line. Empty lines are not sent. At the end of input (Ctrl+D) it sends \
+    the first line (1-32 characters, no control character, no ':'); once it has a name \
+    it introduces itself with a message whose text is empty, which a sockloop server \
+    relays to no one, so the room knows who joined. Empty lines are not sent. Messages \
+    are printed with control characters shown ('^['), never obeyed, and every further \
+    line of a message indented. At the end of input (Ctrl+D) it sends \
     '<LEAVES THE CHAT>' and the zero-length frame, prints what still arrives and exits 0 \
     once the server closes. When the server goes away first it says so and exits 0.\n\n\
     The server's name may resolve to several addresses (say, ::1 and 127.0.0.1): each is \

@@ -27,30 +27,48 @@ pub const LONG_ABOUT: &str =
     is the lecture's 1-to-1 chat.\n\n\
     The server's own user types messages on stdin (the first line is the name unless \
     --name is given); end of input ends the chat. With --relay-only the server only \
-    relays. Joins and leaves are printed on stderr and announced to the others.\n\n\
+    relays.\n\n\
     Frames are a big-endian length (2 bytes, or 4 with --length-bytes 4) and that many \
     bytes of UTF-8 text '[TIMESTAMP] NAME:\\n\\tTEXT'; length 0 means 'I am leaving'. A \
     bad frame closes only that client's connection. Each client may have at most \
     --max-backlog bytes waiting; a client that does not read is disconnected (or, with \
     --on-backlog drop-oldest, loses its oldest messages and is told so), so it never \
     slows the others.\n\n\
+    Who is who: a client's name is fixed by its first message and checked (1-32 \
+    characters, no control character, no ':'); 'server' and the server user's name are \
+    reserved; a name already in the room is made unique ('Ann-2') and its client told. \
+    A message signed with another name, or none, or holding control characters, reaches \
+    the room re-stamped under its sender's own name and cleaned (escape codes shown as \
+    '^['); one that needs nothing goes out as it came. Everyone is announced by 'server' \
+    as they come in (by address, then by name) and once as they go. A message that is \
+    exactly '/who' or '/help' is answered to its sender alone.\n\n\
     More doors into the same room, all served by the same one-thread loop:\n\
     --line-port P: newline-terminated clients such as 'nc' or 'telnet'. They are asked \
-    'Enter your username to start the chat:'; their first line is their name, each later \
-    line a message (the server stamps it '[TIMESTAMP] NAME:\\n\\tTEXT' and frames it for \
-    framed clients); they receive every message as text ending in a newline. A line \
-    longer than --max-frame closes that client; --max-backlog and --on-backlog apply.\n\
+    'Enter your username to start the chat:'; their first line is their name (within \
+    --name-timeout), each later line a message (the server stamps it \
+    '[TIMESTAMP] NAME:\\n\\tTEXT' and frames it for framed clients); they receive every \
+    message as text ending in a newline. A line longer than --max-frame closes that \
+    client; --max-backlog and --on-backlog apply.\n\
     --udp-port P: 'sockloop udp-chat' peers (one datagram = one message text). A peer \
     joins by sending, and leaves with '<LEAVES THE CHAT>', by being silent for \
-    --udp-peer-timeout seconds (an empty datagram keeps it in), or when its port is \
-    reported unreachable. At most --udp-max-peers at once; datagrams from newcomers are \
-    ignored while the room is full.\n\n\
+    --udp-peer-timeout seconds (an empty datagram keeps it in, but never lets one in), \
+    or when its port is reported unreachable. A new address is asked to echo a token \
+    (udp-chat does by itself) and, until it has, is sent at most three times the bytes \
+    it sent, so a forged datagram cannot make the server flood its victim; \
+    --udp-trust-senders lifts that on a LAN whose Python peers cannot answer. At most \
+    --udp-max-peers at once and --udp-max-peers-per-ip from one address; when full, a \
+    newcomer takes the place of a peer that has not proven its address.\n\n\
+    Slow clients: --frame-timeout bounds how long a frame or line may take once begun, \
+    --name-timeout how long a line client may take to give its name, --idle-timeout how \
+    long a client may send no whole message.\n\n\
     Access control (--allow, --deny, --max-conns-per-ip) is checked when a client \
     connects; --allow/--deny also filter UDP datagrams. --rate-limit slows a TCP client \
     over its rate (each frame or line is one message; its reads pause, it is not \
     disconnected); for a UDP peer, which cannot be slowed, datagrams over the rate are \
     dropped. --tls-cert/--tls-key make every TCP port speak TLS, the line port \
-    included (use 'ncat --ssl' or 'openssl s_client' there).\n\n\
+    included (use 'ncat --ssl' or 'openssl s_client' there); a TLS client joins once \
+    its handshake is over. Refusals and closes are logged at most once a second per \
+    cause, with counts.\n\n\
     Prints 'chat server listening on IP:PORT' on stderr when ready (then one line for \
     each extra door). Ctrl+C or SIGTERM: stop accepting, flush what is queued (at most \
     2 s), exit 0; UDP peers are sent the leave text, so they forget the server.";
@@ -78,11 +96,11 @@ pub struct Args {
     /// [::1] works too) or a host name such as localhost.
     #[arg(long, default_value = "0.0.0.0", value_parser = crate::units::parse_bind)]
     pub bind: IpAddr,
-    /// Your name in the chat (asked for on stdin when missing).
+    /// Your name in the chat (asked for on stdin when missing); no client may
+    /// take it. The room's notices still come from "server".
     #[arg(long, conflicts_with = "relay_only")]
     pub name: Option<String>,
-    /// Only relay between clients: no local user, stdin is not read; announcements
-    /// come from "server".
+    /// Only relay between clients: no local user, stdin is not read.
     #[arg(long)]
     pub relay_only: bool,
     /// Most clients at once; an extra one is sent a "server full" chat message and closed.

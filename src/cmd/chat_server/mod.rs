@@ -3,8 +3,9 @@
 //!
 //! Every frame a client sends is relayed to every *other* client and its
 //! text printed on stdout; the server's own user, unless `--relay-only`,
-//! types on stdin and speaks to everyone. Joins and leaves are printed on
-//! stderr and announced to the others as chat messages from the server's name.
+//! types on stdin and speaks to everyone. Comings and goings are logged on
+//! stderr and announced to the others by the server, under its reserved
+//! name.
 //!
 //! What keeps one client from hurting the others:
 //!
@@ -18,19 +19,28 @@
 //!   how many it missed. Either way the others are not slowed.
 //! * **A malformed frame closes only its connection**, with the reason logged:
 //!   an over-long length is refused before anything is allocated for it.
+//! * **Nobody can lie, hide or flood** (ARCHITECTURE.md, "The room's trust
+//!   model"): names are fixed by a member's first message and unique; a
+//!   message reaches the room only under its sender's name, cleaned of
+//!   control characters (`identity.rs`); everyone is announced as they come
+//!   and once as they go (`member.rs`); slow joiners have deadlines
+//!   (`deadlines.rs`); an unproven UDP address is sent at most three times
+//!   what it sent (`udp_room.rs`).
 //!
 //! # Three doors, one room
 //!
 //! * **Framed clients** (`--port`): the length-prefixed frames of the TCP chat.
+//!   A client's first frame fixes its name; one that says nothing is a reader,
+//!   in the room under its address.
 //! * **Line clients** (`--line-port`): `nc`, `telnet` — newline-terminated
 //!   text. On connecting, a line client is asked for its name with the chat's
 //!   own prompt (`Enter your username to start the chat:`); its first
 //!   non-empty line is its name, and it hears the room only from then on.
 //!   Every later non-empty line becomes a chat message `[TIMESTAMP] NAME:\n\tTEXT`
-//!   stamped by the server; a line that is exactly `<LEAVES THE CHAT>` is
-//!   relayed and then closes that client. It receives every message as text
-//!   followed by a newline. A line longer than `--max-frame` is a protocol
-//!   error that closes only that client; bytes that are not UTF-8 are taken lossily.
+//!   stamped by the server; a line that is exactly `<LEAVES THE CHAT>` ends
+//!   its stay. It receives every message as text followed by a newline. A line
+//!   longer than `--max-frame` is a protocol error that closes only that
+//!   client; bytes that are not UTF-8 are taken lossily.
 //! * **UDP peers** (`--udp-port`, [`udp_room`]): `udp-chat` programs.
 //!   One datagram is one chat message text. A peer joins by sending and leaves
 //!   with the leave text, by being silent for `--udp-peer-timeout`, or when
@@ -40,7 +50,7 @@
 //! `Outgoing` (`fanout.rs`): its text, plus at most one `Rc` per wire format
 //! (frame, line, datagram), each made the first time a recipient of that
 //! kind needs it and then shared by all of them. A frame relayed from a framed client is
-//! the bytes it arrived as. Nothing is formatted per recipient.
+//! the bytes it arrived as, when `identity::admit` lets it. Nothing is formatted per recipient.
 //!
 //! What it must not do: block on any one client, copy a frame per recipient,
 //! or log per frame unless trace logging is on.
@@ -52,7 +62,12 @@
 //! `impl Hub` block:
 //!
 //! * `args.rs`: the command line ([`Args`], [`OnBacklog`], [`LONG_ABOUT`]).
-//! * `member.rs`: the clients ([`Member`]), their names, joining and leaving.
+//! * `identity.rs`: the names held in the room, and the one rule for what a
+//!   message may claim; every door calls it.
+//! * `member.rs`: the clients ([`Member`]), coming in, named and going, and
+//!   what the room is told; the close log.
+//! * `commands.rs`: `/who` and `/help`.
+//! * `deadlines.rs`: `--name-timeout` and `--frame-timeout`.
 //! * `read.rs`: a TCP client's bytes, either door, into whole messages.
 //! * `door_framed.rs`, `door_line.rs`, `door_udp.rs`: what each door adds;
 //!   [`udp_room`] keeps the UDP door's peer set.

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! On the framed door the stamp is the text of a chat message from
-//! `stress-SSSSS` ([`chat_header`], [`HEADER_LEN`] bytes in front of it),
+//! `stress-SSSSS` (`chat_header`, [`HEADER_LEN`] bytes in front of it),
 //! whose header a chat server checks before it relays the frame as it came;
 //! a receiver reads the stamp after whatever header arrives (a server that
 //! re-stamps a frame keeps its text).
