@@ -96,38 +96,21 @@ pub fn is_isoformat(text: &str) -> bool {
     }
 }
 
-/// TEXT as it may be shown to anyone: control characters made visible
-/// ([`safe_text::visible`]), every line after the first indented by a tab
-/// (so none can pass for a header), no line ending at the end. Borrowed when
-/// nothing had to change, which [`is_clean_text`] tells cheaply.
+/// TEXT as it may be shown to anyone: control characters made visible and
+/// every line after the first indented by a tab, so none can pass for a
+/// header ([`safe_text::visible`]), and no line ending at the end. Borrowed
+/// when nothing had to change, which [`is_clean_text`] tells cheaply.
 pub fn clean_text(text: &str) -> Cow<'_, str> {
     if is_clean_text(text) {
         return Cow::Borrowed(text);
     }
-    let visible = safe_text::visible(text.trim_end_matches(['\n', '\r']));
-    let mut out = String::with_capacity(visible.len() + 8);
-    let mut lines = visible.split('\n');
-    out.push_str(lines.next().unwrap_or(""));
-    for line in lines {
-        out.push('\n');
-        if !line.starts_with('\t') {
-            out.push('\t');
-        }
-        out.push_str(line);
-    }
-    Cow::Owned(out)
+    Cow::Owned(safe_text::visible(text.trim_end_matches(['\n', '\r'])).into_owned())
 }
 
 /// True when [`clean_text`] would leave `text` as it is: no control
 /// character to show, every newline followed by a tab, none at the end.
 pub fn is_clean_text(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    let lines_ok = bytes.last() != Some(&b'\n')
-        && bytes
-            .iter()
-            .enumerate()
-            .all(|(i, &b)| b != b'\n' || bytes.get(i + 1) == Some(&b'\t'));
-    lines_ok && matches!(safe_text::visible(text), Cow::Borrowed(_))
+    !text.ends_with('\n') && matches!(safe_text::visible(text), Cow::Borrowed(_))
 }
 
 /// A whole message as it may be printed on a terminal: its header's

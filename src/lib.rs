@@ -27,6 +27,7 @@
 //! * [`cmd`] — the commands; each is a [`reactor::Handler`].
 //! * [`error`] — the error a command can end with, and its exit code.
 //! * [`sys`] — the few raw system calls std and mio do not offer.
+//! * [`websocket`] — WebSocket frames (RFC 6455) for the chat's web door; no I/O.
 //! * [`udp`] — UDP receive details: which peer vanished (ICMP error queue),
 //!   how many datagrams the kernel dropped.
 //!
@@ -54,3 +55,4 @@ pub mod tls;
 pub mod udp;
 pub mod udp_batch;
 pub mod units;
+pub mod websocket;

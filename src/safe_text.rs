@@ -12,7 +12,10 @@
 //! terminal, a line client or a log:
 //!
 //! * [`visible`] — for message text: the chat format's own `\n` and `\t` stay,
-//!   every other control character is shown instead of obeyed;
+//!   every other control character is shown instead of obeyed, and every
+//!   line a peer starts is indented (`\n` becomes `\n\t` unless a tab
+//!   follows already), so no text can begin a line that reads as a message
+//!   header `[TIMESTAMP] NAME:` of someone else;
 //! * [`visible_line`] — for a log line: `\n` and `\t` too, so one log line
 //!   stays one line;
 //! * [`check_name`] — for a name, which is refused rather than rewritten.
@@ -35,7 +38,9 @@ pub const MAX_NAME_CHARS: usize = 32;
 
 /// Text safe to print on a terminal or send to a line client: every control
 /// character except `\n` and `\t` is replaced by a visible rendering (see the
-/// module docs). Borrowed when nothing had to change.
+/// module docs), and a `\n` not followed by `\t` gets one, so every line after
+/// the first is indented as the chat format indents a message's text.
+/// Borrowed when nothing had to change.
 pub fn visible(text: &str) -> Cow<'_, str> {
     render(text, false)
 }
@@ -128,24 +133,40 @@ fn is_control(c: char) -> bool {
         | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
-/// Whether `c` must be replaced; `\n` and `\t` only in a log line.
-fn needs_rendering(c: char, line: bool) -> bool {
-    is_control(c) || (line && (c == '\n' || c == '\t'))
+/// Whether `c` (followed by `next`) must be rewritten: a control character;
+/// `\n` and `\t` in a log line; a `\n` not followed by `\t` in message text.
+fn needs_rendering(c: char, next: Option<char>, line: bool) -> bool {
+    if line {
+        is_control(c) || c == '\n' || c == '\t'
+    } else {
+        is_control(c) || (c == '\n' && next != Some('\t'))
+    }
 }
 
 /// The one scan behind [`visible`] and [`visible_line`]: borrow until the
 /// first character that needs rendering, then copy with renderings.
 fn render(text: &str, line: bool) -> Cow<'_, str> {
-    let Some(first) = text.find(|c| needs_rendering(c, line)) else {
-        return Cow::Borrowed(text);
+    let mut chars = text.char_indices().peekable();
+    let first = loop {
+        match chars.next() {
+            None => return Cow::Borrowed(text),
+            Some((i, c)) => {
+                if needs_rendering(c, chars.peek().map(|&(_, n)| n), line) {
+                    break i;
+                }
+            }
+        }
     };
     let mut out = String::with_capacity(text.len() + 8);
     out.push_str(&text[..first]);
-    for c in text[first..].chars() {
-        if needs_rendering(c, line) {
-            push_rendering(&mut out, c);
-        } else {
+    let mut rest = text[first..].chars().peekable();
+    while let Some(c) = rest.next() {
+        if !needs_rendering(c, rest.peek().copied(), line) {
             out.push(c);
+        } else if c == '\n' && !line {
+            out.push_str("\n\t");
+        } else {
+            push_rendering(&mut out, c);
         }
     }
     Cow::Owned(out)
@@ -189,6 +210,19 @@ mod tests {
             visible_line("no breaks"),
             Cow::Borrowed("no breaks")
         ));
+    }
+
+    #[test]
+    fn a_peer_cannot_start_a_line_that_reads_as_someone_elses_header() {
+        let forged = "hi\n[2026-01-01T12:00:00] Bob:\n\tI owe Eve 100";
+        assert_eq!(
+            visible(forged),
+            "hi\n\t[2026-01-01T12:00:00] Bob:\n\tI owe Eve 100"
+        );
+        assert_eq!(visible("end\n"), "end\n\t");
+        assert!(matches!(visible("a\n\tb"), Cow::Borrowed(_)));
+        let whole = "[2026-01-01T12:00:00] Eve:\n\thi\nthere";
+        assert_eq!(visible(whole), "[2026-01-01T12:00:00] Eve:\n\thi\n\tthere");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::net::IpAddr;
 
 use clap::{Args as ClapArgs, ValueEnum};
 
+use super::web::WebArgs;
 use super::{deadlines, udp_room};
 use crate::cmd::access_args::AccessArgs;
 use crate::cmd::chat::FramingArgs;
@@ -57,7 +58,13 @@ pub const LONG_ABOUT: &str =
     it sent, so a forged datagram cannot make the server flood its victim; \
     --udp-trust-senders lifts that on a LAN whose Python peers cannot answer. At most \
     --udp-max-peers at once and --udp-max-peers-per-ip from one address; when full, a \
-    newcomer takes the place of a peer that has not proven its address.\n\n\
+    newcomer takes the place of a peer that has not proven its address.\n\
+    --web-port P: browsers. GET / serves the chat page (compiled into the binary; it asks \
+    for a name and reconnects by itself), GET /ws is a WebSocket (RFC 6455) whose text \
+    messages are chat messages, both ways, exactly as a framed client's frames. Only pages \
+    this server served may open it (--web-origin adds origins); frames must be masked, a \
+    message is at most --max-frame bytes, a silent browser is pinged after --web-ping \
+    seconds. A bad frame closes only that browser, with a WebSocket close code.\n\n\
     Slow clients: --frame-timeout bounds how long a frame or line may take once begun, \
     --name-timeout how long a line client may take to give its name, --idle-timeout how \
     long a client may send no whole message.\n\n\
@@ -66,9 +73,9 @@ pub const LONG_ABOUT: &str =
     over its rate (each frame or line is one message; its reads pause, it is not \
     disconnected); for a UDP peer, which cannot be slowed, datagrams over the rate are \
     dropped. --tls-cert/--tls-key make every TCP port speak TLS, the line port \
-    included (use 'ncat --ssl' or 'openssl s_client' there); a TLS client joins once \
-    its handshake is over. Refusals and closes are logged at most once a second per \
-    cause, with counts.\n\n\
+    included (use 'ncat --ssl' or 'openssl s_client' there) and the web port (https, \
+    wss); a TLS client joins once its handshake is over. Refusals and closes are logged \
+    at most once a second per cause, with counts.\n\n\
     Prints 'chat server listening on IP:PORT' on stderr when ready (then one line for \
     each extra door). Ctrl+C or SIGTERM: stop accepting, flush what is queued (at most \
     2 s), exit 0; UDP peers are sent the leave text, so they forget the server.";
@@ -84,6 +91,8 @@ pub const LONG_ABOUT: &str =
         sockloop chat server --port 8080 --relay-only --line-port 8081 --udp-port 8082\n  \
         nc localhost 8081                                   (a plain-text client)\n  \
         sockloop udp-chat --name Eve 127.0.0.1:8082         (a UDP peer)\n  \
+        sockloop chat server --port 8080 --relay-only --web-port 8000\n  \
+        (then open http://localhost:8000/ in a browser)\n  \
         sockloop chat server --port 8443 --tls-cert /tmp/tls/cert.pem --tls-key /tmp/tls/key.pem\n  \
         sockloop chat server --port 8080 --deny 10.0.0.0/8 --max-conns-per-ip 4 --rate-limit 20/s\n\n\
         Send SIGUSR1 to print the connection table with each client's queued bytes."
@@ -163,6 +172,9 @@ pub struct Args {
     /// TLS (applies to every TCP port of the server).
     #[command(flatten)]
     pub tls: ServerTlsArgs,
+    /// The web door: a page and a WebSocket for browsers.
+    #[command(flatten)]
+    pub web: WebArgs,
 }
 
 /// The policy for a client that does not keep up.

@@ -23,6 +23,7 @@ use crate::chat_msg;
 use crate::conn::CloseReason;
 use crate::framing::{self, FrameConfig};
 use crate::reactor::{ConnId, Ctx, Queued};
+use crate::websocket;
 
 /// What a client that missed frames is told: the running total.
 fn notice_text(missed: u64) -> String {
@@ -35,7 +36,7 @@ pub(super) fn notice_reserve(name: &str, frames: FrameConfig) -> usize {
         .and_then(|d| d.and_hms_micro_opt(23, 59, 59, 999_999))
         .expect("a valid date");
     let text = chat_msg::format_at(&longest_time, name, &notice_text(u64::MAX));
-    framing::encoded_len(text.len(), frames)
+    framing::encoded_len(text.len(), frames).max(websocket::frame_len(text.len()))
 }
 
 impl Hub {
@@ -78,19 +79,14 @@ impl Hub {
     /// Tells `id` how many frames it has missed so far, if that is news,
     /// within its backlog.
     fn send_notice(&mut self, cx: &mut Ctx<Member>, id: ConnId) {
-        let Some(&Member {
-            missed,
-            reported,
-            line,
-            ..
-        }) = cx.state(id)
+        let Some((missed, reported, wire)) = cx.state(id).map(|m| (m.missed, m.reported, m.wire()))
         else {
             return;
         };
         if missed == reported {
             return;
         }
-        let Some(notice) = self.encode_for(line, &notice_text(missed)) else {
+        let Some(notice) = self.encode_as(wire, &notice_text(missed)) else {
             return;
         };
         if cx.queue(id, &notice) == Queued::Yes {

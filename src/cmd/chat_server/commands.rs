@@ -72,7 +72,7 @@ impl Hub {
             if !member.joined || member.leaving {
                 continue;
             }
-            let door = door_name(member.line, c.is_tls());
+            let door = door_name(member.wire(), c.is_tls());
             entries.push(match &member.name {
                 Some(name) => format!("{name} ({door})"),
                 None => format!("{} ({door}, no name yet)", c.peer()),

@@ -16,7 +16,7 @@ use std::rc::Rc;
 use super::commands::Command;
 use super::fanout::Outgoing;
 use super::identity::{Claim, SERVER_NAME};
-use super::member::{Member, Origin};
+use super::member::{Member, Origin, Wire};
 use super::udp_room::UdpRoom;
 use super::{Clients, Hub, SHUTDOWN_GRACE, TIMER_GRACE};
 use crate::chat_msg::{self, LEAVE_TEXT};
@@ -133,10 +133,17 @@ impl Hub {
             SHUTDOWN_GRACE
         );
         let close: Rc<[u8]> = Rc::from(framing::close_frame(self.frames));
+        let web_close = self.web_goodbye();
         cx.conn_ids(&mut self.ids);
         for &id in &self.ids {
-            if cx.state(id).is_some_and(|m| !m.line) {
-                let _ = cx.queue(id, &close);
+            match cx.state(id).map(|m| (m.wire(), m.listening())) {
+                Some((Wire::Framed, _)) => {
+                    let _ = cx.queue(id, &close);
+                }
+                Some((Wire::Web, true)) => {
+                    let _ = cx.queue(id, &web_close);
+                }
+                _ => {}
             }
             cx.close_after_flush(id);
         }

@@ -28,7 +28,8 @@ use super::args::OnBacklog;
 use super::commands::Command;
 use super::fanout::Outgoing;
 use super::identity::{self, guest_name};
-use super::member::{Member, Origin};
+use super::member::{Member, Origin, Wire};
+use super::web;
 use super::Hub;
 use crate::chat_msg::LEAVE_TEXT;
 use crate::reactor::{ConnId, Ctx, Queued};
@@ -166,21 +167,22 @@ impl Hub {
         }
         let framed: Rc<[u8]> = Rc::from(&self.batch[..]);
         let mut lines: Option<Rc<[u8]>> = None;
+        let mut webs: Option<Rc<[u8]>> = None;
         cx.conn_ids(&mut self.ids);
         for i in 0..self.ids.len() {
             let id = self.ids[i];
             if id == from {
                 continue;
             }
-            let line = match cx.state(id) {
-                Some(member) if member.listening() => member.line,
+            let wire = match cx.state(id) {
+                Some(member) if member.listening() => member.wire(),
                 _ => continue,
             };
-            let frame = if line {
-                let prefix = self.frames.prefix.bytes();
-                lines.get_or_insert_with(|| frames_as_lines(&self.batch, prefix))
-            } else {
-                &framed
+            let prefix = self.frames.prefix.bytes();
+            let frame = match wire {
+                Wire::Line => lines.get_or_insert_with(|| frames_as_lines(&self.batch, prefix)),
+                Wire::Web => webs.get_or_insert_with(|| web::frames_as_web(&self.batch, prefix)),
+                Wire::Framed => &framed,
             };
             if let Queued::OverLimit { queued } = cx.queue(id, frame) {
                 let frame = Rc::clone(frame);

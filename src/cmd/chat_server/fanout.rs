@@ -3,9 +3,9 @@
 //! always under its own reserved name (`identity::SERVER_NAME`), whatever
 //! its user is called.
 //!
-//! An `Outgoing` makes each wire format (frame, line, datagram) at most once
-//! per message, when the first recipient of that kind needs it, and every
-//! recipient of that kind shares it through an `Rc`. A recipient whose queue
+//! An `Outgoing` makes each wire format (frame, line, datagram, WebSocket
+//! text frame) at most once per message, when the first recipient of that
+//! kind needs it, and every recipient of that kind shares it through an `Rc`. A recipient whose queue
 //! is full is handed to the backlog policy (`backlog.rs`), which never waits
 //! for it. A message the server makes that is over `--max-frame` is logged
 //! and sent to no one.
@@ -18,7 +18,8 @@
 use std::rc::Rc;
 
 use super::identity::SERVER_NAME;
-use super::member::{Member, Origin};
+use super::member::{Member, Origin, Wire};
+use super::web;
 use super::Hub;
 use crate::chat_msg;
 use crate::framing::{self, FrameConfig};
@@ -36,6 +37,8 @@ pub(super) struct Outgoing<'a> {
     line: Option<Rc<[u8]>>,
     /// The text alone, for UDP peers; made only if the socket is full.
     datagram: Option<Rc<[u8]>>,
+    /// A WebSocket text frame, for web members.
+    web: Option<Rc<[u8]>>,
 }
 
 impl<'a> Outgoing<'a> {
@@ -46,6 +49,7 @@ impl<'a> Outgoing<'a> {
             framed: None,
             line: None,
             datagram: None,
+            web: None,
         }
     }
 
@@ -61,6 +65,12 @@ impl<'a> Outgoing<'a> {
     fn line(&mut self) -> &Rc<[u8]> {
         let text = self.text;
         self.line.get_or_insert_with(|| line_bytes(text))
+    }
+
+    /// The text frame for web recipients.
+    fn web(&mut self) -> &Rc<[u8]> {
+        let text = self.text;
+        self.web.get_or_insert_with(|| web::text_frame(text))
     }
 }
 
@@ -85,17 +95,17 @@ impl Hub {
             if origin == Origin::Member(id) {
                 continue;
             }
-            let line = match cx.state(id) {
-                Some(member) if member.listening() => member.line,
+            let wire = match cx.state(id) {
+                Some(member) if member.listening() => member.wire(),
                 _ => continue,
             };
-            let frame = if line {
-                out.line()
-            } else {
-                match out.framed(self.frames) {
+            let frame = match wire {
+                Wire::Line => out.line(),
+                Wire::Web => out.web(),
+                Wire::Framed => match out.framed(self.frames) {
                     Some(frame) => frame,
                     None => continue,
-                }
+                },
             };
             if let Queued::OverLimit { queued } = cx.queue(id, frame) {
                 self.over_limit(cx, id, frame, queued);
@@ -123,12 +133,16 @@ impl Hub {
         self.fan_out(cx, except, &mut Outgoing::new(&message));
     }
 
-    /// A chat message from the server's name for one recipient: a line, or a
-    /// frame; `None` (logged) when it is longer than `--max-frame`.
-    pub(super) fn encode_for(&self, line: bool, text: &str) -> Option<Rc<[u8]>> {
+    /// A chat message from the server's name in the wire format `wire`;
+    /// `None` (logged) when it is longer than `--max-frame`.
+    pub(super) fn encode_as(&self, wire: Wire, text: &str) -> Option<Rc<[u8]>> {
         let message = chat_msg::format_now(SERVER_NAME, &chat_msg::clean_text(text));
-        if line {
-            return Some(line_bytes(&message));
+        match wire {
+            Wire::Line => return Some(line_bytes(&message)),
+            Wire::Web if message.len() <= self.frames.max_frame => {
+                return Some(web::text_frame(&message))
+            }
+            _ => {}
         }
         match framing::encode(message.as_bytes(), self.frames) {
             Ok(frame) => Some(frame),

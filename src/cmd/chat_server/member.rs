@@ -24,6 +24,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use super::identity::Claim;
+use super::web::{self, WebConn, WebStage};
 use super::{Clients, Hub, TIMER_IDLE_SWEEP, TIMER_LOG_SUMMARY};
 use crate::conn::CloseReason;
 use crate::framing::Decoder;
@@ -39,6 +40,30 @@ pub(super) enum Input {
     Framed(Decoder),
     /// Newline-terminated lines (`--line-port`). Holds memory only for an incomplete line.
     Lines(LineDecoder),
+    /// HTTP, then WebSocket frames (`--web-port`; see `web.rs`).
+    Web(Box<WebConn>),
+}
+
+/// The wire format a member is sent the room in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wire {
+    /// Length-prefixed frames.
+    Framed,
+    /// Text lines.
+    Line,
+    /// WebSocket text frames.
+    Web,
+}
+
+impl Wire {
+    /// The wire of a TCP door that is not the web's.
+    fn from_line(line: bool) -> Wire {
+        if line {
+            Wire::Line
+        } else {
+            Wire::Framed
+        }
+    }
 }
 
 /// A deadline a member missed (see `deadlines.rs`).
@@ -64,6 +89,9 @@ pub struct Member {
     /// It came in by the plain-text door: it is sent lines, not frames, and
     /// hears the room only once it has given its name.
     pub(super) line: bool,
+    /// It came in by the web door, and how far it got (`None`: another door).
+    /// It hears the room only once it is a WebSocket.
+    pub(super) web: Option<WebStage>,
     /// Its name, fixed by its first message (`identity.rs`); `None` until then.
     pub(super) name: Option<Box<str>>,
     /// When its last complete message arrived (kept only with `--idle-timeout`).
@@ -104,6 +132,7 @@ impl Default for Member {
             joined: false,
             input: None,
             line: false,
+            web: None,
             name: None,
             last_heard: Instant::now(),
             partial_since: None,
@@ -123,7 +152,19 @@ impl Member {
     /// True when room messages should be queued for it.
     pub(super) fn listening(&self) -> bool {
         let waiting_for_name = self.line && self.name.is_none();
-        self.joined && !self.leaving && !waiting_for_name
+        let not_a_websocket = self.web == Some(WebStage::Http);
+        self.joined && !self.leaving && !waiting_for_name && !not_a_websocket
+    }
+
+    /// The wire format it is sent the room in.
+    pub(super) fn wire(&self) -> Wire {
+        if self.line {
+            Wire::Line
+        } else if self.web.is_some() {
+            Wire::Web
+        } else {
+            Wire::Framed
+        }
     }
 }
 
@@ -139,12 +180,14 @@ pub(super) enum Origin {
 }
 
 /// Which door, as notices and `/who` name it.
-pub(super) fn door_name(line: bool, tls: bool) -> &'static str {
-    match (line, tls) {
-        (false, false) => "framed",
-        (false, true) => "framed, TLS",
-        (true, false) => "line",
-        (true, true) => "line, TLS",
+pub(super) fn door_name(wire: Wire, tls: bool) -> &'static str {
+    match (wire, tls) {
+        (Wire::Framed, false) => "framed",
+        (Wire::Framed, true) => "framed, TLS",
+        (Wire::Line, false) => "line",
+        (Wire::Line, true) => "line, TLS",
+        (Wire::Web, false) => "web",
+        (Wire::Web, true) => "web, TLS",
     }
 }
 
@@ -196,6 +239,14 @@ pub(super) struct CloseLogs {
 
 impl Hub {
     pub(super) fn on_accepted(&mut self, cx: &mut Ctx<Member>, conn: ConnId, listener: usize) {
+        if self
+            .web
+            .as_ref()
+            .is_some_and(|web| web.listener == listener)
+        {
+            // Not a member until it becomes a WebSocket.
+            return self.on_web_accepted(cx, conn);
+        }
         self.n_members += 1;
         let line = Some(listener) == self.line_listener;
         if let Some(member) = cx.state_mut(conn) {
@@ -216,18 +267,26 @@ impl Hub {
             if line { " by the line door" } else { "" },
             Clients(self.n_members)
         );
-        self.announce(
-            cx,
-            Origin::Member(conn),
-            &format!(
-                "{peer} joined the chat ({} door, no name yet)",
-                door_name(line, tls)
-            ),
-        );
+        self.announce_joined(cx, conn, peer, door_name(Wire::from_line(line), tls));
         if line {
             let _ = cx.queue(conn, &self.prompt);
             self.arm_deadlines(cx);
         }
+    }
+
+    /// Tells the room a member came in by `door`, by its address.
+    pub(super) fn announce_joined(
+        &mut self,
+        cx: &mut Ctx<Member>,
+        conn: ConnId,
+        peer: SocketAddr,
+        door: &str,
+    ) {
+        self.announce(
+            cx,
+            Origin::Member(conn),
+            &format!("{peer} joined the chat ({door} door, no name yet)"),
+        );
     }
 
     /// A TCP member asks for `wanted` as its name (its first message, or a
@@ -281,10 +340,10 @@ impl Hub {
 
     /// Tells one member something, privately, as the server.
     pub(super) fn tell(&mut self, cx: &mut Ctx<Member>, conn: ConnId, text: &str) {
-        let Some(line) = cx.state(conn).map(|m| m.line) else {
+        let Some(wire) = cx.state(conn).map(Member::wire) else {
             return;
         };
-        if let Some(notice) = self.encode_for(line, text) {
+        if let Some(notice) = self.encode_as(wire, text) {
             let _ = cx.queue(conn, &notice);
         }
     }
@@ -305,10 +364,14 @@ impl Hub {
         };
         let member = &c.state_of_app;
         if !member.joined {
-            // Never handed over (a TLS handshake that failed): never a member.
+            // Never a member: a TLS handshake that failed, or a web
+            // connection that never became a WebSocket.
+            log::debug!("{conn}: closed before it joined: {reason}");
             return;
         }
         self.n_members = self.n_members.saturating_sub(1);
+        let web_failure = web::failure_of(member);
+        let reason = web_failure.as_ref().unwrap_or(reason);
         let peer = c.peer();
         let (name, late, leaving) = (member.name.clone(), member.late, member.leaving);
         if let Some(name) = &name {

@@ -27,7 +27,7 @@
 //!   (`deadlines.rs`); an unproven UDP address is sent at most three times
 //!   what it sent (`udp_room.rs`).
 //!
-//! # Three doors, one room
+//! # Four doors, one room
 //!
 //! * **Framed clients** (`--port`): the length-prefixed frames of the TCP chat.
 //!   A client's first frame fixes its name; one that says nothing is a reader,
@@ -45,10 +45,15 @@
 //!   One datagram is one chat message text. A peer joins by sending and leaves
 //!   with the leave text, by being silent for `--udp-peer-timeout`, or when
 //!   the kernel reports its port unreachable.
+//! * **Browsers** (`--web-port`, `web.rs`): `GET /` serves the chat page,
+//!   compiled into the binary; `GET /ws` upgrades the same connection to a
+//!   WebSocket, whose text messages are chat messages exactly as a framed
+//!   client's frames (and go through the same `relay`). A connection still
+//!   speaking HTTP is not a member and hears nothing of the room.
 //!
 //! **Encode once per wire format.** A message reaches the room as an
 //! `Outgoing` (`fanout.rs`): its text, plus at most one `Rc` per wire format
-//! (frame, line, datagram), each made the first time a recipient of that
+//! (frame, line, datagram, WebSocket text frame), each made the first time a recipient of that
 //! kind needs it and then shared by all of them. A frame relayed from a framed client is
 //! the bytes it arrived as, when `identity::admit` lets it. Nothing is formatted per recipient.
 //!
@@ -69,8 +74,9 @@
 //! * `commands.rs`: `/who` and `/help`.
 //! * `deadlines.rs`: `--name-timeout` and `--frame-timeout`.
 //! * `read.rs`: a TCP client's bytes, either door, into whole messages.
-//! * `door_framed.rs`, `door_line.rs`, `door_udp.rs`: what each door adds;
-//!   [`udp_room`] keeps the UDP door's peer set.
+//! * `door_framed.rs`, `door_line.rs`, `door_udp.rs`, `web.rs`: what each
+//!   door adds; [`udp_room`] keeps the UDP door's peer set; `page/` is the
+//!   web door's page.
 //! * `fanout.rs`: one message to the room, encoded once per wire format.
 //! * `backlog.rs`: a client that does not keep up (`--on-backlog`).
 //! * `held.rs`: messages held back by `--rate-limit`.
@@ -90,9 +96,11 @@ mod identity;
 mod member;
 mod read;
 pub mod udp_room;
+mod web;
 
 pub use args::{Args, OnBacklog, LONG_ABOUT};
 pub use member::Member;
+pub use web::WebArgs;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -105,6 +113,7 @@ use crate::framing::{self, FrameConfig};
 use crate::net;
 use crate::reactor::{signals, Config, ConnId, Ctx, Event, Handler, Reactor};
 use crate::udp;
+use crate::websocket;
 use backlog::notice_reserve;
 use console::HINT;
 use identity::Names;
@@ -125,10 +134,12 @@ const TIMER_IDLE_SWEEP: u64 = 1;
 const TIMER_GRACE: u64 = 2;
 /// Timer: look for UDP peers silent for `--udp-peer-timeout`.
 const TIMER_UDP_SWEEP: u64 = 3;
+/// Timer: web door deadlines and keepalive pings.
+const TIMER_WEB_SWEEP: u64 = 4;
 /// Timer: a second of rate-limited log lines is over; log their counts.
-const TIMER_LOG_SUMMARY: u64 = 4;
+const TIMER_LOG_SUMMARY: u64 = 5;
 /// Timer: look for clients that missed `--name-timeout` or `--frame-timeout`.
-const TIMER_DEADLINES: u64 = 5;
+const TIMER_DEADLINES: u64 = 6;
 /// Timer bit: connection KEY (the low bits) may relay messages it had held
 /// back for being over its `--rate-limit`.
 const TIMER_RELEASE: u64 = 1 << 40;
@@ -169,6 +180,8 @@ struct Hub {
     close_logs: CloseLogs,
     /// The UDP door's peers, if there is one.
     udp: Option<UdpRoom>,
+    /// The web door, if there is one.
+    web: Option<web::WebDoor>,
     /// Scratch list of UDP peers found silent; reused.
     silent: Vec<SocketAddr>,
     /// Clients accepted and not yet closed.
@@ -213,6 +226,7 @@ impl Handler for Hub {
             }
             Event::Timer(TIMER_IDLE_SWEEP) => self.sweep_idle(cx),
             Event::Timer(TIMER_UDP_SWEEP) => self.sweep_udp(cx),
+            Event::Timer(TIMER_WEB_SWEEP) => self.sweep_web(cx),
             Event::Timer(TIMER_LOG_SUMMARY) => {
                 self.log_close_summaries();
                 if let Some(udp) = self.udp.as_mut() {
@@ -253,6 +267,7 @@ impl Handler for Hub {
         match &member.input {
             Some(Input::Framed(decoder)) => decoder.buffered(),
             Some(Input::Lines(lines)) => lines.buffered(),
+            Some(Input::Web(web)) => web.buffered(),
             None => 0,
         }
     }
@@ -278,7 +293,9 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
             .map_err(|why| Error::Usage(format!("--name: {why}")))?;
     }
     let notice_reserve = notice_reserve(SERVER_NAME, frames);
-    let smallest_backlog = framing::encoded_len(frames.max_frame, frames) + notice_reserve;
+    let largest_message =
+        framing::encoded_len(frames.max_frame, frames).max(websocket::frame_len(frames.max_frame));
+    let smallest_backlog = largest_message + notice_reserve;
     if args.max_backlog < smallest_backlog {
         return Err(Error::Usage(format!(
             "--max-backlog {} is too small: one frame of --max-frame {} bytes and a notice \
@@ -354,6 +371,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         }
         None => None,
     };
+    let web_door = Hub::open_web_door(reactor.cx(), args.bind, &args.web, tls, frames.max_frame)?;
     log::debug!(
         "open-file limit {limit}: up to about {} clients",
         limit.saturating_sub(16)
@@ -379,6 +397,11 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     if let Some(addr) = udp_addr {
         net::announce("chat server udp door", addr);
     }
+    let web_door = web_door.map(|(door, addr)| {
+        net::announce(&format!("chat server web door{tls_note}"), addr);
+        web::tell_where(addr, tls);
+        door
+    });
     let input = if args.relay_only {
         None
     } else {
@@ -407,6 +430,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         deadlines_armed: false,
         close_logs: CloseLogs::default(),
         udp: udp_room,
+        web: web_door,
         silent: Vec::new(),
         n_members: 0,
         ids: Vec::new(),

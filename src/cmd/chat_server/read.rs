@@ -66,6 +66,13 @@ impl Hub {
                     held.push(b'\n');
                 })
                 .map_err(|error| format!("{error} (--max-frame)")),
+            Input::Web(web) => {
+                // Protocol errors are answered there, with a close frame.
+                let before = web.messages;
+                self.on_web_data(cx, conn, web, bytes, &mut held, &mut wait, &mut leaving);
+                n_whole += (web.messages - before) as usize;
+                Ok(())
+            }
         };
         self.flush_batch(cx);
         self.flush_stdout();
@@ -73,6 +80,7 @@ impl Hub {
         let partial = match &input {
             Input::Framed(decoder) => decoder.buffered() > 0,
             Input::Lines(lines) => lines.buffered() > 0,
+            Input::Web(web) => web.buffered() > 0,
         };
         let mut deadline_started = false;
         if let Some(member) = cx.state_mut(conn) {
