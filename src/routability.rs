@@ -93,9 +93,12 @@ impl Tokens {
     }
 }
 
+/// What a challenge's text says before its token.
+const CHALLENGE_OPEN: &str = "to hear the room at this address, answer ";
+
 /// The text of a challenge carrying `token`.
 pub fn challenge_text(token: u64) -> String {
-    format!("to hear the room at this address, answer {ECHO_OPEN}{token:016x}>")
+    format!("{CHALLENGE_OPEN}{ECHO_OPEN}{token:016x}>")
 }
 
 /// The text of the answer to a challenge carrying `token`.
@@ -103,11 +106,15 @@ pub fn answer_text(token: u64) -> String {
     format!("{ECHO_OPEN}{token:016x}>")
 }
 
-/// The token a challenge's text carries: an `<ECHO ` and 16 hex digits and
-/// `>` anywhere in it.
+/// The token a challenge carries, when its whole text is one (as
+/// [`challenge_text`] writes it): a message that merely mentions an
+/// `<ECHO ...>` is a message, to be shown, not answered.
 pub fn parse_challenge(text: &str) -> Option<u64> {
-    let at = text.find(ECHO_OPEN)?;
-    parse_token(&text[at..])
+    let rest = text.trim().strip_prefix(CHALLENGE_OPEN)?;
+    if rest.len() != ECHO_OPEN.len() + 17 {
+        return None;
+    }
+    parse_token(rest)
 }
 
 /// The token an answer carries: its whole text (trimmed) is `<ECHO ...>`.
@@ -203,6 +210,8 @@ mod tests {
         assert_eq!(parse_answer("<ECHO 0123456789abcdeg>"), None);
         assert_eq!(parse_answer("<ECHO 0123>"), None);
         assert_eq!(parse_challenge("no token here"), None);
+        assert_eq!(parse_challenge("see <ECHO 0123456789abcdef>"), None);
+        assert_eq!(parse_challenge(&format!("{challenge}!")), None);
     }
 
     #[test]

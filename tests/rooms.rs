@@ -462,7 +462,9 @@ fn udp_peers_leave_by_silence_and_by_vanishing() {
     let mut buf = vec![0u8; 65_536];
     let (n, _) = ghost.recv_from(&mut buf).expect("a challenge");
     let challenge = String::from_utf8_lossy(&buf[..n]).into_owned();
-    let token = sockloop::routability::parse_challenge(&challenge).expect("a token");
+    let token = chat_msg::parse(&challenge)
+        .and_then(|m| sockloop::routability::parse_challenge(m.text))
+        .expect("a token");
     let answer = chat_msg::format_now("Ghost", &sockloop::routability::answer_text(token));
     ghost.send_to(answer.as_bytes(), udp_door).unwrap();
     server.wait_line("proved its address", LONG);

@@ -205,7 +205,9 @@ fn answer_challenge(socket: &UdpSocket) {
     loop {
         let (got, from) = recv(socket);
         let text = String::from_utf8_lossy(&got);
-        if let Some(token) = sockloop::routability::parse_challenge(&text) {
+        if let Some(token) = sockloop::chat_msg::parse(&text)
+            .and_then(|m| sockloop::routability::parse_challenge(m.text))
+        {
             let answer = sockloop::routability::answer_text(token);
             socket
                 .send_to(&chat_datagram("peer", &answer), from)

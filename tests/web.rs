@@ -415,7 +415,10 @@ fn web_framed_line_and_udp_members_exchange_messages_both_ways() {
     let mut buf = [0u8; 65_536];
     let token = loop {
         let (n, _) = udp.recv_from(&mut buf).expect("a challenge");
-        if let Some(token) = routability::parse_challenge(&String::from_utf8_lossy(&buf[..n])) {
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if let Some(token) =
+            chat_msg::parse(&text).and_then(|m| routability::parse_challenge(m.text))
+        {
             break token;
         }
     };
