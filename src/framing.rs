@@ -27,11 +27,9 @@
 use std::fmt;
 use std::rc::Rc;
 
-/// The first allocation for an incomplete frame (unless the frame is
-/// smaller): small enough that thousands of peers each holding a few bytes
-/// cost little, large enough that a frame trickling in is not reallocated
-/// for every byte.
-pub const MIN_HOLD: usize = 64;
+use crate::hold;
+
+pub use crate::hold::MIN_HOLD;
 
 /// How many bytes the length prefix takes; both ends must agree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -286,15 +284,7 @@ impl Decoder {
     /// its length is known and checked, the prefix before that. What the peer
     /// *announced* never decides an allocation.
     fn hold(&mut self, bytes: &[u8], most: usize) {
-        let held = self.partial.len() + bytes.len();
-        if self.partial.capacity() < held {
-            let wanted = (2 * self.partial.capacity())
-                .max(MIN_HOLD)
-                .max(held)
-                .min(most);
-            self.partial.reserve_exact(wanted - self.partial.len());
-        }
-        self.partial.extend_from_slice(bytes);
+        hold::grow_within(&mut self.partial, bytes, most);
     }
 
     /// Checks an announced payload length and returns the whole frame's length.

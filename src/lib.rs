@@ -10,6 +10,7 @@
 //!   deadlines. Start reading here.
 //! * [`conn`] — one TCP connection: socket, bounded output buffer, state.
 //! * [`framing`], [`lines`] — the length-prefix and newline codecs; no I/O.
+//!   Both hold an incomplete frame or line by one rule, [`hold`].
 //! * [`addr`], [`chat_msg`] — address parsing and the chat message text; no I/O.
 //! * [`stream`] — the UDP stream's `Number I` text and the template that writes
 //!   it, exact loss/reorder/duplicate accounting and jitter; no I/O.
@@ -41,6 +42,7 @@ pub mod cmd;
 pub mod conn;
 pub mod error;
 pub mod framing;
+pub mod hold;
 pub mod lines;
 pub mod loglimit;
 pub mod net;

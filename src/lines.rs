@@ -13,6 +13,8 @@
 
 use std::fmt;
 
+use crate::hold;
+
 /// A line broke the configured maximum; the source of the lines cannot go on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LineError {
@@ -144,14 +146,8 @@ impl LineDecoder {
         if new_len - usize::from(ends_in_cr) > self.max_line {
             return Err(self.too_long());
         }
-        if self.partial.capacity() < new_len {
-            // Grow by doubling, but never past the longest line plus its "\r".
-            let wanted = (2 * self.partial.capacity())
-                .max(new_len)
-                .min(self.max_line.saturating_add(1));
-            self.partial.reserve_exact(wanted - self.partial.len());
-        }
-        self.partial.extend_from_slice(tail);
+        // Never past the longest line plus its "\r".
+        hold::grow_within(&mut self.partial, tail, self.max_line.saturating_add(1));
         Ok(())
     }
 

@@ -1,5 +1,9 @@
 //! The `sockloop` binary: parse the command line, set up logging, run the
 //! command, print at most one error line, exit with its code.
+//!
+//! Logging goes through stderr's sink (`reactor::console`), as everything
+//! the running loop prints does; at exit, what the sinks still hold is
+//! written with a bounded wait.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -10,10 +14,12 @@ use clap::Parser;
 use sockloop::cli::{ChatCommand, Cli, Command, EchoCommand, StressCommand};
 use sockloop::cmd;
 use sockloop::error::Result;
+use sockloop::reactor::console;
 
 fn main() -> ExitCode {
-    // Before anything opens a descriptor: is fd 0 really stdin?
+    // Before anything opens a descriptor: are fds 0, 1 and 2 really ours?
     sockloop::reactor::stdin::probe();
+    console::probe();
     install_panic_hook();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -28,13 +34,15 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&cli);
-    match run(&cli) {
+    let code = match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            let _ = writeln!(std::io::stderr(), "sockloop: {err}");
+            sockloop::errln!("sockloop: {err}");
             ExitCode::from(err.exit_code() as u8)
         }
-    }
+    };
+    console::finish();
+    code
 }
 
 fn run(cli: &Cli) -> Result<()> {
@@ -61,7 +69,9 @@ fn run(cli: &Cli) -> Result<()> {
 }
 
 /// Log lines look like `info: ...` on stderr. Default level: info; `-q` warn,
-/// `-v` debug, `-vv` trace; `RUST_LOG` wins over all of them.
+/// `-v` debug, `-vv` trace; `RUST_LOG` wins over all of them. They are
+/// written through stderr's sink: never waited for, dropped (and counted)
+/// when nobody reads them.
 fn init_logging(cli: &Cli) {
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "warn",
@@ -70,6 +80,7 @@ fn init_logging(cli: &Cli) {
         _ => "trace",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .target(env_logger::Target::Pipe(Box::new(console::LogWriter)))
         .format(|buf, record| {
             writeln!(
                 buf,
@@ -94,6 +105,7 @@ fn install_panic_hook() {
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))
             .unwrap_or_default();
+        console::restore();
         let _ = writeln!(
             std::io::stderr(),
             "sockloop: internal error: {what}{place} (please report this)"

@@ -1,6 +1,6 @@
 //! Opening sockets the way every command wants them, with errors that name
-//! the address: listeners with a deep accept queue, and the "ready" line
-//! scripts wait for.
+//! the address: listeners with a deep accept queue, non-blocking connects,
+//! and the "ready" line scripts wait for.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream as StdTcpStream};
@@ -16,9 +16,6 @@ use crate::sys;
 /// Accept-queue length asked of the kernel (it caps it at `net.core.somaxconn`).
 /// Deep enough that a burst of thousands of connects is not answered with SYN retries.
 pub const LISTEN_BACKLOG: i32 = 4096;
-
-/// How long a client waits for the TCP handshake before giving up.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds a non-blocking TCP listener (SO_REUSEADDR, backlog [`LISTEN_BACKLOG`]).
 pub fn listen_tcp(bind: IpAddr, port: u16) -> Result<TcpListener> {
@@ -51,22 +48,24 @@ pub fn bind_udp(bind: IpAddr, port: u16) -> Result<UdpSocket> {
     })
 }
 
-/// Connects to a server with a blocking handshake (so a refusal is a clear,
-/// immediate error), then hands back a non-blocking stream for the reactor.
-pub fn connect_tcp(addr: SocketAddr) -> Result<TcpStream> {
+/// Connects to a server with a blocking handshake of at most `timeout`, then
+/// hands back a non-blocking stream. Only for code without a loop (the
+/// teaching `echo client --naive`): clients connect inside the reactor
+/// (`cmd::dial`).
+pub fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream> {
     let fail = |source| Error::Connect { addr, source };
-    let stream = StdTcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(fail)?;
+    let stream = StdTcpStream::connect_timeout(&addr, timeout).map_err(fail)?;
     stream.set_nodelay(true).map_err(fail)?;
     stream.set_nonblocking(true).map_err(fail)?;
     Ok(TcpStream::from_std(stream))
 }
 
-/// Resolves `input` (HOST:PORT) and connects to the first of its addresses
-/// that accepts. Returns the stream and the address it reached.
-pub fn connect_to(input: &str) -> Result<(TcpStream, SocketAddr)> {
+/// Resolves `input` (HOST:PORT) and connects, blocking, to the first of its
+/// addresses that accepts. Returns the stream and the address it reached.
+pub fn connect_to(input: &str, timeout: Duration) -> Result<(TcpStream, SocketAddr)> {
     let mut last = None;
     for addr in crate::addr::resolve_all(input)? {
-        match connect_tcp(addr) {
+        match connect_tcp(addr, timeout) {
             Ok(stream) => return Ok((stream, addr)),
             Err(e) => last = Some(e),
         }
@@ -97,8 +96,8 @@ pub fn connect_nonblocking(addr: SocketAddr, source: Option<SocketAddr>) -> io::
     Ok(TcpStream::from_std(socket.into()))
 }
 
-/// Prints the line scripts wait for: `<what> listening on IP:PORT` (stderr).
-/// The address is always the last word.
+/// Prints the line scripts wait for: `<what> listening on IP:PORT` (stderr,
+/// through its sink: never waited for). The address is always the last word.
 pub fn announce(what: &str, addr: SocketAddr) {
-    eprintln!("{what} listening on {addr}");
+    crate::errln!("{what} listening on {addr}");
 }

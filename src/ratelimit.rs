@@ -107,13 +107,16 @@ impl Bucket {
         self.tokens -= n;
     }
 
-    /// How long until at least one token is available (zero if one is).
+    /// How long until at least one token is available (zero if one is), at
+    /// most [`units::MAX_DURATION`](crate::units::MAX_DURATION): a rate so slow
+    /// that the wait would overflow a `Duration` or a clock waits that long.
     pub fn wait(&mut self, now: Instant) -> Duration {
         self.refill(now);
         if self.tokens >= 1.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
+            let seconds = (1.0 - self.tokens) / self.rate;
+            crate::units::cap("--rate-limit", seconds).unwrap_or(crate::units::MAX_DURATION)
         }
     }
 }
@@ -146,6 +149,15 @@ impl Throttle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rate_slower_than_any_clock_waits_the_longest_duration() {
+        let now = Instant::now();
+        let mut bucket = Bucket::new(1e-300, now);
+        bucket.take(1.0, now);
+        assert_eq!(bucket.wait(now), crate::units::MAX_DURATION);
+        assert!(now.checked_add(bucket.wait(now)).is_some());
+    }
 
     #[test]
     fn rates_take_an_optional_per_second() {

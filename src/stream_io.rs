@@ -9,7 +9,11 @@
 //! due at start + I/rate; a tick that comes late sends everything that fell
 //! due meanwhile in one batch, so the average rate holds whatever the timer's
 //! granularity. The command turns the answer ([`Next`]) into a reactor
-//! deadline or a wait for room; this file never sleeps and never spins.
+//! deadline or a wait for room; this file never sleeps and never spins. A
+//! send the kernel refuses for lack of buffers (`ENOBUFS`, a full device
+//! queue) is not a full socket: the socket stays writable, so waiting for
+//! room would wake at once, again and again. The sender comes back after a
+//! short wait instead, doubling while it lasts ([`NoBuffersWait`]).
 //!
 //! **Receiving.** The reactor reads the first datagram of each wake-up
 //! itself and hands it over as `Event::Datagram`; the command then calls
@@ -44,12 +48,44 @@ pub const BATCH_MESSAGES: u64 = 256;
 /// Most datagrams [`StreamReceiver::drain`] takes per turn of the loop.
 pub const DRAIN_PER_TURN: u64 = 8192;
 
+/// The first wait after the kernel had no buffer for a send (`ENOBUFS`).
+pub const NO_BUFFERS_FIRST: Duration = Duration::from_millis(1);
+
+/// The longest wait after `ENOBUFS` (reached after eight in a row).
+pub const NO_BUFFERS_MOST: Duration = Duration::from_millis(128);
+
+/// How long the sender waits after `ENOBUFS`: [`NO_BUFFERS_FIRST`], twice
+/// that each time it happens again with nothing sent in between, at most
+/// [`NO_BUFFERS_MOST`]; back to the first wait once the kernel takes a
+/// datagram again (so a queue that drains steadily is refilled every
+/// millisecond, and one that is stuck is asked less and less often).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NoBuffersWait {
+    /// The next wait; zero until `ENOBUFS` is met.
+    next: Duration,
+}
+
+impl NoBuffersWait {
+    /// `ENOBUFS` again: how long to wait before the next try.
+    pub fn fail(&mut self) -> Duration {
+        let wait = self.next.max(NO_BUFFERS_FIRST);
+        self.next = (wait * 2).min(NO_BUFFERS_MOST);
+        wait
+    }
+
+    /// The kernel took a datagram: the next `ENOBUFS` starts over.
+    pub fn succeeded(&mut self) {
+        self.next = Duration::ZERO;
+    }
+}
+
 /// What the sender wants next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
     /// Every message went to every peer.
     Done,
-    /// Call [`StreamSender::pump`] again at this instant (now, when more is due already).
+    /// Call [`StreamSender::pump`] again at this instant (now, when more is
+    /// due already; a little later after `ENOBUFS`).
     At(Instant),
     /// The socket is full: call again once it is writable.
     Writable,
@@ -64,8 +100,11 @@ pub struct Sent {
     pub bytes: u64,
     /// `sendmmsg` calls.
     pub calls: u64,
-    /// Times the socket was full and the sender waited for room.
+    /// Times the socket was full (`EAGAIN`) and the sender waited for room.
     pub waits: u64,
+    /// Times the kernel had no buffer for a send (`ENOBUFS`: a full device
+    /// queue while the socket had room) and the sender waited a little.
+    pub no_buffers: u64,
     /// Datagrams the kernel refused (skipped).
     pub failed: u64,
 }
@@ -84,6 +123,7 @@ pub struct StreamSender {
     /// Messages put into batches so far (the next number to write).
     built: u64,
     sent: Sent,
+    no_buffers: NoBuffersWait,
 }
 
 impl StreamSender {
@@ -113,6 +153,7 @@ impl StreamSender {
             started,
             built: 0,
             sent: Sent::default(),
+            no_buffers: NoBuffersWait::default(),
         }
     }
 
@@ -143,8 +184,8 @@ impl StreamSender {
         socket: &impl AsFd,
         mut failed: impl FnMut(&io::Error, SocketAddr, u64),
     ) -> Next {
-        if !self.flush(socket, &mut failed) {
-            return Next::Writable;
+        if let Err(wait) = self.flush(socket, &mut failed) {
+            return wait;
         }
         if self.built >= self.count {
             return Next::Done;
@@ -155,8 +196,8 @@ impl StreamSender {
             return Next::At(self.due_at(self.built));
         }
         self.build(due - self.built);
-        if !self.flush(socket, &mut failed) {
-            return Next::Writable;
+        if let Err(wait) = self.flush(socket, &mut failed) {
+            return wait;
         }
         if self.built >= self.count {
             Next::Done
@@ -186,14 +227,16 @@ impl StreamSender {
         }
     }
 
-    /// Sends the rest of the batch in flight; false when the socket filled up.
+    /// Sends the rest of the batch in flight; when the kernel took only part
+    /// of it, the error is when to come back: once the socket is writable, or
+    /// after a short wait for `ENOBUFS`.
     fn flush(
         &mut self,
         socket: &impl AsFd,
         failed: &mut impl FnMut(&io::Error, SocketAddr, u64),
-    ) -> bool {
+    ) -> Result<(), Next> {
         if self.cursor.is_done(&self.batch) {
-            return true;
+            return Ok(());
         }
         let sent = &mut self.sent;
         let flushed = self.sender.send(
@@ -209,10 +252,18 @@ impl StreamSender {
         self.sent.datagrams += flushed.datagrams;
         self.sent.bytes += flushed.bytes;
         self.sent.calls += flushed.calls;
+        if flushed.datagrams > 0 {
+            self.no_buffers.succeeded();
+        }
         if flushed.full {
             self.sent.waits += 1;
+            return Err(Next::Writable);
         }
-        !flushed.full
+        if flushed.no_buffers {
+            self.sent.no_buffers += 1;
+            return Err(Next::At(Instant::now() + self.no_buffers.fail()));
+        }
+        Ok(())
     }
 
     /// Messages that went to every peer (or were refused), the batch in flight not included.
@@ -336,4 +387,18 @@ pub fn now_micros() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wait_after_enobufs_doubles_to_its_cap_and_starts_over_after_a_success() {
+        let mut wait = NoBuffersWait::default();
+        let waits: Vec<u128> = (0..10).map(|_| wait.fail().as_millis()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 128, 128]);
+        wait.succeeded();
+        assert_eq!(wait.fail(), NO_BUFFERS_FIRST);
+    }
 }

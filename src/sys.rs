@@ -1,6 +1,6 @@
 //! The few system calls that std and mio do not expose, each wrapped once.
 //!
-//! Descriptor flags, blocking writes to stdout, `IP_BIND_ADDRESS_NO_PORT` and
+//! Descriptor flags, non-blocking writes to stdout and stderr, `IP_BIND_ADDRESS_NO_PORT` and
 //! CPU time go through `nix`'s typed wrappers; the open-file limit through
 //! `rlimit`. What no safe wrapper covers stays here as a raw `libc` call with
 //! its SAFETY note: probing whether fd 0 exists at all, and the kernel queue
@@ -13,10 +13,11 @@
 
 use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::poll::{poll, PollFd, PollFlags};
 use nix::sys::resource::{getrusage, UsageWho};
 use nix::sys::socket::{setsockopt, sockopt};
 use nix::sys::time::TimeVal;
@@ -45,7 +46,20 @@ pub fn fd_is_open(fd: RawFd) -> bool {
     unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
 }
 
-/// Sets `O_NONBLOCK` on `fd` and returns the flags it had before, for [`restore_flags`].
+/// The status flags of descriptor `fd` (`F_GETFL`), or `None` when it is not
+/// open. Read at start-up, before anything changes them, so that they can be
+/// put back exactly as they were.
+pub fn status_flags(fd: RawFd) -> Option<libc::c_int> {
+    if !fd_is_open(fd) {
+        return None;
+    }
+    with_fd(fd, |fd| fcntl(fd, FcntlArg::F_GETFL)).ok()
+}
+
+/// Sets `O_NONBLOCK` on `fd` unless it is set already, and returns the
+/// flags it had before, for [`restore_flags`]. One `fcntl` when the flag is
+/// in place: cheap enough to call before every read of stdin and every write
+/// of stdout, whose flag a shell sharing the terminal may clear at any time.
 pub fn set_nonblocking(fd: RawFd) -> io::Result<libc::c_int> {
     with_fd(fd, |fd| {
         let flags = fcntl(fd, FcntlArg::F_GETFL)?;
@@ -93,32 +107,19 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     rlimit::increase_nofile_limit(u64::MAX)
 }
 
-/// Writes all of `data` to `fd`, waiting in `poll(2)` when the descriptor is
-/// non-blocking and full. Stdout shares its open file description with stdin
-/// on a terminal, so making stdin non-blocking makes stdout non-blocking too;
-/// this keeps a burst of output from failing with `EAGAIN`.
-pub fn write_all_fd(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
-    with_fd(fd, |fd| {
-        while !data.is_empty() {
-            match nix::unistd::write(fd, data) {
-                Ok(n) => data = &data[n..],
-                Err(Errno::EINTR) => {}
-                Err(Errno::EAGAIN) => wait_writable(fd)?,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    })
+/// One `write(2)` to `fd`. On a non-blocking descriptor a full pipe or
+/// terminal answers `WouldBlock`; nothing here waits.
+pub fn write_fd(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    with_fd(fd, |fd| nix::unistd::write(fd, data))
 }
 
-fn wait_writable(fd: BorrowedFd<'_>) -> nix::Result<()> {
-    match poll(
-        &mut [PollFd::new(fd, PollFlags::POLLOUT)],
-        PollTimeout::NONE,
-    ) {
-        Ok(_) | Err(Errno::EINTR) => Ok(()),
-        Err(e) => Err(e),
-    }
+/// Waits at most `timeout` for `fd` to take more bytes (`poll(2)` for
+/// `POLLOUT`). Only for the bounded flush at exit, when the loop is over.
+pub fn wait_writable(fd: RawFd, timeout: Duration) {
+    let millis = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    let _ = with_fd(fd, |fd| {
+        poll(&mut [PollFd::new(fd, PollFlags::POLLOUT)], millis).map(|_| ())
+    });
 }
 
 /// Sets `IP_BIND_ADDRESS_NO_PORT` on a socket about to be bound: the bind
@@ -158,11 +159,10 @@ pub fn rss_kib() -> Option<u64> {
 mod tests {
     use super::*;
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    use std::io::Read;
     use std::net::{SocketAddr, TcpListener};
     use std::os::fd::{AsFd, AsRawFd};
     use std::os::unix::net::UnixStream;
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
     fn flags_of(fd: &impl AsFd) -> OFlag {
         OFlag::from_bits_retain(fcntl(fd.as_fd(), FcntlArg::F_GETFL).unwrap())
@@ -190,23 +190,21 @@ mod tests {
     }
 
     #[test]
-    fn write_all_fd_waits_out_a_full_nonblocking_descriptor() {
-        let (writer, mut reader) = UnixStream::pair().unwrap();
-        writer.set_nonblocking(true).unwrap();
-        reader
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        // Far more than a socket buffer holds, so the writer meets EAGAIN.
-        let data: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
-        let drain = std::thread::spawn(move || {
-            let mut got = Vec::new();
-            reader.read_to_end(&mut got).map(|_| got)
-        });
-        write_all_fd(writer.as_raw_fd(), &data).unwrap();
-        drop(writer);
-        let got = drain.join().unwrap().unwrap();
-        assert_eq!(got.len(), data.len());
-        assert!(got == data, "bytes arrived changed or out of order");
+    fn a_full_nonblocking_descriptor_answers_would_block_and_never_waits() {
+        let (writer, _reader) = UnixStream::pair().unwrap();
+        set_nonblocking(writer.as_raw_fd()).unwrap();
+        let chunk = vec![7u8; 64 * 1024];
+        let mut written = 0usize;
+        let full = loop {
+            match write_fd(writer.as_raw_fd(), &chunk) {
+                Ok(n) => written += n,
+                Err(e) => break e,
+            }
+            assert!(written < 64 << 20, "a socket buffer never filled");
+        };
+        assert_eq!(full.kind(), std::io::ErrorKind::WouldBlock);
+        // Nobody reads: the wait ends at its timeout.
+        wait_writable(writer.as_raw_fd(), Duration::from_millis(10));
     }
 
     #[test]

@@ -195,8 +195,13 @@ pub struct Flushed {
     pub bytes: u64,
     /// `sendmmsg` calls made.
     pub calls: u64,
-    /// The socket had no room; the rest waits for it to be writable.
+    /// The socket had no room (`EAGAIN`); the rest waits for it to be writable.
     pub full: bool,
+    /// The kernel had no buffer for the packet (`ENOBUFS`: typically a full
+    /// device queue, with `IP_RECVERR` on) although the socket had room. The
+    /// socket stays writable, so waiting for that would spin: the rest waits
+    /// for a short time instead (the caller's choice).
+    pub no_buffers: bool,
 }
 
 /// A peer in both address forms: std's for people, the kernel's for `sendmmsg`.
@@ -294,8 +299,12 @@ impl Sender {
                         cursor.advance(n, batch, peers.len());
                     }
                 }
-                Err(e) if e == Errno::EAGAIN || e == Errno::ENOBUFS => {
+                Err(Errno::EAGAIN) => {
                     flushed.full = true;
+                    return flushed;
+                }
+                Err(Errno::ENOBUFS) => {
+                    flushed.no_buffers = true;
                     return flushed;
                 }
                 Err(Errno::EINTR) => {}
@@ -358,34 +367,21 @@ fn send_some(
         n += 1;
         at.advance(count, batch, peers.len());
     }
-    let fd = socket.as_fd().as_raw_fd();
-    let sent = if segmented {
-        let segment = u16::try_from(segment).unwrap_or(u16::MAX);
-        let mut headers =
-            MultiHeaders::<SockaddrStorage>::preallocate(n, Some(nix::cmsg_space!(u16)));
-        let cmsgs = [ControlMessage::UdpGsoSegments(&segment)];
-        sendmmsg(
-            fd,
-            &mut headers,
-            &slices[..n],
-            &addrs[..n],
-            cmsgs,
-            MsgFlags::MSG_DONTWAIT,
-        )?
-        .count()
-    } else {
-        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(n, None);
-        let cmsgs: [ControlMessage; 0] = [];
-        sendmmsg(
-            fd,
-            &mut headers,
-            &slices[..n],
-            &addrs[..n],
-            cmsgs,
-            MsgFlags::MSG_DONTWAIT,
-        )?
-        .count()
-    };
+    // Segmenting adds one control message, the segment size, shared by every message.
+    let segment = u16::try_from(segment).unwrap_or(u16::MAX);
+    let gso = [ControlMessage::UdpGsoSegments(&segment)];
+    let cmsgs: &[ControlMessage] = if segmented { &gso } else { &[] };
+    let mut headers =
+        MultiHeaders::<SockaddrStorage>::preallocate(n, segmented.then(|| nix::cmsg_space!(u16)));
+    let sent = sendmmsg(
+        socket.as_fd().as_raw_fd(),
+        &mut headers,
+        &slices[..n],
+        &addrs[..n],
+        cmsgs,
+        MsgFlags::MSG_DONTWAIT,
+    )?
+    .count();
     let totals = carried[..sent]
         .iter()
         .fold((0, 0), |(d, b), (dn, bn)| (d + dn, b + bn));

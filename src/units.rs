@@ -119,6 +119,59 @@ pub fn parse_bind(text: &str) -> Result<IpAddr, String> {
         .ok_or_else(|| format!("'{text}' resolves to no address"))
 }
 
+/// The longest duration any option accepts: ten years. Longer is taken for
+/// a typo, and it keeps every deadline computed from an option (now plus
+/// the option, plus a few more of them) far inside what `Instant`,
+/// `SystemTime` and a `u64` of nanoseconds hold, so none of them can overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// A duration option's value, as a float of seconds or already a
+/// [`Duration`], on its way to becoming a checked `Duration` ([`cap`]).
+pub trait DurationValue: Copy {
+    /// The value as a `Duration`; `None` when no `Duration` holds it
+    /// (negative, not a number, or too large).
+    fn to_duration(self) -> Option<Duration>;
+}
+
+impl DurationValue for f64 {
+    fn to_duration(self) -> Option<Duration> {
+        Duration::try_from_secs_f64(self).ok()
+    }
+}
+
+impl DurationValue for Duration {
+    fn to_duration(self) -> Option<Duration> {
+        Some(self)
+    }
+}
+
+/// The value of duration option `option` as a `Duration` of at most
+/// [`MAX_DURATION`]; the error names the option and the bound.
+pub fn cap(option: &str, value: impl DurationValue) -> Result<Duration, String> {
+    match value.to_duration() {
+        Some(d) if d <= MAX_DURATION => Ok(d),
+        _ => Err(format!(
+            "{option} must be 0 to {} seconds (10 years)",
+            MAX_DURATION.as_secs()
+        )),
+    }
+}
+
+/// Checks a pacing rate (per second) against [`MAX_DURATION`]: 0 (no
+/// pacing, or whatever the option makes of it) or a rate whose period, the
+/// time between two messages, is at most `MAX_DURATION`. A slower rate would
+/// schedule messages beyond what a clock holds.
+pub fn check_rate(option: &str, per_second: f64) -> Result<(), String> {
+    if per_second == 0.0 || cap(option, 1.0 / per_second).is_ok() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{option} is too slow: at least one per {} seconds (10 years) is needed",
+            MAX_DURATION.as_secs()
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +206,28 @@ mod tests {
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn a_capped_duration_fits_every_clock_and_a_longer_one_is_refused() {
+        assert_eq!(cap("--x", 1.5), Ok(Duration::from_millis(1500)));
+        assert_eq!(cap("--x", MAX_DURATION), Ok(MAX_DURATION));
+        for bad in [1e20, 1e19, 1e12, -1.0, f64::NAN, f64::INFINITY] {
+            let err = cap("--x", bad).unwrap_err();
+            assert!(err.starts_with("--x must be 0 to"), "{bad}: {err}");
+        }
+        assert!(cap("--x", Duration::MAX).is_err());
+        // Four of the longest, added to now, still fit an Instant and nanoseconds in a u64.
+        assert!(std::time::Instant::now()
+            .checked_add(MAX_DURATION * 4)
+            .is_some());
+        assert!((MAX_DURATION * 4).as_nanos() < u128::from(u64::MAX));
+        assert_eq!(check_rate("--rate", 0.0), Ok(()));
+        assert_eq!(check_rate("--rate", 1e-8), Ok(()));
+        assert!(check_rate("--rate", 1e-30)
+            .unwrap_err()
+            .contains("too slow"));
+        assert!(check_rate("--rate", -1.0).is_err());
     }
 
     #[test]

@@ -139,6 +139,29 @@ fn a_rate_below_one_per_second_still_lets_messages_through() {
 }
 
 #[test]
+fn a_rate_limit_slower_than_any_clock_slows_the_client_and_nothing_else() {
+    // One message per 1e30 s: the wait after the first message is more than
+    // a Duration holds. The client is held back; the server goes on.
+    let (mut server, addr) = echo_server(&["--trace", "--rate-limit", "1e-30/s"]);
+    let mut slow = connect(addr);
+    write_all(&mut slow, b"a");
+    assert_eq!(read_exact(&mut slow, 1), b"a");
+    write_all(&mut slow, b"b");
+    server.wait_line("over its rate limit, reads paused", Duration::from_secs(10));
+    let mut other = connect(addr);
+    write_all(&mut other, b"x");
+    assert_eq!(read_exact(&mut other, 1), b"x");
+    assert!(
+        !server
+            .drain_lines()
+            .iter()
+            .any(|l| l.contains("internal error")),
+        "{:?}",
+        server.seen
+    );
+}
+
+#[test]
 fn a_byte_rate_limit_never_lifts_backpressure() {
     // A generous byte rate that never binds: the client that does not read
     // must still be stopped by its full output buffer, not read a byte at a time.

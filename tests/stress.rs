@@ -320,6 +320,51 @@ fn more_connections_than_descriptors_is_refused_up_front() {
     assert_eq!(line.lines().count(), 1, "{line}");
 }
 
+/// Seconds no clock can hold, or centuries of them, are a typo: one usage
+/// line and exit 2, before any connection, never an internal error.
+#[test]
+fn absurd_durations_and_start_times_are_usage_errors() {
+    let (_held, target) = support::refusing_addr();
+    let target = target.to_string();
+    let huge = "100000000000000000000"; // 1e20 s: more than a Duration holds
+    let past_the_clock = "10000000000000000000"; // 1e19 s: a Duration, but no Instant
+    let centuries = "100000000000"; // about 3,000 years
+    let cases: &[&[&str]] = &[
+        &["echo", "--start-at", "@1e30"],
+        &["echo", "--start-at", "@1e19"],
+        &["echo", "-d", huge],
+        &["echo", "-d", centuries],
+        &["echo", "--drain", huge],
+        &["echo", "--warmup", huge],
+        &["echo", "--connect-timeout", "1e30"],
+        &["echo", "--connect-timeout", past_the_clock],
+        &["chat", "-d", huge],
+        &["chat", "--settle", huge],
+        &["chat", "--drain", centuries],
+        &["conns", "--hold", "1e30"],
+        &["conns", "--hold", past_the_clock],
+        &["udp", "--drain", "1e30"],
+        &["udp", "--drain", centuries],
+        // A rate so slow that the second message is due after centuries.
+        &["echo", "--rate", "1e-30"],
+        &["echo", "--rate-per-conn", "1e-300"],
+        &["chat", "--rate", "1e-30"],
+        &["conns", "--connect-rate", "1e-30"],
+        &["udp", "--rate", "1e-30"],
+    ];
+    for case in cases {
+        let mut args = vec!["stress"];
+        args.extend_from_slice(case);
+        args.push(&target);
+        let outcome = run(&args, Duration::from_secs(10));
+        let stderr = outcome.stderr.trim();
+        assert_eq!(outcome.code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("sockloop: "), "{args:?}: {stderr}");
+        assert!(!stderr.contains("internal error"), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+    }
+}
+
 #[test]
 fn a_refused_target_is_counted_by_cause_and_explained() {
     // A port nobody listens on: bind one, note it, close it.

@@ -342,6 +342,112 @@ fn plot_draws_a_run_and_its_log_as_svg() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A log whose start time is garbled, beyond any clock, or before 1970 is
+/// refused with the file named, by merge and plot alike (never a panic, never
+/// silently dated 1970); a log with no start time at all is merged with its
+/// start shown as unknown.
+#[test]
+fn a_log_with_a_bad_or_missing_start_time_is_named_or_shown_as_unknown() {
+    let (_server, addr) = echo_server(&[]);
+    let dir = scratch_dir("start-times");
+    let good = dir.join("good.hlog");
+    let outcome = run(
+        &[
+            "stress",
+            "echo",
+            &addr.to_string(),
+            "-c",
+            "1",
+            "-R",
+            "100",
+            "-d",
+            "1",
+            "--hist-log",
+            good.to_str().unwrap(),
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(outcome.code, Some(0), "stderr:\n{}", outcome.stderr);
+    let text = std::fs::read_to_string(&good).unwrap();
+    let header = |name: &str| -> String {
+        text.lines()
+            .find(|l| l.starts_with(&format!("#[{name}: ")))
+            .unwrap_or_else(|| panic!("no {name} in the log:\n{text}"))
+            .to_string()
+    };
+    let (start, base) = (header("StartTime"), header("BaseTime"));
+    let svg = dir.join("bad.svg");
+    for (file, line, value) in [
+        ("far.hlog", &start, "9000000000000000000.5"),
+        ("garbled.hlog", &start, "1e19"),
+        ("before-1970.hlog", &start, "-5"),
+        ("far-base.hlog", &base, "1e30"),
+    ] {
+        let name = if line == &start {
+            "StartTime"
+        } else {
+            "BaseTime"
+        };
+        let path = dir.join(file);
+        let changed = text.replace(
+            line.as_str(),
+            &format!("#[{name}: {value} (seconds since epoch)]"),
+        );
+        std::fs::write(&path, changed).unwrap();
+        let path = path.to_str().unwrap();
+        for args in [
+            vec!["stress", "merge", path],
+            vec!["stress", "plot", path, "-o", svg.to_str().unwrap()],
+        ] {
+            let outcome = run(&args, Duration::from_secs(10));
+            let stderr = outcome.stderr.trim();
+            assert_eq!(outcome.code, Some(1), "{args:?}: {stderr}");
+            assert!(
+                stderr.starts_with(&format!("sockloop: {path}: ")) && stderr.contains(name),
+                "{args:?}: {stderr}"
+            );
+            assert!(!stderr.contains("internal error"), "{stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        }
+    }
+    // Neither StartTime nor BaseTime, and the intervals count from 0: the
+    // start is not known, and is not made up.
+    let unknown = dir.join("unknown.hlog");
+    let without: String = text
+        .lines()
+        .filter(|l| *l != start && *l != base)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&unknown, without).unwrap();
+    let unknown = unknown.to_str().unwrap();
+    let merged = run(
+        &["stress", "merge", unknown, good.to_str().unwrap(), "--json"],
+        Duration::from_secs(10),
+    );
+    assert_eq!(merged.code, Some(0), "stderr:\n{}", merged.stderr);
+    assert_documented(merged.json());
+    assert!(
+        merged.json()["logs"][0]["start_unix_s"].is_null(),
+        "{}",
+        merged.stdout
+    );
+    assert!(merged.num("logs/1/start_unix_s") > 1.7e9);
+    assert!(!merged.stderr.contains("1970"), "{}", merged.stderr);
+    assert!(
+        merged
+            .stderr
+            .contains(&format!("{unknown} has no start time")),
+        "{}",
+        merged.stderr
+    );
+    let plotted = run(
+        &["stress", "plot", unknown, "-o", svg.to_str().unwrap()],
+        Duration::from_secs(10),
+    );
+    assert_eq!(plotted.code, Some(0), "stderr:\n{}", plotted.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn rate_is_the_total_and_the_warmup_is_loaded_but_not_counted() {
     let (_server, addr) = echo_server(&[]);

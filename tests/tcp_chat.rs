@@ -17,7 +17,10 @@
 //!   never obeyed;
 //! - the room's bounds: a guest that does not read is disconnected at
 //!   `--max-backlog` while members get everything; a frame over `--max-frame`
-//!   closes only its connection.
+//!   closes only its connection; `--max-guests` counts listening guests too;
+//!   a member that does not read slows piped input down, and input goes on
+//!   once that member is gone; addresses given up make room in a full
+//!   address book.
 //!
 //! Every wait has a deadline; processes are killed and reaped when dropped.
 
@@ -125,13 +128,25 @@ fn times(lines: &[String], text: &str) -> usize {
     lines.iter().filter(|l| *l == &format!("\t{text}")).count()
 }
 
-/// A port that was free a moment ago, for a member started later.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A loopback port held for a member started later (or started again), with
+/// no window in which another test could take it.
+///
+/// The port is picked by the kernel (port 0) for a socket that is bound with
+/// `SO_REUSEADDR` but never listens. While that socket is open: a connect to
+/// the port is refused, as to a port nobody uses; no other test's bind to port
+/// 0, and no outgoing connect, is given the port (the kernel skips bound
+/// ports); and a member started with `--port PORT` may still bind and listen
+/// there, because its listener sets `SO_REUSEADDR` too and the holder is not
+/// listening. So the port is handed over, not freed and hoped for. Keep the
+/// returned socket until the test ends.
+fn reserved_port() -> (socket2::Socket, u16) {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_reuse_address(true).expect("SO_REUSEADDR");
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&any.into()).expect("bind");
+    let port = socket.local_addr().unwrap().as_socket().unwrap().port();
+    (socket, port)
 }
 
 // ----- Framed bytes, as the course's `Connection` speaks them --------------------
@@ -245,7 +260,7 @@ fn a_member_that_ends_its_input_is_noticed_by_the_others_who_go_on() {
 
 #[test]
 fn a_member_started_before_the_one_it_dials_reaches_it_once_it_comes_up() {
-    let port = free_port();
+    let (_held, port) = reserved_port();
     let later: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut bob = member_on(0, "Bob", &[later], &["--trace", "--retry-max", "1"]);
     bob.proc.wait_line("dialing again with backoff", LONG);
@@ -270,7 +285,8 @@ fn a_member_started_before_the_one_it_dials_reaches_it_once_it_comes_up() {
 
 #[test]
 fn a_member_that_vanishes_is_noticed_once_and_reconnected_when_it_comes_back() {
-    let port = free_port();
+    // Ann comes back on the same port; it stays held while she is away.
+    let (_held, port) = reserved_port();
     let mut ann = member_on(port, "Ann", &[], &[]);
     let mut bob = member("Bob", &[ann.addr]);
     bob.wait_members(2);
@@ -464,14 +480,9 @@ fn wait_closed(proc: &mut Proc, after: &str, conn: &str) -> String {
 /// every message once.
 #[test]
 fn two_real_members_dialing_each_other_at_once_end_with_one_link() {
-    let (ann_port, bob_port) = (free_port(), free_port());
+    let (_held, bob_port) = reserved_port();
     let at = |port: u16| -> SocketAddr { format!("127.0.0.1:{port}").parse().unwrap() };
-    let mut ann = member_on(
-        ann_port,
-        "Ann",
-        &[at(bob_port)],
-        &["--trace", "--retry-max", "1"],
-    );
+    let mut ann = member_on(0, "Ann", &[at(bob_port)], &["--trace", "--retry-max", "1"]);
     let line = ann.proc.wait_line("next dial in", LONG);
     let seen = Instant::now();
     let wait: f64 = line
@@ -483,7 +494,7 @@ fn two_real_members_dialing_each_other_at_once_end_with_one_link() {
     // Her dial is due once that wait has passed (counted from when we saw the line, later).
     let due = seen + Duration::from_secs_f64(wait);
     std::thread::sleep(due.saturating_duration_since(Instant::now()));
-    let mut bob = member_on(bob_port, "Bob", &[at(ann_port)], &["--trace"]);
+    let mut bob = member_on(bob_port, "Bob", &[ann.addr], &["--trace"]);
     bob.proc.wait_line("hello sent", LONG);
     ann.proc.signal(libc::SIGCONT);
     ann.wait_members(2);
@@ -618,6 +629,119 @@ fn a_guest_that_does_not_read_is_disconnected_and_members_get_everything() {
     drop(slow);
 }
 
+/// A member that does not read pauses Ann's stdin (piped input goes at the
+/// pace of the slowest member). When that member goes, nothing is left to
+/// wait for: Ann must read her input again, although no link drains and her
+/// paused stdin brings no event of its own.
+#[test]
+fn stdin_resumes_when_the_member_that_paused_it_is_gone() {
+    let mut ann = member_on(0, "Ann", &[], &["--max-backlog", "256K", "--trace"]);
+    // A fake member, Fay, says hello and then reads nothing; a small receive
+    // buffer makes Ann's queue for her grow soon. She listens nowhere: a dial
+    // to her address is refused at once.
+    let (_nobody, fay_listen) = support::refusing_addr();
+    let fay = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    fay.set_recv_buffer_size(4096).unwrap();
+    fay.connect_timeout(&ann.addr.into(), LONG).unwrap();
+    let mut fay = support::with_deadlines(fay.into());
+    write_frame(
+        &mut fay,
+        &format!("sockloop-mesh/1 hello id=0000000000000001 dial=1 listen={fay_listen} name=Fay"),
+    );
+    let welcome = read_frame(&mut fay).expect("Ann's welcome");
+    assert!(welcome.starts_with("sockloop-mesh/1 welcome"), "{welcome}");
+    ann.wait_members(2);
+    // Far more typing than Fay's socket buffers and half Ann's backlog hold.
+    let line = "x".repeat(999);
+    let mut typing = ann.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        for i in 0..20_000 {
+            if writeln!(typing, "{i} {line}").is_err() {
+                break;
+            }
+        }
+    });
+    ann.proc.wait_line("stdin: paused", LONG);
+    // Fay goes with unread bytes: her end resets the link.
+    fay.set_nonblocking(true).unwrap();
+    drop(fay);
+    let gone = ann.proc.wait_line("Fay (member at", LONG);
+    let from = ann.proc.seen.iter().position(|l| *l == gone).unwrap();
+    ann.proc
+        .wait_line_after(from, "nobody else is in the chat yet", LONG);
+    ann.proc.wait_line_after(from, "stdin: resumed", LONG);
+    writer.join().unwrap();
+}
+
+/// `--max-guests` counts every guest, the silent ones that only listen
+/// too: neither a named guest nor another silent connection gets past it.
+#[test]
+fn listening_guests_count_toward_max_guests() {
+    let mut ann = member_on(0, "Ann", &[], &["--max-guests", "1"]);
+    let _quiet = connect(ann.addr);
+    ann.proc.wait_line("is listening", LONG);
+    let mut dee = connect(ann.addr);
+    write_frame(&mut dee, &chat_text("Dee", "room for me?"));
+    let notice = read_frame(&mut dee).expect("a notice");
+    assert!(notice.contains("room for 1 guests"), "{notice}");
+    assert_eq!(read_frame(&mut dee), None, "Dee is closed");
+    // Another silent one is refused once it has been silent long enough.
+    let mut silent = connect(ann.addr);
+    let notice = read_frame(&mut silent).expect("a notice");
+    assert!(notice.contains("room for 1 guests"), "{notice}");
+    assert_eq!(
+        read_frame(&mut silent),
+        None,
+        "the second listener is closed"
+    );
+    let from = ann.proc.drain_lines().len();
+    ann.proc.signal(libc::SIGUSR1);
+    ann.proc
+        .wait_line_after(from, "0 member(s), 1 guest(s)", LONG);
+}
+
+/// Addresses Ann has stopped dialing do not keep the address book full: a
+/// member that links to her later still has its listen address recorded, so
+/// she can dial it again if it vanishes.
+#[test]
+fn stopped_addresses_make_room_in_a_full_address_book() {
+    // With --max-peers 1 the book holds 4 addresses: four PEERs that refuse
+    // Ann for good fill it with addresses she will not dial again.
+    let refusers: Vec<TcpListener> = (0..4)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let peers: Vec<SocketAddr> = refusers.iter().map(|l| l.local_addr().unwrap()).collect();
+    let mut ann = member_on(0, "Ann", &peers, &["--max-peers", "1"]);
+    for listener in &refusers {
+        let (link, _) = listener.accept().unwrap();
+        let mut link = support::with_deadlines(link);
+        let hello = read_frame(&mut link).expect("Ann's hello");
+        assert!(hello.starts_with("sockloop-mesh/1 hello"), "{hello}");
+        write_frame(&mut link, "sockloop-mesh/1 bye retry=no why=not you");
+        assert_eq!(read_frame(&mut link), None, "Ann closes a refused dial");
+    }
+    for peer in &peers {
+        ann.proc
+            .wait_line(&format!("{peer} refused us: not you"), LONG);
+    }
+    // Fay links to Ann; where Fay listens goes into the book.
+    let (_nobody, fay_listen) = support::refusing_addr();
+    let mut fay = connect(ann.addr);
+    write_frame(
+        &mut fay,
+        &format!("sockloop-mesh/1 hello id=0000000000000001 dial=1 listen={fay_listen} name=Fay"),
+    );
+    let welcome = read_frame(&mut fay).expect("Ann's welcome");
+    assert!(welcome.starts_with("sockloop-mesh/1 welcome"), "{welcome}");
+    ann.wait_members(2);
+    let from = ann.proc.drain_lines().len();
+    ann.proc.signal(libc::SIGUSR1);
+    ann.proc
+        .wait_line_after(from, "1 member(s), 0 guest(s), 4 address(es)", LONG);
+    ann.proc
+        .wait_line_after(from, &format!("address {fay_listen}"), LONG);
+}
+
 #[test]
 fn an_over_long_frame_closes_only_that_guest() {
     let mut ann = member_on(0, "Ann", &[], &["--max-frame", "1024"]);
@@ -638,7 +762,7 @@ fn an_over_long_frame_closes_only_that_guest() {
 
 #[test]
 fn a_member_given_its_own_address_stops_dialing_it() {
-    let port = free_port();
+    let (_held, port) = reserved_port();
     let own: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut ann = member_on(port, "Ann", &[own], &[]);
     ann.proc

@@ -269,6 +269,69 @@ fn stream(args: &[&str]) -> Vec<String> {
     proc.seen.clone()
 }
 
+/// The number before `marker` on a line of `lines`, e.g. `123 sendmmsg call(s)`.
+fn count_before(lines: &[String], marker: &str) -> u64 {
+    lines
+        .iter()
+        .find_map(|l| {
+            let before = l.split(marker).next().filter(|_| l.contains(marker))?;
+            before.split_whitespace().last()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no line with {marker:?}: {lines:?}"))
+}
+
+/// `ENOBUFS`: the kernel had no buffer for a datagram although the socket
+/// had room, as when the device's queue is full. Provoked for real: the
+/// stream runs in a network namespace of its own (so nothing else on this
+/// machine sees it) whose loopback device sends through a small, slow queue
+/// (a token bucket at 4 Mbit/s). The socket stays writable, so a sender that
+/// waits for room is woken at once, again and again, with a failed
+/// `sendmmsg` each time (before the fix: ten calls per datagram). It must
+/// wait a little instead: every datagram still goes out, the waits are
+/// counted, and `sendmmsg` carries more than one datagram per call.
+#[test]
+fn a_full_device_queue_makes_the_stream_wait_a_little_not_spin() {
+    for tool in ["unshare", "ip", "tc"] {
+        let found = std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            found,
+            "this test needs {tool} (packages util-linux and iproute2; scripts/test installs them)"
+        );
+    }
+    let script = format!(
+        "ip link set lo up && \
+         tc qdisc replace dev lo root tbf rate 4mbit burst 16kb limit 16kb && \
+         exec {} udp-stream --count 5000 --size 100 127.0.0.1:9",
+        support::bin()
+    );
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--user", "--map-root-user", "--net", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .env("RUST_LOG", "info");
+    let mut proc = Proc::start(cmd);
+    let status = proc.wait_exit(Duration::from_secs(60));
+    let lines = proc.drain_lines().to_vec();
+    assert!(
+        status.success(),
+        "the stream in its own network namespace failed ({status}); it needs unshare \
+         --user --net to be allowed (root, or unprivileged user namespaces): {lines:?}"
+    );
+    let sent = count_before(&lines, "datagrams,");
+    let calls = count_before(&lines, "sendmmsg call(s)");
+    assert_eq!(sent, 5000, "{lines:?}");
+    assert!(
+        calls < sent,
+        "{calls} sendmmsg calls for {sent} datagrams: {lines:?}"
+    );
+    let no_buffers = count_before(&lines, "time(s) (ENOBUFS");
+    assert!(no_buffers > 0, "the queue never filled: {lines:?}");
+}
+
 // ----- Chat ------------------------------------------------------------------
 
 #[test]
@@ -549,6 +612,34 @@ fn user_mistakes_get_one_line_and_exit_code() {
             &["udp-sink", "--idle-timeout=-1"],
             2,
             "sockloop: --idle-timeout",
+        ),
+        (
+            &[
+                "udp-sink",
+                "--bind",
+                "127.0.0.1",
+                "--duration",
+                "10000000000000000000",
+            ],
+            2,
+            "sockloop: --duration",
+        ),
+        (
+            &["udp-sink", "--bind", "127.0.0.1", "--idle-timeout", "1e12"],
+            2,
+            "sockloop: --idle-timeout",
+        ),
+        (
+            &[
+                "udp-stream",
+                "--count",
+                "2",
+                "--rate",
+                "1e-30",
+                "127.0.0.1:9",
+            ],
+            2,
+            "sockloop: --rate is too slow",
         ),
     ];
     for (args, code, message) in cases {

@@ -106,7 +106,7 @@ impl ChatInput {
             check_names: false,
         };
         if input.name.is_none() {
-            eprintln!("{}", chat_msg::NAME_PROMPT);
+            crate::errln!("{}", chat_msg::NAME_PROMPT);
         }
         input
     }
@@ -187,7 +187,7 @@ impl ChatInput {
 /// stdin from a pipe or a file do not need it.
 pub fn hint(text: &str) {
     if std::io::stdin().is_terminal() {
-        eprintln!("{text}");
+        crate::errln!("{text}");
     }
 }
 
@@ -204,13 +204,13 @@ fn take_line(
         None => {
             let typed = text.trim();
             if typed.is_empty() {
-                eprintln!("{}", chat_msg::NAME_PROMPT);
+                crate::errln!("{}", chat_msg::NAME_PROMPT);
                 return;
             }
             if check_names {
                 if let Err(why) = check_name(typed) {
-                    eprintln!("{why}");
-                    eprintln!("{}", chat_msg::NAME_PROMPT);
+                    crate::errln!("{why}");
+                    crate::errln!("{}", chat_msg::NAME_PROMPT);
                     return;
                 }
             }

@@ -11,25 +11,33 @@
 //! Reading stdin pauses once [`OUT_LIMIT`] bytes of messages wait to be
 //! sent, until the server takes them; what one more read of stdin can add
 //! keeps the total under [`queue_limit`], the connection's hard bound.
+//! Stdout is its data the other way: when stdout's reader falls behind, the
+//! client stops reading the server until stdout has room again (the server
+//! then applies its own `--on-backlog` policy to this slow reader), and at
+//! the end it waits for stdout to take everything, which Ctrl+C cuts short.
 //!
-//! As soon as its name is known (`--name`, or the first line typed) it
-//! introduces itself with a message whose text is empty: a sockloop server
-//! takes it as the client's name, relays nothing, and so the room knows who
-//! has joined before they say anything. Every message printed is shown, not
-//! obeyed ([`chat_msg::display`]): another participant's control characters
-//! cannot clear the screen, retitle the terminal or forge a line.
+//! It connects inside the loop (`dial.rs`): each address of the server in
+//! turn, each for at most `--connect-timeout`; Ctrl+C ends the attempt at once.
+//!
+//! As soon as it is connected and its name is known (`--name`, or the first
+//! line typed) it introduces itself with a message whose text is empty: a
+//! sockloop server takes it as the client's name, relays nothing, and so the
+//! room knows who has joined before they say anything. Every message printed
+//! is shown, not obeyed ([`chat_msg::display`]): another participant's
+//! control characters cannot clear the screen, retitle the terminal or forge
+//! a line.
 
 use std::time::Duration;
 
 use clap::Args as ClapArgs;
 
 use super::chat::{hint, ChatInput, FramingArgs, Typed};
+use super::dial::{DialArgs, Dialed, Dialer};
 use crate::chat_msg;
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};
 use crate::framing::{self, Decoder, Frame, FrameConfig};
-use crate::reactor::{ConnId, Ctx, Event, Handler, Queued, SCRATCH_SIZE};
-use crate::sys;
+use crate::reactor::{console, ConnId, Ctx, Event, Handler, Queued, StdoutRoom, SCRATCH_SIZE};
 use crate::tls::ClientTlsArgs;
 
 /// Unsent output at which reading stdin pauses.
@@ -101,19 +109,28 @@ pub struct Args {
     /// TLS.
     #[command(flatten)]
     pub tls: ClientTlsArgs,
+    /// Connecting.
+    #[command(flatten)]
+    pub dial: DialArgs,
 }
 
 /// The client's handler: one connection, stdin and stdout.
 struct ChatClient {
+    /// Makes the connection; hands it over once it is up.
+    dialer: Dialer,
+    /// The connection, once up (a placeholder until then).
     conn: ConnId,
     frames: FrameConfig,
     /// Splits what the server sends into frames.
     decoder: Decoder,
-    /// The user's name and lines.
-    input: ChatInput,
+    /// The name given with `--name`, until the input is made.
+    name: Option<String>,
+    /// The user's name and lines; made once connected (it asks for the
+    /// name then, as the lecture's client does).
+    input: Option<ChatInput>,
     /// Scratch buffer for one outgoing frame; reused.
     wire: Vec<u8>,
-    /// Scratch buffer for one stdout line; reused.
+    /// The messages of one read, printed with one write; reused.
     stdout: Vec<u8>,
     /// We said goodbye: the zero-length frame is sent, our side shut down.
     leaving: bool,
@@ -124,6 +141,18 @@ impl Handler for ChatClient {
     type Conn = ();
 
     fn handle(&mut self, cx: &mut Ctx<()>, event: Event<'_>) {
+        match self.dialer.on_event(cx, &event) {
+            Dialed::NotMine => {}
+            Dialed::Waiting => return,
+            Dialed::Connected(conn) => return self.on_connected(cx, conn),
+            Dialed::Failed(error) => {
+                self.outcome = Err(error);
+                return cx.stop();
+            }
+        }
+        if !self.dialer.connected() {
+            return;
+        }
         match event {
             Event::Stdin(bytes) => {
                 if self.leaving {
@@ -136,7 +165,9 @@ impl Handler for ChatClient {
                     wire,
                     ..
                 } = self;
-                input.feed(bytes, |typed| on_typed(cx, *conn, *frames, wire, typed));
+                if let Some(input) = input {
+                    input.feed(bytes, |typed| on_typed(cx, *conn, *frames, wire, typed));
+                }
                 self.regulate_stdin(cx);
             }
             Event::Drained(_) => self.regulate_stdin(cx),
@@ -167,6 +198,8 @@ impl Handler for ChatClient {
                 self.leave(cx);
                 cx.stop();
             }
+            Event::StdoutReady => cx.release_reads(self.conn),
+            Event::StdoutClosed => self.stdout_gone(cx),
             _ => {}
         }
     }
@@ -211,34 +244,37 @@ fn send_message(
 }
 
 impl ChatClient {
-    /// Messages from the server: print each; a zero-length frame means it is closing.
+    /// Connected: now the input, and the name prompt when there is no `--name`.
+    fn on_connected(&mut self, cx: &mut Ctx<()>, conn: ConnId) {
+        self.conn = conn;
+        let input = ChatInput::new(self.name.as_deref(), self.frames.max_frame).checking_names();
+        if let Some(name) = input.name() {
+            hint(HINT);
+            introduce(cx, conn, self.frames, &mut self.wire, name);
+        }
+        self.input = Some(input);
+    }
+
+    /// Messages from the server: print them (one write per read); a
+    /// zero-length frame means it is closing.
     fn on_data(&mut self, cx: &mut Ctx<()>, bytes: &[u8]) {
         let mut closing = false;
-        let mut print_error = None;
         let ChatClient {
             decoder, stdout, ..
         } = self;
+        stdout.clear();
         let result = decoder.feed(bytes, |frame| match frame {
             Frame::Message { text, .. } => {
-                if print_error.is_none() {
-                    stdout.clear();
-                    stdout.extend_from_slice(chat_msg::display(text).as_bytes());
-                    stdout.push(b'\n');
-                    if let Err(e) = sys::write_all_fd(1, stdout) {
-                        print_error = Some(e);
-                    }
-                }
+                stdout.extend_from_slice(chat_msg::display(text).as_bytes());
+                stdout.push(b'\n');
             }
             Frame::Close => closing = true,
         });
-        if let Some(error) = print_error {
-            if error.kind() != std::io::ErrorKind::BrokenPipe {
-                self.outcome = Err(Error::io("writing to stdout", error));
-            }
-            // A closed pipe: whoever read our output has had enough.
-            cx.close(self.conn, CloseReason::Local("stdout closed"));
-            cx.stop();
-            return;
+        match cx.stdout_data(&self.stdout) {
+            StdoutRoom::Room => {}
+            // Backpressure: read no more until stdout has taken this.
+            StdoutRoom::Full => cx.hold_reads(self.conn),
+            StdoutRoom::Closed => return self.stdout_gone(cx),
         }
         if let Err(error) = result {
             self.outcome = Err(Error::Failed(format!(
@@ -257,6 +293,18 @@ impl ChatClient {
         }
     }
 
+    /// Stdout failed. A closed pipe: whoever read our output has had enough.
+    fn stdout_gone(&mut self, cx: &mut Ctx<()>) {
+        match console::stdout_failure() {
+            Some(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+                self.outcome = Err(Error::io("writing to stdout", error));
+            }
+            _ => {}
+        }
+        cx.close(self.conn, CloseReason::Local("stdout closed"));
+        cx.stop();
+    }
+
     /// Says goodbye: the last unterminated line, the leave message, the
     /// zero-length frame; then shuts down our sending side and waits for the
     /// server to close (at most [`LEAVE_TIMEOUT`]).
@@ -272,6 +320,9 @@ impl ChatClient {
             wire,
             ..
         } = self;
+        let Some(input) = input else {
+            return;
+        };
         input.finish(|typed| on_typed(cx, *conn, *frames, wire, typed));
         if let Some(name) = input.name() {
             send_message(cx, *conn, *frames, wire, name, chat_msg::LEAVE_TEXT);
@@ -301,28 +352,31 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         crate::safe_text::check_name(name.trim())
             .map_err(|why| Error::Usage(format!("--name: {why}")))?;
     }
-    let (mut reactor, conn) =
-        super::open_client(&args.server, &args.tls, queue_limit(frames), trace)?;
-    let input = ChatInput::new(args.name.as_deref(), frames.max_frame).checking_names();
-    if input.name().is_some() {
-        hint(HINT);
-    }
+    let (mut reactor, dialer) = super::open_client(
+        &args.server,
+        &args.dial,
+        &args.tls,
+        queue_limit(frames),
+        trace,
+    )?;
     let mut client = ChatClient {
-        conn,
+        dialer,
+        conn: ConnId(usize::MAX),
         frames,
         decoder: Decoder::new(frames),
-        input,
+        name: args.name.clone(),
+        input: None,
         wire: Vec::new(),
         stdout: Vec::new(),
         leaving: false,
         outcome: Ok(()),
     };
-    if let Some(name) = client.input.name() {
-        let name = name.to_string();
-        introduce(reactor.cx(), conn, frames, &mut client.wire, &name);
-    }
     reactor
         .run(&mut client)
+        .map_err(|e| Error::io("polling", e))?;
+    // What stdout holds are messages the user has not seen yet.
+    reactor
+        .drain_stdout()
         .map_err(|e| Error::io("polling", e))?;
     client.outcome
 }

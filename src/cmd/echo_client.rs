@@ -9,15 +9,19 @@
 //! Bounds: reading stdin pauses while the socket's output buffer is full, and
 //! (with `--verify`) while more than [`VERIFY_WINDOW`] bytes are still
 //! waiting for their echo, so `sockloop rand | sockloop echo client` runs for
-//! ever in constant memory.
+//! ever in constant memory. Stdout is the client's data: when its reader
+//! falls behind, the client stops reading the socket (the server then stops
+//! reading it, and stdin pauses in turn) until stdout has room again, and at
+//! the end it waits for stdout to take everything (Ctrl+C ends that wait).
 
 use std::collections::VecDeque;
 
 use clap::Args as ClapArgs;
 
+use super::dial::{DialArgs, Dialed, Dialer};
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};
-use crate::reactor::{ConnId, Ctx, Event, Handler, Queued, SCRATCH_SIZE};
+use crate::reactor::{console, ConnId, Ctx, Event, Handler, Queued, StdoutRoom, SCRATCH_SIZE};
 use crate::sys;
 use crate::tls::ClientTlsArgs;
 
@@ -63,6 +67,9 @@ pub struct Args {
     /// TLS.
     #[command(flatten)]
     pub tls: ClientTlsArgs,
+    /// Connecting.
+    #[command(flatten)]
+    pub dial: DialArgs,
     /// With --naive: seconds without progress before the watchdog steps in.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub watchdog: u64,
@@ -70,7 +77,10 @@ pub struct Args {
 
 /// The echo client's handler: one connection, plus stdin and stdout.
 struct EchoClient {
-    conn: ConnId,
+    /// Makes the connection; hands it over once it is up.
+    dialer: Dialer,
+    /// The connection, once up.
+    conn: Option<ConnId>,
     verify: bool,
     /// Bytes sent and not yet echoed (only with `--verify`).
     pending: VecDeque<u8>,
@@ -90,7 +100,10 @@ impl EchoClient {
 
     /// Pauses stdin while the socket or the verify window is full.
     fn regulate_stdin(&mut self, cx: &mut Ctx<()>) {
-        let queued = cx.conn(self.conn).map_or(0, |c| c.out_len());
+        let Some(conn) = self.conn else {
+            return;
+        };
+        let queued = cx.conn(conn).map_or(0, |c| c.out_len());
         if queued >= OUT_LIMIT || self.pending.len() >= VERIFY_WINDOW {
             cx.pause_stdin();
         } else {
@@ -120,12 +133,24 @@ impl Handler for EchoClient {
     type Conn = ();
 
     fn handle(&mut self, cx: &mut Ctx<()>, event: Event<'_>) {
+        match self.dialer.on_event(cx, &event) {
+            Dialed::NotMine => {}
+            Dialed::Waiting => return,
+            Dialed::Connected(conn) => {
+                self.conn = Some(conn);
+                return self.regulate_stdin(cx);
+            }
+            Dialed::Failed(error) => return self.finish(cx, Err(error)),
+        }
+        let Some(conn) = self.conn else {
+            return;
+        };
         match event {
             Event::Stdin(bytes) => {
                 if self.verify {
                     self.pending.extend(bytes);
                 }
-                if let Queued::OverLimit { queued } = cx.send(self.conn, bytes) {
+                if let Queued::OverLimit { queued } = cx.send(conn, bytes) {
                     // Stdin pauses at OUT_LIMIT, so this means a bug, not a slow server.
                     return self.finish(
                         cx,
@@ -139,7 +164,7 @@ impl Handler for EchoClient {
             }
             Event::StdinEof => {
                 self.stdin_done = true;
-                cx.shutdown_write(self.conn);
+                cx.shutdown_write(conn);
             }
             Event::Drained(_) => self.regulate_stdin(cx),
             Event::Data(_, bytes) => {
@@ -149,15 +174,15 @@ impl Handler for EchoClient {
                     }
                     self.regulate_stdin(cx);
                 }
-                if let Err(e) = sys::write_all_fd(1, bytes) {
-                    let outcome = if e.kind() == std::io::ErrorKind::BrokenPipe {
-                        Ok(()) // Whoever reads our output has had enough.
-                    } else {
-                        Err(Error::io("writing to stdout", e))
-                    };
-                    self.finish(cx, outcome);
+                match cx.stdout_data(bytes) {
+                    StdoutRoom::Room => {}
+                    // Backpressure: no more echo until stdout has taken this.
+                    StdoutRoom::Full => cx.hold_reads(conn),
+                    StdoutRoom::Closed => self.finish(cx, stdout_outcome()),
                 }
             }
+            Event::StdoutReady => cx.release_reads(conn),
+            Event::StdoutClosed => self.finish(cx, stdout_outcome()),
             Event::PeerClosed(conn) => {
                 let outcome = if !self.stdin_done {
                     Err(Error::Failed(
@@ -200,9 +225,11 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         }
         return run_naive(args);
     }
-    let (mut reactor, conn) = super::open_client(&args.server, &args.tls, QUEUE_LIMIT, trace)?;
+    let (mut reactor, dialer) =
+        super::open_client(&args.server, &args.dial, &args.tls, QUEUE_LIMIT, trace)?;
     let mut client = EchoClient {
-        conn,
+        dialer,
+        conn: None,
         verify: args.verify,
         pending: VecDeque::new(),
         verified: 0,
@@ -212,19 +239,35 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     reactor
         .run(&mut client)
         .map_err(|e| Error::io("polling", e))?;
+    // What stdout holds is the echo the user asked for: wait for its reader.
+    reactor
+        .drain_stdout()
+        .map_err(|e| Error::io("polling", e))?;
     if client.verify && client.outcome.is_ok() {
         log::info!("verified {} bytes", client.verified);
     }
     client.outcome
 }
 
+/// Standard output failed: a reader that closed the pipe has had enough
+/// (exit 0); anything else is an error.
+fn stdout_outcome() -> Result<()> {
+    match console::stdout_failure() {
+        Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Error::io("writing to stdout", e))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// `--naive`: the lecture's deadlocking client, on purpose. Blocking calls,
-/// no poll: write everything, then read. The write timeout is the watchdog.
+/// no poll, no reactor (so no signal handlers: Ctrl+C ends it as it ends any
+/// blocking program): write everything, then read. The write timeout is the watchdog.
 fn run_naive(args: &Args) -> Result<()> {
     use std::io::{Read, Write};
     use std::os::fd::AsRawFd;
 
-    let (stream, server) = crate::net::connect_to(&args.server)?;
+    let (stream, server) = crate::net::connect_to(&args.server, args.dial.connect_timeout)?;
     let mut stream: std::net::TcpStream = stream.into();
     let io_err = |what: &str| {
         let what = what.to_string();
@@ -283,8 +326,12 @@ fn run_naive(args: &Args) -> Result<()> {
     stream
         .read_to_end(&mut echo)
         .map_err(io_err("reading the echo"))?;
-    sys::write_all_fd(1, &echo).map_err(io_err("writing to stdout"))?;
-    eprintln!("{}", no_deadlock_lesson(sent, buffers));
+    match std::io::stdout().write_all(&echo) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(e) => return Err(Error::io("writing to stdout", e)),
+    }
+    let _ = writeln!(std::io::stderr(), "{}", no_deadlock_lesson(sent, buffers));
     Ok(())
 }
 
@@ -340,7 +387,11 @@ fn explain_deadlock(
         ),
         None => "  (the kernel's queue sizes could not be read)".to_string(),
     };
-    eprintln!(
+    // Plain blocking writes: this mode has no loop, and leaves the
+    // descriptors' flags alone.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
         "watchdog: no progress for {secs} s — deadlock\n\
          We sent {sent} bytes to {server} and read nothing back, as the lecture's first client does.\n\
          {evidence}\n\

@@ -148,7 +148,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         .run(&mut echo)
         .map_err(|e| Error::io("polling", e))?;
     if args.unbounded {
-        eprintln!(
+        crate::errln!(
             "{}",
             UNBOUNDED_LESSON
                 .replace("{peak}", &mib(peak_rss_kib()))

@@ -6,6 +6,7 @@ pub mod access_args;
 pub mod chat;
 pub mod chat_client;
 pub mod chat_server;
+pub mod dial;
 pub mod echo_client;
 pub mod echo_server;
 pub mod ips;
@@ -17,25 +18,31 @@ pub mod udp_sink;
 pub mod udp_stream;
 
 use crate::error::{Error, Result};
-use crate::reactor::{Config, ConnId, Reactor};
+use crate::reactor::{Config, Reactor};
 use crate::tls::{self, ClientTlsArgs};
+use dial::{DialArgs, Dialer};
 
 /// Sets up a client's loop, the same for every client command: a reactor
 /// that serves stdin and never pauses reading the server (reading is what
-/// lets the server make progress), one connection to `server` (every
-/// address it resolves to, in turn), and TLS on it when asked for.
-/// `out_limit` bounds what the client queues for the server.
+/// lets the server make progress), and a [`Dialer`] already trying the
+/// server's first address (then each other one in turn, TLS on top when
+/// asked for). The command passes its events to the dialer until it says
+/// `Connected`. `out_limit` bounds what the client queues for the server.
 pub fn open_client(
     server: &str,
+    dial_args: &DialArgs,
     tls_args: &ClientTlsArgs,
     out_limit: usize,
     trace: bool,
-) -> Result<(Reactor<()>, ConnId)> {
+) -> Result<(Reactor<()>, Dialer)> {
     let tls_config = tls_args.config()?;
-    let server_name = match tls_config {
-        Some(_) => Some(tls::server_name(server)?),
+    let tls = match tls_config {
+        Some(config) => Some((config, tls::server_name(server)?)),
         None => None,
     };
+    // Resolve before the reactor exists: the resolver may block, and until
+    // the reactor installs its handlers, Ctrl+C simply ends the program.
+    let mut dialer = Dialer::new(server, dial_args, tls)?;
     let config = Config {
         stdin: true,
         trace,
@@ -44,17 +51,6 @@ pub fn open_client(
         ..Config::default()
     };
     let mut reactor = Reactor::new(config).map_err(|e| Error::io("starting the event loop", e))?;
-    let (stream, addr) = crate::net::connect_to(server)?;
-    log::info!("connected to {addr}");
-    let conn = reactor
-        .cx()
-        .adopt(stream, addr, (), false)
-        .map_err(|e| Error::io("registering the connection", e))?;
-    if let (Some(config), Some(name)) = (tls_config, server_name) {
-        reactor
-            .cx()
-            .start_tls(conn, config, name)
-            .map_err(|e| Error::Failed(format!("tls: {e}")))?;
-    }
-    Ok((reactor, conn))
+    dialer.start(reactor.cx())?;
+    Ok((reactor, dialer))
 }

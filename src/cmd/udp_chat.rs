@@ -53,10 +53,9 @@ use crate::lines::LineDecoder;
 use crate::loglimit::{Note, RateLog};
 use crate::net;
 use crate::ratelimit::Bucket;
-use crate::reactor::{Config, Ctx, Event, Handler, Reactor};
+use crate::reactor::{console, Config, Ctx, Event, Handler, Reactor, StdoutRoom};
 use crate::routability::{self, Budget, Tokens};
 use crate::safe_text;
-use crate::sys;
 use crate::udp::{self, unmapped, OwnAddress, Sent, MAX_DATAGRAM};
 
 /// How long the leave messages may wait for a full socket before the chat exits anyway.
@@ -384,7 +383,7 @@ impl UdpChat {
     fn on_line(&mut self, cx: &mut Ctx<()>, line: String) {
         let Some(name) = &self.name else {
             if line.trim().is_empty() {
-                eprintln!("{NAME_PROMPT}");
+                crate::errln!("{NAME_PROMPT}");
             } else {
                 self.name = Some(line);
                 self.say_how_to_chat();
@@ -531,7 +530,7 @@ impl UdpChat {
             return;
         }
         if chat_msg::is_leave(&text) {
-            self.print(&text);
+            self.print(cx, &text);
             if self.peers.remove(from) {
                 self.outbox.retain(|(_, peer)| *peer != from);
                 log::info!("peer {from} left");
@@ -539,7 +538,7 @@ impl UdpChat {
             return;
         }
         if !bytes.is_empty() {
-            self.print(&text);
+            self.print(cx, &text);
         }
         match self.peers.heard(from, bytes.len(), now) {
             Heard::Known => {}
@@ -597,8 +596,11 @@ impl UdpChat {
         }
     }
 
-    /// Prints one incoming message and a newline on stdout.
-    fn print(&mut self, text: &str) {
+    /// Prints one incoming message and a newline on stdout, its control
+    /// characters shown, not obeyed (`chat_msg::display`). When stdout's
+    /// reader falls behind, the socket is not read until it catches up: the
+    /// kernel keeps what its receive buffer holds and drops the rest.
+    fn print(&mut self, cx: &mut Ctx<()>, text: &str) {
         if self.stdout_gone {
             return;
         }
@@ -606,9 +608,20 @@ impl UdpChat {
         let mut line = String::with_capacity(text.len() + 1);
         line.push_str(&text);
         line.push('\n');
-        if let Err(e) = sys::write_all_fd(1, line.as_bytes()) {
-            log::warn!("cannot print messages any more: {e}");
+        match cx.stdout_data(line.as_bytes()) {
+            StdoutRoom::Room => {}
+            StdoutRoom::Full => cx.hold_udp_reads(),
+            StdoutRoom::Closed => self.on_stdout_closed(),
+        }
+    }
+
+    /// Stdout failed (say, its reader closed the pipe): the chat goes on unprinted.
+    fn on_stdout_closed(&mut self) {
+        if !self.stdout_gone {
             self.stdout_gone = true;
+            let why = console::stdout_failure()
+                .map_or_else(|| "closed".to_string(), |e| crate::error::plain(&e));
+            log::warn!("cannot print messages any more: {why}");
         }
     }
 
@@ -680,6 +693,8 @@ impl Handler for UdpChat {
                 cx.stop();
             }
             Event::Signal(signal) => self.leave(cx, crate::reactor::signals::name(signal)),
+            Event::StdoutReady => cx.release_udp_reads(),
+            Event::StdoutClosed => self.on_stdout_closed(),
             _ => {}
         }
     }
@@ -769,10 +784,14 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     if chat.name.is_some() {
         chat.say_how_to_chat();
     } else {
-        eprintln!("{NAME_PROMPT}");
+        crate::errln!("{NAME_PROMPT}");
     }
     reactor
         .run(&mut chat)
+        .map_err(|e| Error::io("polling", e))?;
+    // What stdout holds are messages the user has not seen yet.
+    reactor
+        .drain_stdout()
         .map_err(|e| Error::io("polling", e))?;
     if chat.n_waits > 0 {
         log::info!(

@@ -32,11 +32,11 @@ use clap::Args as ClapArgs;
 use crate::chat_msg;
 use crate::error::{Error, Result};
 use crate::net;
-use crate::reactor::{Config, Ctx, Event, Handler, LoopStats, Reactor};
+use crate::reactor::{console, Config, Ctx, Event, Handler, LoopStats, Reactor};
 use crate::stream::{self, Arrival, Jitter, Sequences};
 use crate::stream_io::{self, StreamReceiver};
-use crate::sys;
 use crate::udp;
+use crate::units;
 
 /// Timer ids.
 const LIVE: u64 = 1;
@@ -452,12 +452,9 @@ impl Handler for Sink {
     }
 }
 
+/// A seconds option as a `Duration`: 0 or more, at most [`units::MAX_DURATION`].
 fn seconds(option: &str, value: f64) -> Result<Duration> {
-    Duration::try_from_secs_f64(value).map_err(|_| {
-        Error::Usage(format!(
-            "{option} {value}: give a number of seconds, 0 or more"
-        ))
-    })
+    units::cap(option, value).map_err(Error::Usage)
 }
 
 /// Runs the sink until the stream is over, then prints the report.
@@ -534,10 +531,17 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     if !out.ends_with('\n') {
         out.push('\n');
     }
-    match sys::write_all_fd(1, out.as_bytes()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(Error::io("writing the report", e)),
+    // The report is what the user ran this for: wait for stdout to take it
+    // (Ctrl+C ends the wait).
+    let _ = reactor.cx().stdout_data(out.as_bytes());
+    reactor
+        .drain_stdout()
+        .map_err(|e| Error::io("polling", e))?;
+    match console::stdout_failure() {
+        Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Error::io("writing the report", e))
+        }
+        _ => Ok(()),
     }
 }
 

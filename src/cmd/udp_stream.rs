@@ -28,6 +28,7 @@ use crate::stream;
 use crate::stream_io::{Next, StreamSender};
 use crate::udp::{self, MAX_DATAGRAM};
 use crate::udp_batch::Gso;
+use crate::units;
 
 /// Timer ids: the progress line, and sending (with a generation, so only the
 /// latest send deadline counts).
@@ -200,6 +201,13 @@ impl Streamer {
             sent.calls,
             sent.datagrams as f64 / sent.calls.max(1) as f64
         ));
+        if sent.no_buffers > 0 {
+            text.push_str(&format!(
+                "\nudp-stream: the kernel had no buffers {} time(s) (ENOBUFS: the device's queue \
+                 was full); each time the stream waited 1 to 128 ms",
+                sent.no_buffers
+            ));
+        }
         for (peer, n) in &self.unreachable {
             text.push_str(&format!(
                 "\nudp-stream: {peer}: {n} port-unreachable report(s) — nothing was listening there"
@@ -254,6 +262,9 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         return Err(Error::Usage(format!(
             "--rate {rate}: give a positive number of messages per second"
         )));
+    }
+    if let Some(rate) = args.rate {
+        units::check_rate("--rate", rate).map_err(Error::Usage)?;
     }
     let header_max = format!("[] {}:\n\t", args.name).len() + TIMESTAMP_MAX;
     let text_max = stream::text(args.count.saturating_sub(1), args.size).len();
@@ -325,6 +336,6 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     reactor
         .run(&mut streamer)
         .map_err(|e| Error::io("polling", e))?;
-    eprintln!("{}", streamer.summary(&reactor.cx().stats()));
+    crate::errln!("{}", streamer.summary(&reactor.cx().stats()));
     Ok(())
 }

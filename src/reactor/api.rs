@@ -53,6 +53,10 @@ pub struct Config {
     pub rate_limit: Option<RateLimit>,
     /// Speak TLS on every accepted connection (`--tls-cert`/`--tls-key`). Default none.
     pub tls_server: Option<Arc<rustls::ServerConfig>>,
+    /// Added to the warning a job in the background gets when it tries to
+    /// read its terminal: how this command runs without stdin (the chat
+    /// server: `--relay-only`). Default empty.
+    pub background_hint: &'static str,
 }
 
 impl Default for Config {
@@ -69,6 +73,7 @@ impl Default for Config {
             max_conns_per_ip: 0,
             rate_limit: None,
             tls_server: None,
+            background_hint: "",
         }
     }
 }
@@ -112,8 +117,15 @@ pub enum Event<'a> {
     UdpWritable,
     /// A deadline set with [`Ctx::set_timer`] passed.
     Timer(u64),
-    /// SIGINT or SIGTERM arrived (SIGUSR1 is answered by the reactor itself).
+    /// SIGINT or SIGTERM arrived (the reactor answers SIGUSR1 and SIGCONT itself).
     Signal(i32),
+    /// Standard output has taken everything it held, after
+    /// [`Ctx::stdout`] refused bytes or [`Ctx::stdout_data`] answered
+    /// [`StdoutRoom::Full`](super::StdoutRoom::Full): print (and read) again.
+    StdoutReady,
+    /// Standard output is gone (its reader closed the pipe, or a write
+    /// failed): nothing more will be printed. Told once.
+    StdoutClosed,
 }
 
 /// A command: what it does with each [`Event`].

@@ -59,6 +59,11 @@
 //!   would strand what waits behind the error (`accept.rs`, `udp.rs`).
 //! * **No source is read twice at once.** One handler runs at a time, which
 //!   is why one scratch buffer serves every read.
+//! * **Nothing waits but the poll.** Every descriptor the loop touches is
+//!   non-blocking, stdin, stdout and stderr included: stdout and stderr are
+//!   bounded buffers drained on writable readiness (`console.rs`), stdin's
+//!   `O_NONBLOCK` is checked before every read and set again on SIGCONT
+//!   (`stdin.rs`), and a client's connect is finished by the loop (`Ctx::connect`).
 //!
 //! # Where things are
 //!
@@ -66,12 +71,14 @@
 //! concern: `api.rs` (what a command sees), `ctx.rs` (what a command may
 //! do), `accept.rs` (listeners and admission), `tcp.rs` (a connection's
 //! reads, writes, close and reaping), `tls.rs`, `udp.rs`, `stdin.rs`,
-//! `signals.rs`, `timer.rs` (deadlines), `stats.rs` (the loop's figures,
-//! the SIGUSR1 table, trace lines), `token.rs` (the token map), `trace.rs`;
+//! `console.rs` (stdout and stderr, written without waiting), `signals.rs`,
+//! `timer.rs` (deadlines), `stats.rs` (the loop's figures, the SIGUSR1
+//! table, trace lines), `token.rs` (the token map), `trace.rs`;
 //! `tests.rs` tests the edges above from the inside, over loopback.
 
 mod accept;
 mod api;
+pub mod console;
 mod ctx;
 pub mod signals;
 mod stats;
@@ -99,6 +106,7 @@ use crate::conn::{CloseReason, Conn};
 use crate::trace;
 use accept::Listener;
 pub use api::{Config, ConnId, Event, Handler, Queued};
+pub use console::StdoutRoom;
 use signals::SignalSource;
 pub use stats::LoopStats;
 use stdin::{StdinKind, StdinSource};
@@ -143,6 +151,8 @@ pub struct Ctx<S> {
     /// The UDP socket failed to receive: when to try again.
     udp_backoff: Backoff,
     udp_writable_wanted: bool,
+    /// The command holds the UDP socket's reads (`Ctx::hold_udp_reads`).
+    udp_held: bool,
     /// The kernel's running count of datagrams the UDP socket dropped for
     /// want of receive-buffer room, as last reported with a datagram.
     udp_dropped: u32,
@@ -167,13 +177,17 @@ pub struct Reactor<S> {
     /// The one read buffer: every read lands here and is handed to the command.
     scratch: Vec<u8>,
     signals: SignalSource,
+    /// Stdout and stderr register with this poll while bytes wait for them.
+    _console: console::Link,
 }
 
 impl<S: Default> Reactor<S> {
     /// Creates the poll, installs the signal handlers and, if configured, stdin.
     pub fn new(config: Config) -> io::Result<Reactor<S>> {
-        // Look at fd 0 before this function opens anything (see stdin::probe).
+        // Look at fds 0, 1 and 2 before this function opens anything (see
+        // stdin::probe); make stdout and stderr non-blocking.
         stdin::probe();
+        let console = console::attach();
         let poll = Poll::new()?;
         let stdin = if config.stdin {
             Some(StdinSource::open(poll.registry())?)
@@ -202,6 +216,7 @@ impl<S: Default> Reactor<S> {
                 udp: None,
                 udp_backoff: Backoff::default(),
                 udp_writable_wanted: false,
+                udp_held: false,
                 udp_dropped: 0,
                 stdin,
                 stdin_paused: false,
@@ -218,6 +233,7 @@ impl<S: Default> Reactor<S> {
             events: Events::with_capacity(EVENT_CAPACITY),
             scratch: vec![0; SCRATCH_SIZE],
             signals,
+            _console: console,
         })
     }
 
@@ -241,9 +257,11 @@ impl<S: Default> Reactor<S> {
             events,
             scratch,
             signals,
+            ..
         } = self;
 
         // 1. Poll. Work left from the last turn means: look, but do not wait.
+        console::sync(cx.poll.registry());
         let now = Instant::now();
         let timeout = if cx.ready.is_empty() && cx.dirty.is_empty() {
             cx.timers.poll_timeout(now)
@@ -280,6 +298,8 @@ impl<S: Default> Reactor<S> {
                 Source::Conn(key) => cx.read_conn(handler, scratch, key),
                 Source::Stdin => cx.read_stdin(handler, scratch),
                 Source::Udp => cx.read_udp(handler, scratch),
+                Source::Stdout => cx.on_console(handler, console::Stream::Out),
+                Source::Stderr => cx.on_console(handler, console::Stream::Err),
                 Source::Signals | Source::Timer => {}
             }
         }
@@ -328,6 +348,8 @@ impl<S> Ctx<S> {
                 Source::Conn(key) => self.on_conn_event(handler, scratch, key, event),
                 Source::Stdin => self.read_stdin(handler, scratch),
                 Source::Udp => self.on_udp_event(handler, scratch, event),
+                Source::Stdout => self.on_console(handler, console::Stream::Out),
+                Source::Stderr => self.on_console(handler, console::Stream::Err),
                 Source::Signals => {
                     for signal in signals.pending() {
                         self.on_signal(handler, signal);

@@ -2,7 +2,6 @@
 //! table and the `--trace` line for each event.
 
 use std::fmt;
-use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
 use super::token::Source;
@@ -120,7 +119,7 @@ impl<S> Ctx<S> {
             ));
         }
         handler.describe(&mut text);
-        let _ = io::stderr().lock().write_all(text.as_bytes());
+        super::console::err(text.as_bytes());
     }
 
     pub(super) fn trace_event(&self, source: Source, event: &mio::event::Event) {
@@ -129,6 +128,8 @@ impl<S> Ctx<S> {
             Source::Udp => "udp".to_string(),
             Source::Stdin => "stdin".to_string(),
             Source::Signals => "signals".to_string(),
+            Source::Stdout => "stdout".to_string(),
+            Source::Stderr => "stderr".to_string(),
             Source::Timer => "timer".to_string(),
             Source::Conn(key) => match self.conns.get(key) {
                 Some(conn) => format!("conn#{key} {} ({} B queued)", conn.peer, conn.out.len()),

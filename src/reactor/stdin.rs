@@ -9,6 +9,14 @@
 //! The closed case matters: when a program starts without fd 0, the first
 //! socket it opens *gets* fd 0. [`probe`] looks once, at start-up, and its
 //! answer is kept, so a socket on fd 0 is never read as stdin.
+//!
+//! A read never blocks. `O_NONBLOCK` lives on the open file, which a terminal
+//! shares with the shell: after Ctrl+Z the shell clears it, and whoever else
+//! holds the pipe or terminal may too. So the flag is checked (and set again)
+//! before every read, and once more on SIGCONT. A job in the background that
+//! reads its terminal gets `EIO` (SIGTTIN is blocked, see `signals.rs`): it
+//! says once how to run it and goes on without stdin until it is brought back
+//! to the foreground (the next read that works).
 
 use std::io;
 use std::os::fd::{AsFd, RawFd};
@@ -24,12 +32,16 @@ use crate::trace;
 
 const STDIN_FD: RawFd = 0;
 
-static STDIN_OPEN: OnceLock<bool> = OnceLock::new();
+/// Fd 0's status flags at start-up; `None` when it was not open.
+static STDIN_AT_START: OnceLock<Option<libc::c_int>> = OnceLock::new();
 
-/// Looks whether fd 0 is open, once, and remembers the answer. `main` calls
-/// this before anything else so that the answer predates every socket.
+/// Looks whether fd 0 is open, once, and remembers the answer and its flags
+/// (to restore them). `main` calls this before anything else so that the
+/// answer predates every socket and every change of flags.
 pub fn probe() -> bool {
-    *STDIN_OPEN.get_or_init(|| sys::fd_is_open(STDIN_FD))
+    STDIN_AT_START
+        .get_or_init(|| sys::status_flags(STDIN_FD))
+        .is_some()
 }
 
 /// How stdin is served (see the module docs).
@@ -46,9 +58,13 @@ pub enum StdinKind {
 /// Standard input, owned by the reactor.
 pub struct StdinSource {
     kind: StdinKind,
-    /// File status flags before we set `O_NONBLOCK`, restored on drop.
+    /// File status flags at start-up, restored on drop once we set `O_NONBLOCK`.
+    /// (A terminal's stdin, stdout and stderr share their flags; the console
+    /// restores the same start-up values, so the order of the two does not matter.)
     saved_flags: Option<libc::c_int>,
     registered: bool,
+    /// A read found this job in the background of its terminal, and it said so.
+    in_background: bool,
 }
 
 impl StdinSource {
@@ -59,6 +75,7 @@ impl StdinSource {
                 kind: StdinKind::Absent,
                 saved_flags: None,
                 registered: false,
+                in_background: false,
             });
         }
         match registry.register(
@@ -67,17 +84,20 @@ impl StdinSource {
             Interest::READABLE,
         ) {
             Ok(()) => {
-                let saved_flags = Some(sys::set_nonblocking(STDIN_FD)?);
+                let now = sys::set_nonblocking(STDIN_FD)?;
+                let saved_flags = Some(STDIN_AT_START.get().copied().flatten().unwrap_or(now));
                 Ok(StdinSource {
                     kind: StdinKind::Pollable,
                     saved_flags,
                     registered: true,
+                    in_background: false,
                 })
             }
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(StdinSource {
                 kind: StdinKind::AlwaysReady,
                 saved_flags: None,
                 registered: false,
+                in_background: false,
             }),
             Err(e) => Err(e),
         }
@@ -88,14 +108,26 @@ impl StdinSource {
         self.kind
     }
 
-    /// One `read(2)` from fd 0. `Ok(0)` is end of input.
+    /// One `read(2)` from fd 0, which never blocks. `Ok(0)` is end of input.
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.kind == StdinKind::Absent {
             return Ok(0);
         }
+        if self.registered {
+            self.ensure_nonblocking()?;
+        }
         // Fd 0 through std's handle, which lends it as a borrowed descriptor;
         // std's own buffer is bypassed, and nothing else reads stdin.
         Ok(nix::unistd::read(io::stdin().as_fd(), buf)?)
+    }
+
+    /// Sets `O_NONBLOCK` again if someone cleared it (one `fcntl` when not).
+    fn ensure_nonblocking(&mut self) -> io::Result<()> {
+        let before = sys::set_nonblocking(STDIN_FD)?;
+        if before & libc::O_NONBLOCK == 0 {
+            log::debug!("stdin: O_NONBLOCK had been cleared behind our back; set again");
+        }
+        Ok(())
     }
 
     /// Stops watching stdin (at end of input). Restores the descriptor's flags.
@@ -122,6 +154,17 @@ impl Drop for StdinSource {
     }
 }
 
+/// True when stdin is a terminal whose foreground process group is not ours:
+/// the job runs in the background (then a read of the terminal fails with
+/// `EIO`, since SIGTTIN is blocked).
+fn in_background() -> bool {
+    let stdin = io::stdin();
+    match nix::unistd::tcgetpgrp(stdin.as_fd()) {
+        Ok(foreground) => foreground != nix::unistd::getpgrp(),
+        Err(_) => false,
+    }
+}
+
 impl<S> Ctx<S> {
     /// Stops reading stdin (e.g. while the socket it feeds is full).
     pub fn pause_stdin(&mut self) {
@@ -139,6 +182,23 @@ impl<S> Ctx<S> {
             if !self.stdin_eof {
                 self.ready.push(Source::Stdin);
             }
+        }
+    }
+
+    /// After SIGCONT: the terminal may have been made blocking while the job
+    /// was stopped. Set the flag again now, and read at once: input typed
+    /// meanwhile may have raised its edge before we could act on it.
+    pub(super) fn stdin_continue(&mut self) {
+        let Some(stdin) = self.stdin.as_mut() else {
+            return;
+        };
+        if stdin.registered {
+            if let Err(e) = stdin.ensure_nonblocking() {
+                log::warn!("stdin: cannot make it non-blocking again: {e}");
+            }
+        }
+        if !self.stdin_paused && !self.stdin_eof && !self.ready.contains(&Source::Stdin) {
+            self.ready.push(Source::Stdin);
         }
     }
 
@@ -166,6 +226,7 @@ impl<S> Ctx<S> {
                     return;
                 }
                 Ok(n) => {
+                    stdin.in_background = false;
                     trace!(self.tracer, "stdin: read {n} B");
                     handler.handle(self, Event::Stdin(&scratch[..n]));
                     budget = budget.saturating_sub(n);
@@ -177,6 +238,19 @@ impl<S> Ctx<S> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EIO) && in_background() => {
+                    if !stdin.in_background {
+                        stdin.in_background = true;
+                        log::warn!(
+                            "stdin: this job runs in the background and may not read the \
+                             terminal, so what is typed there is not read; bring it to the \
+                             foreground (fg), or start it with its input redirected \
+                             (< /dev/null or a file){}",
+                            self.config.background_hint
+                        );
+                    }
+                    return;
+                }
                 Err(e) => {
                     log::warn!("stdin: {e}; treating it as ended");
                     self.stdin_eof = true;

@@ -6,8 +6,10 @@
 //! | `0 ..`                   | TCP connections: the slab key *is* the token |
 //! | `usize::MAX - 1`         | the UDP socket                          |
 //! | `usize::MAX - 2`         | standard input                          |
-//! | `usize::MAX - 3`         | the signal pipe (SIGINT, SIGTERM, SIGUSR1) |
+//! | `usize::MAX - 3`         | the signal pipe (SIGINT, SIGTERM, SIGUSR1, SIGCONT) |
 //! | `usize::MAX - 4`         | the deadline clock (a timerfd)          |
+//! | `usize::MAX - 5`         | standard output (only while bytes wait for it) |
+//! | `usize::MAX - 6`         | standard error (only while bytes wait for it) |
 //! | `usize::MAX - 8 - i`     | TCP listener number `i` (up to 4)       |
 //!
 //! The fixed tokens sit at the top of the range, where a slab key never
@@ -22,6 +24,8 @@ const UDP: usize = usize::MAX - 1;
 const STDIN: usize = usize::MAX - 2;
 const SIGNALS: usize = usize::MAX - 3;
 const TIMER: usize = usize::MAX - 4;
+const STDOUT: usize = usize::MAX - 5;
+const STDERR: usize = usize::MAX - 6;
 const LISTENER_BASE: usize = usize::MAX - 8;
 
 /// A poll source, as decoded from its token.
@@ -37,6 +41,10 @@ pub enum Source {
     Signals,
     /// The timerfd set to the nearest deadline.
     Timer,
+    /// Standard output, registered while bytes wait for it.
+    Stdout,
+    /// Standard error, registered while bytes wait for it.
+    Stderr,
     /// A TCP connection: its slab key.
     Conn(usize),
 }
@@ -53,6 +61,8 @@ impl Source {
             Source::Stdin => STDIN,
             Source::Signals => SIGNALS,
             Source::Timer => TIMER,
+            Source::Stdout => STDOUT,
+            Source::Stderr => STDERR,
             Source::Conn(key) => {
                 debug_assert!(key < LISTENER_BASE - MAX_LISTENERS);
                 key
@@ -68,6 +78,8 @@ impl From<Token> for Source {
             STDIN => Source::Stdin,
             SIGNALS => Source::Signals,
             TIMER => Source::Timer,
+            STDOUT => Source::Stdout,
+            STDERR => Source::Stderr,
             t if t <= LISTENER_BASE && t > LISTENER_BASE - MAX_LISTENERS => {
                 Source::Listener(LISTENER_BASE - t)
             }
@@ -89,6 +101,8 @@ mod tests {
             Source::Stdin,
             Source::Signals,
             Source::Timer,
+            Source::Stdout,
+            Source::Stderr,
             Source::Conn(0),
             Source::Conn(19_999),
         ] {

@@ -1,9 +1,10 @@
 //! `--trace`: one line on stderr for everything the loop does.
 //!
 //! Free when off: every call site is the [`trace!`](crate::trace) macro, which
-//! tests one bool before it formats anything.
+//! tests one bool before it formats anything. The lines go through stderr's
+//! sink (`console.rs`): when nobody reads them they are dropped, never waited for.
 
-use std::io::Write;
+use std::fmt::Write;
 use std::time::Instant;
 
 /// Whether tracing is on, and the clock its lines are stamped with.
@@ -30,8 +31,9 @@ impl Tracer {
     /// Prints one trace line: `trace +12.345ms <text>`.
     pub fn line(&self, args: std::fmt::Arguments<'_>) {
         let ms = self.start.elapsed().as_secs_f64() * 1e3;
-        let mut err = std::io::stderr().lock();
-        let _ = writeln!(err, "trace +{ms:.3}ms {args}");
+        let mut line = String::with_capacity(128);
+        let _ = writeln!(line, "trace +{ms:.3}ms {args}");
+        super::console::err(line.as_bytes());
     }
 }
 

@@ -72,6 +72,27 @@ impl<S> Ctx<S> {
         }
     }
 
+    /// Stops reading datagrams until [`Ctx::release_udp_reads`]: the command
+    /// cannot use more now (say, its stdout is full). The kernel keeps what
+    /// fits in the socket's receive buffer and drops the rest, counted.
+    pub fn hold_udp_reads(&mut self) {
+        if !self.udp_held {
+            self.udp_held = true;
+            trace!(self.tracer, "udp: reads held by the command");
+        }
+    }
+
+    /// Reads datagrams again, at once (the readable edge may be long spent).
+    pub fn release_udp_reads(&mut self) {
+        if self.udp_held {
+            self.udp_held = false;
+            trace!(self.tracer, "udp: reads released by the command");
+            if !self.ready.contains(&Source::Udp) {
+                self.ready.push(Source::Udp);
+            }
+        }
+    }
+
     pub(super) fn on_udp_event<H: Handler<Conn = S>>(
         &mut self,
         handler: &mut H,
@@ -94,7 +115,7 @@ impl<S> Ctx<S> {
     pub(super) fn read_udp<H: Handler<Conn = S>>(&mut self, handler: &mut H, scratch: &mut [u8]) {
         let mut budget = self.config.read_budget;
         loop {
-            if self.udp_backoff.waiting() {
+            if self.udp_held || self.udp_backoff.waiting() {
                 return;
             }
             let Some(socket) = self.udp.as_ref() else {

@@ -61,6 +61,17 @@ impl Proc {
         }
     }
 
+    /// Takes charge of a child started elsewhere, whose stderr the caller
+    /// handles itself (no stderr line reaches [`Proc::wait_line`]).
+    pub fn adopt(child: Child) -> Proc {
+        let (_, lines) = mpsc::channel();
+        Proc {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
     /// Waits for a stderr line containing `needle`; panics with everything seen after `within`.
     pub fn wait_line(&mut self, needle: &str, within: Duration) -> String {
         self.wait_line_after(0, needle, within)

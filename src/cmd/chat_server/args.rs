@@ -26,6 +26,9 @@ pub const LONG_ABOUT: &str =
     "TCP group chat server: relays every framed message from one client to every \
     other client (never back to the sender) and prints it on stdout. With one client it \
     is the lecture's 1-to-1 chat.\n\n\
+    Stdout is a copy for whoever watches: when its reader falls behind (a paused pager, \
+    a full pipe) messages are relayed but not printed, and stderr says how many now and \
+    then. --no-stdout turns the copy off (for benchmarks).\n\n\
     The server's own user types messages on stdin (the first line is the name unless \
     --name is given); end of input ends the chat. With --relay-only the server only \
     relays.\n\n\
@@ -112,6 +115,11 @@ pub struct Args {
     /// Only relay between clients: no local user, stdin is not read.
     #[arg(long)]
     pub relay_only: bool,
+    /// Do not print relayed messages on stdout (for benchmarks). Without it,
+    /// a stdout that does not keep up loses its copy (counted on stderr),
+    /// never slowing the relay.
+    #[arg(long)]
+    pub no_stdout: bool,
     /// Most clients at once; an extra one is sent a "server full" chat message and closed.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_conns: u32,

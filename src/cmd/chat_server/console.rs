@@ -1,17 +1,26 @@
 //! The server's own side of the room: its user typing on stdin, the
 //! messages it prints on stdout, and how it stops.
 //!
-//! Stdout is written at most once per read from a client (sooner only when
-//! `STDOUT_BATCH` bytes wait), and a stdout that fails (a closed pipe) stops
-//! the printing, never the relay. Stopping happens once and in order: no
-//! more accepting, the room is told (UDP peers with the leave text, since
-//! they have no connection to see close), every client is given what is
-//! queued for it for at most `SHUTDOWN_GRACE`, then the loop ends.
+//! Stdout is a copy for whoever watches the server, never the relay's
+//! business: the messages of one read from a client are printed with one
+//! write, through the reactor's stdout sink, which takes them whole or not
+//! at all. When stdout's reader falls behind (a paused `less`, a full pipe)
+//! the copy is dropped and counted, and the count is said on stderr at most
+//! every `DROP_NOTE_EVERY`, when stdout flows again and at the end; the
+//! relay goes on at full speed. `--no-stdout` turns the copy off (for
+//! benchmarks). A stdout that fails (a closed pipe) stops the printing,
+//! never the relay.
 //!
-//! What it must not do: block on stdout, or keep the loop running after
-//! the grace period.
+//! Stopping happens once and in order: no more accepting, the room is told
+//! (UDP peers with the leave text, since they have no connection to see
+//! close), every client is given what is queued for it for at most
+//! `SHUTDOWN_GRACE`, then the loop ends.
+//!
+//! What it must not do: wait for stdout, or keep the loop running after the
+//! grace period.
 
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use super::commands::Command;
 use super::fanout::Outgoing;
@@ -23,15 +32,61 @@ use crate::chat_msg::{self, LEAVE_TEXT};
 use crate::cmd::chat::{hint, Typed};
 use crate::framing;
 use crate::reactor::Ctx;
-use crate::sys;
 
 /// Shown to the server's user once its name is known (at a terminal only).
 pub(super) const HINT: &str =
     "Type a message and press Enter to send it to everyone; end input (Ctrl+D) to stop the server.";
 
-/// Printed messages are written to stdout at the end of each read, or
-/// sooner when this many bytes are waiting.
-const STDOUT_BATCH: usize = 64 * 1024;
+/// Most bytes of messages one read may print; beyond, the copy is dropped
+/// and counted (a read holds at most 64 KiB, so this is rarely reached).
+const STDOUT_BATCH: usize = 256 * 1024;
+
+/// How often, at most, the server says how many messages it did not print.
+pub(super) const DROP_NOTE_EVERY: Duration = Duration::from_secs(10);
+
+/// The server's copy of the room on stdout.
+pub(super) struct ConsoleCopy {
+    /// False with `--no-stdout`, or once stdout failed.
+    on: bool,
+    /// The messages of the current read, written at its end; reused.
+    batch: Vec<u8>,
+    /// Messages in `batch`.
+    batch_lines: u64,
+    /// Messages not printed since the last note.
+    dropped: u64,
+    /// Messages not printed in all.
+    dropped_total: u64,
+    /// When the last note was said.
+    noted: Instant,
+}
+
+impl ConsoleCopy {
+    /// A copy that prints (`on`) or not (`--no-stdout`).
+    pub(super) fn new(on: bool) -> ConsoleCopy {
+        ConsoleCopy {
+            on,
+            batch: Vec::new(),
+            batch_lines: 0,
+            dropped: 0,
+            dropped_total: 0,
+            noted: Instant::now(),
+        }
+    }
+
+    /// Says how many messages were not printed since the last note.
+    fn note(&mut self, why: &str) {
+        if self.dropped == 0 {
+            return;
+        }
+        log::warn!(
+            "stdout {why}: {} relayed message(s) not printed ({} in all); the relay was not slowed",
+            self.dropped,
+            self.dropped_total
+        );
+        self.dropped = 0;
+        self.noted = Instant::now();
+    }
+}
 
 impl Hub {
     pub(super) fn on_stdin(&mut self, cx: &mut Ctx<Member>, bytes: &[u8]) {
@@ -152,26 +207,56 @@ impl Hub {
 
     /// Adds one message and a newline to what goes to stdout after this read.
     pub(super) fn print(&mut self, text: &str) {
-        if !self.printing {
+        let copy = &mut self.console;
+        if !copy.on {
             return;
         }
-        if self.stdout.len() + text.len() >= STDOUT_BATCH {
-            self.flush_stdout();
+        if copy.batch.len() + text.len() >= STDOUT_BATCH {
+            copy.dropped += 1;
+            copy.dropped_total += 1;
+            return;
         }
-        self.stdout.extend_from_slice(text.as_bytes());
-        self.stdout.push(b'\n');
+        copy.batch.extend_from_slice(text.as_bytes());
+        copy.batch.push(b'\n');
+        copy.batch_lines += 1;
     }
 
-    /// Writes the messages printed since the last call: one `write` per
-    /// read from a client, not one per message.
-    pub(super) fn flush_stdout(&mut self) {
-        if self.stdout.is_empty() {
+    /// Writes the messages printed since the last call, with one write, if
+    /// stdout has room for them; otherwise drops and counts them.
+    pub(super) fn flush_stdout(&mut self, cx: &mut Ctx<Member>) {
+        let copy = &mut self.console;
+        if copy.batch.is_empty() {
             return;
         }
-        if let Err(error) = sys::write_all_fd(1, &self.stdout) {
-            self.printing = false;
-            log::warn!("stdout: {error}; messages are relayed but no longer printed");
+        if !cx.stdout(&copy.batch) {
+            copy.dropped += copy.batch_lines;
+            copy.dropped_total += copy.batch_lines;
+            if copy.noted.elapsed() >= DROP_NOTE_EVERY {
+                copy.note("is not keeping up");
+            }
         }
-        self.stdout.clear();
+        copy.batch.clear();
+        copy.batch_lines = 0;
+    }
+
+    /// Stdout took everything it held: say what was lost meanwhile.
+    pub(super) fn on_stdout_ready(&mut self) {
+        self.console.note("flows again");
+    }
+
+    /// Stdout failed (say, its reader closed the pipe): stop printing.
+    pub(super) fn on_stdout_closed(&mut self) {
+        let copy = &mut self.console;
+        if copy.on {
+            copy.on = false;
+            let why = crate::reactor::console::stdout_failure()
+                .map_or_else(|| "closed".to_string(), |e| crate::error::plain(&e));
+            log::warn!("stdout: {why}; messages are relayed but no longer printed");
+        }
+    }
+
+    /// At the end: the last count of what was not printed.
+    pub(super) fn note_unprinted(&mut self) {
+        self.console.note("was not keeping up");
     }
 }

@@ -142,7 +142,7 @@ impl Hub {
         let message = admitted.message();
         self.fan_out(cx, Origin::Udp(from), &mut Outgoing::new(message));
         self.print(message);
-        self.flush_stdout();
+        self.flush_stdout(cx);
     }
 
     /// A new UDP peer asks for `wanted` as its name. True when it has a name

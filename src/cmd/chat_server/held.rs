@@ -66,7 +66,7 @@ impl Hub {
             done += end;
         }
         self.flush_batch(cx);
-        self.flush_stdout();
+        self.flush_stdout(cx);
         held.drain(..done);
         let Some(member) = cx.state_mut(conn) else {
             return;

@@ -80,7 +80,8 @@
 //! * `fanout.rs`: one message to the room, encoded once per wire format.
 //! * `backlog.rs`: a client that does not keep up (`--on-backlog`).
 //! * `held.rs`: messages held back by `--rate-limit`.
-//! * `console.rs`: the server's own user, its stdout, and shutdown.
+//! * `console.rs`: the server's own user, its copy of the room on stdout
+//!   (dropped and counted, never waited for), and shutdown.
 
 mod args;
 mod backlog;
@@ -115,7 +116,7 @@ use crate::reactor::{signals, Config, ConnId, Ctx, Event, Handler, Reactor};
 use crate::udp;
 use crate::websocket;
 use backlog::notice_reserve;
-use console::HINT;
+use console::{ConsoleCopy, HINT};
 use identity::Names;
 pub use identity::SERVER_NAME;
 use member::{prompt_line, CloseLogs, Input};
@@ -193,11 +194,9 @@ struct Hub {
     batch: Vec<u8>,
     /// Who sent the frames in `batch`.
     batch_from: Option<ConnId>,
-    /// Messages to print, written at the end of each read (see `flush_stdout`);
-    /// reused.
-    stdout: Vec<u8>,
-    /// False once stdout failed (say, a closed pipe): the relay goes on, silently.
-    printing: bool,
+    /// The copy of the room on stdout: batched per read, dropped and counted
+    /// when stdout does not keep up (`console.rs`).
+    console: ConsoleCopy,
     /// Shutting down: not accepting, clients flushing, no more announcements.
     stopping: bool,
 }
@@ -245,6 +244,8 @@ impl Handler for Hub {
                 );
                 cx.stop();
             }
+            Event::StdoutReady => self.on_stdout_ready(),
+            Event::StdoutClosed => self.on_stdout_closed(),
             Event::Signal(signal) => {
                 if self.stopping {
                     log::info!("{}: stopping now", signals::name(signal));
@@ -318,6 +319,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         stdin: !args.relay_only,
         trace,
         full_notice,
+        background_hint: "; or serve without a local user: --relay-only",
         ..Config::default()
     };
     args.access.apply(&mut config);
@@ -436,10 +438,10 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         ids: Vec::new(),
         batch: Vec::new(),
         batch_from: None,
-        stdout: Vec::new(),
-        printing: true,
+        console: ConsoleCopy::new(!args.no_stdout),
         stopping: false,
     };
     reactor.run(&mut hub).map_err(|e| Error::io("polling", e))?;
+    hub.note_unprinted();
     Ok(())
 }

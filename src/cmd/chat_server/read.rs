@@ -75,7 +75,7 @@ impl Hub {
             }
         };
         self.flush_batch(cx);
-        self.flush_stdout();
+        self.flush_stdout(cx);
         let holding = !held.is_empty();
         let partial = match &input {
             Input::Framed(decoder) => decoder.buffered() > 0,
@@ -131,7 +131,7 @@ impl Hub {
             match cx.take_message(conn) {
                 Ok(()) => {
                     self.on_line(cx, conn, &line);
-                    self.flush_stdout();
+                    self.flush_stdout(cx);
                 }
                 Err(wait) => {
                     if let Some(member) = cx.state_mut(conn) {

@@ -49,6 +49,7 @@ use crate::error::{Error, Result};
 use crate::framing::{self, Decoder, Frame, FrameConfig, PrefixLen};
 use crate::lines::LineDecoder;
 use crate::reactor::{ConnId, Ctx, Event, Handler};
+use crate::units;
 
 pub use super::stamp::STAMP_LEN;
 use super::stamp::{
@@ -689,9 +690,14 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         }
         (None, None) => DEFAULT_RATE / f64::from(args.senders),
     };
+    units::check_rate("--rate (per sender)", per_sender).map_err(Error::Usage)?;
     zero_or_more("--drain", args.drain, SECONDS)?;
     zero_or_more("--settle", args.settle, SECONDS)?;
     zero_or_more("--warmup", args.measure.warmup, SECONDS)?;
+    let duration = units::cap("--duration", args.duration).map_err(Error::Usage)?;
+    let drain = units::cap("--drain", args.drain).map_err(Error::Usage)?;
+    let settle = units::cap("--settle", args.settle).map_err(Error::Usage)?;
+    let warmup = units::cap("--warmup", args.measure.warmup).map_err(Error::Usage)?;
     let prefix = match args.length_bytes.as_str() {
         "4" => PrefixLen::Four,
         _ => PrefixLen::Two,
@@ -743,7 +749,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let mut reactor = super::reactor::<ChatConn>(trace)?;
     let mut run = Run::new("chat", &setup);
-    run.set_phases(&args.measure);
+    run.set_phases(warmup, args.measure.start_at);
     let timeline = Timeline::new(
         "chat",
         true,
@@ -765,9 +771,9 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         size,
         n_senders: args.senders,
         period_ns: ((1e9 / per_sender) as u64).max(1),
-        duration: Duration::from_secs_f64(args.duration),
-        drain: Duration::from_secs_f64(args.drain),
-        settle: Duration::from_secs_f64(args.settle),
+        duration,
+        drain,
+        settle,
         senders,
         next_seq: vec![0; args.tcp.conns as usize * args.senders as usize],
         load_ns: (0, 0),

@@ -21,6 +21,7 @@ use super::{
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};
 use crate::reactor::{ConnId, Ctx, Event, Handler};
+use crate::units;
 
 /// What the fresh client sends and expects back.
 const PROBE: &[u8] = b"sockloop-probe!\n";
@@ -125,7 +126,7 @@ impl Conns {
             return;
         }
         let connected = self.run.connector.connected();
-        eprintln!(
+        crate::errln!(
             "[{:>6.1}s] conns: {} of {} connected in {:.2} s; holding for {} s",
             self.run.started.elapsed().as_secs_f64(),
             report::count(connected),
@@ -378,12 +379,13 @@ impl Handler for Conns {
 pub fn run(args: &Args, trace: bool) -> Result<()> {
     zero_or_more("--hold", args.hold, SECONDS)?;
     positive("--connect-timeout", args.tcp.connect_timeout)?;
+    let hold = units::cap("--hold", args.hold).map_err(Error::Usage)?;
     let extra = u32::from(args.probe != Probe::None);
     let setup = prepare(&args.tcp, extra)?;
     let mut reactor = super::reactor::<ConnsConn>(trace)?;
     let mut conns = Conns {
         run: Run::new("conns", &setup),
-        hold: Duration::from_secs_f64(args.hold),
+        hold,
         probe_kind: args.probe,
         probe: ProbeResult::NotRun,
         hold_start: None,

@@ -34,6 +34,7 @@ use super::{
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};
 use crate::reactor::{ConnId, Ctx, Event, Handler, SCRATCH_SIZE};
+use crate::units;
 
 /// The stream pattern repeats every this many bytes; a prime, so message
 /// boundaries never line up with it and a shifted echo cannot pass.
@@ -711,13 +712,19 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     positive("--duration", args.duration)?;
     zero_or_more("--drain", args.drain, SECONDS)?;
     zero_or_more("--warmup", args.measure.warmup, SECONDS)?;
+    let duration = units::cap("--duration", args.duration).map_err(Error::Usage)?;
+    let drain = units::cap("--drain", args.drain).map_err(Error::Usage)?;
+    let warmup = units::cap("--warmup", args.measure.warmup).map_err(Error::Usage)?;
     let rate = match (args.rate, args.rate_per_conn) {
         (Some(total), _) => {
             positive("--rate", total)?;
+            let per_conn = total / f64::from(args.tcp.conns);
+            units::check_rate("--rate (per connection)", per_conn).map_err(Error::Usage)?;
             Some(Rate::Total(total))
         }
         (None, Some(per_conn)) => {
             positive("--rate-per-conn", per_conn)?;
+            units::check_rate("--rate-per-conn", per_conn).map_err(Error::Usage)?;
             Some(Rate::PerConn(per_conn))
         }
         (None, None) => None,
@@ -733,7 +740,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         .collect();
     let mut reactor = super::reactor::<EchoConn>(trace)?;
     let mut run = Run::new("echo", &setup);
-    run.set_phases(&args.measure);
+    run.set_phases(warmup, args.measure.start_at);
     let timeline = Timeline::new(
         "echo",
         rate.is_some(),
@@ -749,8 +756,8 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         pipeline,
         rate,
         period_ns: None,
-        duration: Duration::from_secs_f64(args.duration),
-        drain: Duration::from_secs_f64(args.drain),
+        duration,
+        drain,
         pattern,
         sent_at: vec![0; (n * pipeline) as usize],
         intended_at: if rate.is_some() {

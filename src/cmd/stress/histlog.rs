@@ -13,8 +13,10 @@
 //!
 //! Invariants: a log on disk only ever grows by whole lines (one `write` per
 //! interval, so a reader never sees half a histogram unless the disk fills);
-//! reading never trusts a file's size (over [`MAX_LOG_BYTES`] is refused) and
-//! never averages percentiles — histograms are added, then read.
+//! reading never trusts a file's size (over [`MAX_LOG_BYTES`] is refused) nor
+//! its times (a StartTime or BaseTime outside 1970..2100 is refused, and a log
+//! without either whose intervals count from 0 has no start rather than one
+//! in 1970), and never averages percentiles — histograms are added, then read.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -38,6 +40,15 @@ pub const TAG_UNCORRECTED: &str = "uncorrected";
 /// interval per second is about 0.5 GB only for huge histograms; a typical
 /// hour is a few MB).
 pub const MAX_LOG_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Times a log may give (StartTime, BaseTime, its first interval), in
+/// seconds since 1970: from 1970 up to 2100-01-01.
+pub const LATEST_TIME_S: f64 = 4_102_444_800.0;
+
+/// Interval times below this (a year of seconds) in a log with neither
+/// StartTime nor BaseTime count from the run's start, not from 1970
+/// (HdrHistogram's own reader draws the same line): such a log's start is unknown.
+const RELATIVE_BELOW_S: f64 = 365.0 * 24.0 * 3600.0;
 
 /// The column legend HdrHistogram's own writer puts before the first interval.
 const LEGEND: &str =
@@ -237,8 +248,10 @@ impl Series {
 pub struct Log {
     /// The path it was read from, as given.
     pub path: String,
-    /// When its intervals count from: its StartTime, else its first interval.
-    pub start: SystemTime,
+    /// When its intervals count from: its StartTime, else its first
+    /// interval; `None` when the log does not say (no StartTime nor BaseTime,
+    /// and interval times that count from 0).
+    pub start: Option<SystemTime>,
     /// The untagged histograms: latency corrected for coordinated omission
     /// (in logs of other tools, whatever they logged untagged).
     pub corrected: Option<Series>,
@@ -279,6 +292,7 @@ pub fn parse(path: &str, bytes: &[u8]) -> Result<Log> {
         .and_then(|line| line.strip_prefix(b"#"))
         .filter(|line| !line.starts_with(b"["))
         .map(|line| String::from_utf8_lossy(line).trim().to_string());
+    check_header_times(bytes).map_err(bad)?;
     let mut start_time: Option<f64> = None;
     let mut base_time: Option<f64> = None;
     let mut corrected: Option<Series> = None;
@@ -352,15 +366,51 @@ pub fn parse(path: &str, bytes: &[u8]) -> Result<Log> {
             )
         }));
     }
-    let start = first_abs.unwrap_or(0.0);
+    let first = first_abs.unwrap_or(0.0);
+    let dated = start_time.is_some() || base_time.is_some() || first >= RELATIVE_BELOW_S;
+    if !(0.0..LATEST_TIME_S).contains(&first) {
+        return Err(bad(format!(
+            "its first interval is dated {first} s after 1970 (from its StartTime, BaseTime \
+             and interval times), not a time between 1970 and 2100"
+        )));
+    }
     Ok(Log {
         path: path.to_string(),
-        start: UNIX_EPOCH + Duration::from_secs_f64(start.max(0.0)),
+        start: dated.then(|| UNIX_EPOCH + Duration::from_secs_f64(first)),
         corrected,
         uncorrected,
         other_tags,
         title,
     })
+}
+
+/// Every `#[StartTime: ...]` and `#[BaseTime: ...]` line must hold a time
+/// between 1970 and 2100 (HdrHistogram's reader skips one it cannot read,
+/// which would silently date the log elsewhere); the error says which.
+fn check_header_times(bytes: &[u8]) -> std::result::Result<(), String> {
+    for line in bytes.split(|b| *b == b'\n') {
+        let line = String::from_utf8_lossy(line);
+        for name in ["StartTime", "BaseTime"] {
+            let Some(rest) = line.trim().strip_prefix(&format!("#[{name}:")) else {
+                continue;
+            };
+            let value = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .trim_end_matches([']', ',']);
+            let fine = value
+                .parse::<f64>()
+                .is_ok_and(|t| (0.0..LATEST_TIME_S).contains(&t));
+            if !fine {
+                return Err(format!(
+                    "its {name} {:?} is not a time between 1970 and 2100 (seconds since 1970)",
+                    crate::safe_text::visible_line(value)
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -416,7 +466,7 @@ mod tests {
             log.title.as_deref(),
             Some("sockloop stress echo 127.0.0.1:9")
         );
-        assert_eq!(log.start, start);
+        assert_eq!(log.start, Some(start));
         let corrected = log.corrected.unwrap();
         assert_eq!(corrected.total.len(), 4);
         assert_eq!(corrected.points.len(), 3);
@@ -447,5 +497,18 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(error.contains("does not decode"), "{error}");
+        for header in [
+            "#[StartTime: 9000000000000000000.5 (seconds since epoch)]",
+            "#[StartTime: 1e19 (seconds since epoch)]",
+            "#[BaseTime: -1 (seconds since epoch)]",
+            "#[StartTime: soon]",
+        ] {
+            let log = format!("{header}\n0.000,1.000,1.0,AAAA\n");
+            let error = parse("t.hlog", log.as_bytes()).err().unwrap().to_string();
+            assert!(
+                error.starts_with("t.hlog: its ") && error.contains("between 1970 and 2100"),
+                "{error}"
+            );
+        }
     }
 }

@@ -135,7 +135,7 @@ pub fn run(args: &Args) -> Result<()> {
             lines.push(row(
                 &log.path,
                 name_width,
-                &utc_text(log.start),
+                &log.start.map_or_else(|| "?".to_string(), utc_text),
                 series.span_s(),
                 series.total.len(),
                 series.per_s(),
@@ -157,6 +157,13 @@ pub fn run(args: &Args) -> Result<()> {
             "  note: {} also has histograms tagged {}, not merged",
             log.path,
             log.other_tags.join(", ")
+        ));
+    }
+    for log in logs.iter().filter(|log| log.start.is_none()) {
+        lines.push(format!(
+            "  note: {} has no start time (neither StartTime nor BaseTime, and its intervals \
+             count from 0): its start is unknown and not compared with the others'",
+            log.path
         ));
     }
     let spread = overlap(&logs);
@@ -219,15 +226,14 @@ struct Overlap {
 }
 
 fn overlap(logs: &[Log]) -> Overlap {
-    let starts: Vec<SystemTime> = logs.iter().map(|log| log.start).collect();
-    let (first, last) = (
-        *starts.iter().min().expect("at least one log"),
-        *starts.iter().max().expect("at least one log"),
-    );
-    let start_spread_s = last
-        .duration_since(first)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
+    let starts: Vec<SystemTime> = logs.iter().filter_map(|log| log.start).collect();
+    let start_spread_s = match (starts.iter().min(), starts.iter().max()) {
+        (Some(first), Some(last)) => last
+            .duration_since(*first)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0),
+        _ => 0.0,
+    };
     let spans: Vec<f64> = logs
         .iter()
         .filter_map(|log| log.corrected.as_ref().or(log.uncorrected.as_ref()))
@@ -274,7 +280,7 @@ fn merge_json(
         json.item();
         json.str("path", &log.path);
         json.opt_str("title", log.title.as_deref());
-        json.f64("start_unix_s", unix_seconds(log.start), 3);
+        json.opt_f64("start_unix_s", log.start.map(unix_seconds), 3);
         json.f64("span_s", main.map_or(0.0, Series::span_s), 3);
         json.u64("intervals", main.map_or(0, |s| s.points.len() as u64));
         json.u64("count", main.map_or(0, |s| s.total.len()));

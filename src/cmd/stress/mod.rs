@@ -47,6 +47,7 @@ use crate::addr;
 use crate::error::{Error, Result};
 use crate::reactor::{Config, Reactor};
 use crate::sys;
+use crate::units;
 use connect::{is_v4_loopback, port_range_size, Plan};
 use report::{Json, Latency, Percentiles};
 pub use run::Run;
@@ -154,6 +155,8 @@ pub struct Setup {
 pub fn prepare(args: &TcpArgs, extra: u32) -> Result<Setup> {
     positive("--connect-timeout", args.connect_timeout)?;
     zero_or_more("--connect-rate", args.connect_rate, UNPACED)?;
+    let timeout = units::cap("--connect-timeout", args.connect_timeout).map_err(Error::Usage)?;
+    units::check_rate("--connect-rate", args.connect_rate).map_err(Error::Usage)?;
     let target = addr::resolve(&args.addr)?;
     let (soft_before, hard) = sys::nofile_limit().unwrap_or((1024, 1024));
     let fd_limit = match sys::raise_nofile_limit() {
@@ -197,7 +200,7 @@ pub fn prepare(args: &TcpArgs, extra: u32) -> Result<Setup> {
         n: args.conns,
         rate: (args.connect_rate > 0.0).then_some(args.connect_rate),
         concurrency: args.connect_concurrency,
-        timeout: Duration::from_secs_f64(args.connect_timeout),
+        timeout,
         per_source,
     };
     match per_source {
@@ -381,11 +384,15 @@ pub fn outcome(mode: &str, run: &Run, errors: u64, first: Option<&str>) -> Resul
 
 /// Prints the summary: the human lines on stderr, then (with `--json`) the
 /// JSON line on stdout, marked `"type":"summary"` right after its schema
-/// number (interval lines, printed before it, say `"interval"`).
+/// number (interval lines, printed before it, say `"interval"`). Neither
+/// waits: what a stuck reader has not taken is given a bounded time at exit
+/// (`console::finish`).
 pub fn print_summary(lines: &[String], json: Option<String>) {
-    eprintln!("{}", lines.join("\n"));
+    crate::errln!("{}", lines.join("\n"));
     if let Some(line) = json {
-        println!("{}", typed_summary(&line));
+        let mut line = typed_summary(&line);
+        line.push('\n');
+        let _ = crate::reactor::console::out_data(line.as_bytes());
     }
 }
 

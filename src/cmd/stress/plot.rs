@@ -89,7 +89,13 @@ pub fn run(args: &Args) -> Result<()> {
         .iter()
         .map(|path| histlog::read(path))
         .collect::<Result<Vec<_>>>()?;
-    let first_start = logs.iter().map(|log| log.start).min().expect("required");
+    let first_start = logs.iter().filter_map(|log| log.start).min();
+    for log in logs.iter().filter(|log| log.start.is_none()) {
+        log::warn!(
+            "{} has no start time (neither StartTime nor BaseTime); drawn from 0 s",
+            log.path
+        );
+    }
     let series: Vec<Series> = logs
         .iter()
         .filter_map(|log| {
@@ -105,17 +111,17 @@ pub fn run(args: &Args) -> Result<()> {
                 points: &main.points,
                 offset_s: log
                     .start
-                    .duration_since(first_start)
-                    .map(|d| d.as_secs_f64())
-                    .unwrap_or(0.0),
+                    .zip(first_start)
+                    .and_then(|(start, first)| start.duration_since(first).ok())
+                    .map_or(0.0, |d| d.as_secs_f64()),
             })
         })
         .collect();
     let title = args.title.clone().unwrap_or_else(|| {
-        logs[0]
-            .title
-            .clone()
-            .unwrap_or_else(|| format!("{} log(s) from {}", logs.len(), utc_text(first_start)))
+        logs[0].title.clone().unwrap_or_else(|| match first_start {
+            Some(first) => format!("{} log(s) from {}", logs.len(), utc_text(first)),
+            None => format!("{} log(s)", logs.len()),
+        })
     });
     draw(&args.out, &title, &series)?;
     eprintln!(

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::connect::Connector;
 use super::report::{self, Json, Tally};
-use super::timeline::MeasureArgs;
 use super::{
     generator_report, outcome, print_summary, start, Generator, Setup, TIMER_PROGRESS, TIMER_START,
     TIMER_WARMUP,
@@ -100,10 +99,10 @@ impl Run {
         self.connector.fill(cx);
     }
 
-    /// Takes `--warmup` and `--start-at`.
-    pub fn set_phases(&mut self, args: &MeasureArgs) {
-        self.warmup = Duration::from_secs_f64(args.warmup);
-        self.start_at = args.start_at;
+    /// Takes `--warmup` (checked by the caller) and `--start-at`.
+    pub fn set_phases(&mut self, warmup: Duration, start_at: Option<SystemTime>) {
+        self.warmup = warmup;
+        self.start_at = start_at;
     }
 
     /// Every connection is open: sets [`TIMER_START`] for when the load is
@@ -234,7 +233,7 @@ impl Run {
     /// Ctrl+C: close the window and stop the loop; the summary is still printed.
     pub fn interrupt<S>(&mut self, cx: &mut Ctx<S>) {
         if !self.interrupted {
-            eprintln!(
+            crate::errln!(
                 "[{:>6.1}s] {}: interrupted, finishing",
                 self.started.elapsed().as_secs_f64(),
                 self.mode
@@ -268,7 +267,7 @@ impl Run {
 
     /// Prints `[   2.0s] echo: BODY` on stderr.
     pub fn progress_line(&self, body: &str) {
-        eprintln!(
+        crate::errln!(
             "[{:>6.1}s] {}: {body}",
             self.started.elapsed().as_secs_f64(),
             self.mode

@@ -25,12 +25,14 @@ pub const FORMATS: &str = "@UNIX_SECONDS (e.g. @1764072000, what `date +%s` prin
 pub fn parse(text: &str, now: SystemTime) -> Result<SystemTime, String> {
     let text = text.trim();
     let at = if let Some(seconds) = text.strip_prefix('@') {
-        let seconds: f64 = seconds
+        seconds
             .parse()
             .ok()
-            .filter(|s: &f64| s.is_finite() && *s >= 0.0)
-            .ok_or_else(|| format!("{text:?} is not @ and a number of seconds since 1970"))?;
-        UNIX_EPOCH + Duration::from_secs_f64(seconds)
+            .and_then(|s: f64| Duration::try_from_secs_f64(s).ok())
+            .and_then(|since| UNIX_EPOCH.checked_add(since))
+            .ok_or_else(|| {
+                format!("{text:?} is not @ and a number of seconds since 1970 that a clock holds")
+            })?
     } else if let Ok(at) = DateTime::parse_from_rfc3339(text) {
         SystemTime::from(at)
     } else if let Some(at) = today_at(text, now) {
@@ -65,11 +67,19 @@ fn today_at(text: &str, now: SystemTime) -> Option<SystemTime> {
     Some(SystemTime::from(local))
 }
 
-/// A wall-clock time as people and logs write it: `2026-11-25T12:00:00.000Z`.
+/// A wall-clock time as people and logs write it: `2026-11-25T12:00:00.000Z`;
+/// `?` for a time the calendar cannot show (before 1970, or past year 262143).
 pub fn utc_text(at: SystemTime) -> String {
-    DateTime::<chrono::Utc>::from(at)
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
+    at.duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|since| {
+            let secs = i64::try_from(since.as_secs()).ok()?;
+            DateTime::from_timestamp(secs, since.subsec_nanos())
+        })
+        .map_or_else(
+            || "?".to_string(),
+            |at| at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        )
 }
 
 /// Seconds since 1970 as a float (0 for times before it).
@@ -99,6 +109,7 @@ mod tests {
             Duration::from_millis(10_500)
         );
         assert_eq!(utc_text(a), "2025-11-25T12:00:10.500Z");
+        assert_eq!(utc_text(UNIX_EPOCH + Duration::from_secs(1 << 62)), "?");
         assert_eq!(unix_seconds(a), 1_764_072_010.5);
     }
 
@@ -127,5 +138,13 @@ mod tests {
         );
         let bad = parse("@x", now()).unwrap_err();
         assert!(bad.contains("seconds since 1970"), "{bad}");
+        // Beyond what a Duration or the clock holds: refused, not a panic.
+        for beyond in ["@1e30", "@1e19", "@-1", "@inf"] {
+            let far = parse(beyond, now()).unwrap_err();
+            assert!(
+                far.contains("seconds since 1970") || far.contains("h ahead"),
+                "{far}"
+            );
+        }
     }
 }

@@ -12,7 +12,6 @@
 //! the run's clock, whatever the timer's punctuality: a sample is filed by
 //! the time it was taken, not by when the interval happened to be closed.
 
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,7 +23,7 @@ use super::report::{Json, Latency, SCHEMA};
 use super::start::{self, unix_seconds};
 use super::TIMER_INTERVAL;
 use crate::error::Result;
-use crate::reactor::Ctx;
+use crate::reactor::{Ctx, StdoutRoom};
 
 /// The length of one interval.
 pub const INTERVAL: Duration = Duration::from_secs(1);
@@ -263,10 +262,16 @@ impl Timeline {
                 .json(&mut json, "latency_uncorrected"),
             None => json.null("latency_uncorrected"),
         }
-        let line = json.finish();
-        if let Err(e) = writeln!(std::io::stdout().lock(), "{line}") {
-            log::warn!("stdout: {e}; no more interval lines");
-            self.json_failed = true;
+        let mut line = json.finish();
+        line.push('\n');
+        // Through stdout's sink: never waited for. A reader that keeps up
+        // gets every line; one that stalls loses lines, never the run's pace.
+        match crate::reactor::console::out_data(line.as_bytes()) {
+            StdoutRoom::Closed => {
+                log::warn!("stdout is closed; no more interval lines");
+                self.json_failed = true;
+            }
+            StdoutRoom::Room | StdoutRoom::Full => {}
         }
     }
 

@@ -36,6 +36,7 @@ use crate::stream_io::{Next, StreamReceiver, StreamSender};
 use crate::sys;
 use crate::udp;
 use crate::udp_batch::Gso;
+use crate::units;
 
 /// The sender name in every message.
 const NAME: &str = "stress";
@@ -260,7 +261,7 @@ impl Udp {
         } else {
             "arrivals are counted at the target".to_string()
         };
-        eprintln!(
+        crate::errln!(
             "[{:>6.1}s] udp: sent {} of {} ({}/s), {arrivals}, errors {}",
             self.started.elapsed().as_secs_f64(),
             report::count(self.sent),
@@ -306,12 +307,19 @@ impl Udp {
         json.u64("count", self.count);
         json.u64("size", self.size as u64);
         lines.push(format!(
-            "  sent: {} in {:.2} s ({}/s); send errors: {}; the socket was full {} time(s)",
+            "  sent: {} in {:.2} s ({}/s); send errors: {}; the socket was full {} time(s){}",
             report::count(self.sent),
             sending.as_secs_f64(),
             report::rate(sent_per_s),
             self.send_errors.human(),
-            report::count(self.stream.sent().waits)
+            report::count(self.stream.sent().waits),
+            match self.stream.sent().no_buffers {
+                0 => String::new(),
+                n => format!(
+                    ", the device's queue (ENOBUFS) {} time(s)",
+                    report::count(n)
+                ),
+            }
         ));
         let sent = self.stream.sent();
         lines.push(format!(
@@ -335,6 +343,7 @@ impl Udp {
         }
         self.send_errors.json(&mut json, "send_errors");
         json.u64("socket_full", self.stream.sent().waits);
+        json.u64("device_full", self.stream.sent().no_buffers);
         json.u64("unreachable", self.unreachable);
         if self.unreachable > 0 {
             lines.push(format!(
@@ -454,7 +463,9 @@ impl Handler for Udp {
 /// Runs `stress udp`: stream, then wait for stragglers, then report.
 pub fn run(args: &Args, trace: bool) -> Result<()> {
     zero_or_more("--rate", args.rate, UNPACED)?;
+    units::check_rate("--rate", args.rate).map_err(Error::Usage)?;
     zero_or_more("--drain", args.drain, SECONDS)?;
+    let drain = units::cap("--drain", args.drain).map_err(Error::Usage)?;
     let longest = chat_msg::format_now(NAME, &stream::text(args.count - 1, args.size)).len();
     if longest > MAX_DATAGRAM {
         return Err(Error::Usage(format!(
@@ -505,7 +516,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         count: args.count,
         size: args.size,
         rate,
-        drain: Duration::from_secs_f64(args.drain),
+        drain,
         started,
         sending_done: None,
         stream,

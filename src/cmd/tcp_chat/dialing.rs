@@ -74,7 +74,7 @@ impl TcpChat {
                 crate::trace!(cx.tracer(), "mesh: {addr}: {why}; next dial in {wait:.3} s");
             }
             None => log::info!(
-                "{addr}: {why}; giving up after {} failed dials",
+                "{addr}: {why}; giving up after {} failed dials (address forgotten)",
                 self.targets.give_up_after
             ),
         }
@@ -131,13 +131,20 @@ impl TcpChat {
         cx.set_timer_in(IDENT_WAIT, TIMER_IDENT | conn.0 as u64);
     }
 
-    /// An accepted connection said nothing for [`IDENT_WAIT`]: a guest that listens.
+    /// An accepted connection said nothing for [`IDENT_WAIT`]: a guest that
+    /// listens, if there is room for one more guest; else it is told so and closed.
     pub(super) fn on_ident_timer(&mut self, cx: &mut Ctx<Link>, conn: ConnId) {
         let due = cx
             .state(conn)
             .is_some_and(|l| l.role == Role::Unknown && l.deadline <= Some(Instant::now()));
-        if due {
+        if !due {
+            return;
+        }
+        if self.room_for_guest(conn) {
             self.become_guest(cx, conn, None);
+        } else {
+            let why = self.guests_full();
+            self.refuse_guest(cx, conn, &why);
         }
     }
 }

@@ -175,6 +175,10 @@ impl TcpChat {
             _ => {}
         }
         self.guests.remove(&conn);
+        // The link that held stdin back may be this one: stdin, paused, brings
+        // no event of its own, and no other link may ever drain, so look now.
+        // (A closed member is out of `members` already, so its queue no longer counts.)
+        self.regulate_stdin(cx);
         self.stop_if_alone(cx);
     }
 
@@ -277,7 +281,7 @@ impl TcpChat {
                 }
             },
         };
-        self.print(&shown);
+        self.print(cx, &shown);
         self.fan_out(cx, &frame, to_members, Some(from));
     }
 }

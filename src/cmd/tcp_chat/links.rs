@@ -473,16 +473,12 @@ impl TcpChat {
                         .guests
                         .iter()
                         .any(|(c, g)| *c != conn && g.name.as_deref() == Some(name));
-                let named = self.guests.values().filter(|g| g.name.is_some()).count();
                 let refusal = if let Err(why) = check_name(name) {
                     Some(why.to_string())
                 } else if taken {
                     Some(format!("the name {name} is already in this chat"))
-                } else if named >= self.max_guests {
-                    Some(format!(
-                        "this member has room for {} guests; try another one",
-                        self.max_guests
-                    ))
+                } else if !self.room_for_guest(conn) {
+                    Some(self.guests_full())
                 } else {
                     None
                 };
@@ -545,8 +541,23 @@ impl TcpChat {
         }
     }
 
+    /// True when `conn` may be a guest: it is one already (a listening guest
+    /// that now names itself), or fewer than `--max-guests` guests, listening
+    /// ones included, are here.
+    pub(super) fn room_for_guest(&self, conn: ConnId) -> bool {
+        self.guests.contains_key(&conn) || self.guests.len() < self.max_guests
+    }
+
+    /// The notice for a guest refused because the member is full.
+    pub(super) fn guests_full(&self) -> String {
+        format!(
+            "this member has room for {} guests; try another one",
+            self.max_guests
+        )
+    }
+
     /// Tells a guest why it cannot stay, in a chat message from us, and closes it.
-    fn refuse_guest(&mut self, cx: &mut Ctx<Link>, conn: ConnId, why: &str) {
+    pub(super) fn refuse_guest(&mut self, cx: &mut Ctx<Link>, conn: ConnId, why: &str) {
         let peer = cx.conn(conn).map(|c| c.peer());
         log::warn!(
             "refused a guest from {}: {}",
@@ -581,7 +592,7 @@ impl TcpChat {
         }
         let goodbye = chat_msg::format_now(&name, LEAVE_TEXT);
         if let Ok(frame) = framing::encode(goodbye.as_bytes(), self.frames) {
-            self.print(&goodbye);
+            self.print(cx, &goodbye);
             self.fan_out(cx, &frame, true, Some(conn));
         }
     }

@@ -6,7 +6,10 @@
 //!   with exactly one *active* link each (the one we send on).
 //! * [`Targets`]: the address book: every address we want a link to (the
 //!   PEER arguments, and addresses other members introduced), its state, and
-//!   when to dial it next. Bounded; a full book ignores further introductions.
+//!   when to dial it next. Bounded: a learned address that is given up is
+//!   forgotten, a full book makes room by forgetting the oldest address it no
+//!   longer dials, and only a book full of live addresses ignores further
+//!   introductions.
 //! * [`Backoff`]: capped exponential backoff with jitter, so members started
 //!   in any order find each other without a storm of connects.
 //! * [`DialKey`] and [`keep`]: the deterministic tie-break for simultaneous dials.
@@ -203,7 +206,7 @@ pub enum Origin {
     CommandLine,
     /// Introduced by a member, or learned from a member's own announcement:
     /// dialed while its member is in the chat; after the member vanishes,
-    /// redialed until [`Targets::give_up_after`] failures in a row.
+    /// redialed until [`Targets::give_up_after`] failures in a row, then forgotten.
     Learned,
 }
 
@@ -221,7 +224,8 @@ pub enum TargetState {
     Connected,
     /// The address is our own listener (a dial there reached ourselves).
     Myself,
-    /// Not dialed any more: refused for good, not a member, or given up.
+    /// Not dialed any more: refused for good, or not a member. A full book
+    /// forgets these first.
     Stopped,
 }
 
@@ -242,6 +246,8 @@ pub struct Target {
     pub strangers: u32,
     /// Why the last dial failed, for the SIGUSR1 table.
     pub last_error: Option<String>,
+    /// When it came into the book, as a count of additions (the oldest goes first).
+    added: u64,
 }
 
 /// The address book: bounded, keyed by a stable index (timers carry it).
@@ -252,6 +258,8 @@ pub struct Targets {
     /// Learned addresses are given up after this many failures in a row.
     pub give_up_after: u32,
     book: Slab<Target>,
+    /// Addresses added so far (each target's `added`).
+    n_added: u64,
 }
 
 impl Targets {
@@ -261,11 +269,14 @@ impl Targets {
             max,
             give_up_after,
             book: Slab::new(),
+            n_added: 0,
         }
     }
 
-    /// Adds an address to be dialed at `at`; `None` when the book is full.
-    /// An address already in the book is returned as it is.
+    /// Adds an address to be dialed at `at`. A full book first forgets the
+    /// oldest address it no longer dials (stopped, or our own); `None` when
+    /// every address in it is live. An address already in the book is
+    /// returned as it is.
     pub fn add(&mut self, addr: SocketAddr, origin: Origin, at: Instant) -> Option<usize> {
         if let Some(key) = self.find(addr) {
             if origin == Origin::CommandLine {
@@ -274,8 +285,15 @@ impl Targets {
             return Some(key);
         }
         if self.book.len() >= self.max {
-            return None;
+            let dead = self
+                .book
+                .iter()
+                .filter(|(_, t)| matches!(t.state, TargetState::Stopped | TargetState::Myself))
+                .min_by_key(|(_, t)| t.added)
+                .map(|(key, _)| key)?;
+            self.book.remove(dead);
         }
+        self.n_added += 1;
         Some(self.book.insert(Target {
             addr,
             origin,
@@ -284,6 +302,7 @@ impl Targets {
             failures: 0,
             strangers: 0,
             last_error: None,
+            added: self.n_added,
         }))
     }
 
@@ -332,7 +351,9 @@ impl Targets {
     }
 
     /// Records a failed dial (or a member lost) and says when to dial next:
-    /// `None` when the address is to be given up (learned, too many failures).
+    /// `None` when the address is given up (learned, too many failures); it
+    /// is then forgotten, so a member that comes back at a new address (a
+    /// restart on `--port 0`) never leaves a dead entry behind.
     pub fn failed(
         &mut self,
         key: usize,
@@ -346,7 +367,7 @@ impl Targets {
         target.failures = target.failures.saturating_add(1);
         target.last_error = Some(why);
         if target.origin == Origin::Learned && target.failures > give_up_after {
-            target.state = TargetState::Stopped;
+            self.book.remove(key);
             return None;
         }
         let at = now + backoff.delay(target.failures, rng);
@@ -420,7 +441,11 @@ mod tests {
         assert!(targets
             .failed(learned, "refused".into(), now, &backoff, &mut rng)
             .is_none());
-        assert_eq!(targets.get(learned).unwrap().state, TargetState::Stopped);
+        assert!(
+            targets.get(learned).is_none(),
+            "a given-up address is forgotten"
+        );
+        assert_eq!(targets.len(), 1);
         for _ in 0..100 {
             assert!(targets
                 .failed(given, "refused".into(), now, &backoff, &mut rng)
@@ -443,5 +468,25 @@ mod tests {
             .add("127.0.0.1:3".parse().unwrap(), Origin::Learned, now)
             .is_none());
         assert_eq!(targets.len(), 2);
+    }
+
+    #[test]
+    fn a_full_book_forgets_the_oldest_address_it_no_longer_dials() {
+        let now = Instant::now();
+        let mut targets = Targets::new(3, 3);
+        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let keys: Vec<usize> = (1..=3)
+            .map(|port| targets.add(addr(port), Origin::Learned, now).unwrap())
+            .collect();
+        targets.get_mut(keys[2]).unwrap().state = TargetState::Stopped;
+        targets.get_mut(keys[1]).unwrap().state = TargetState::Myself;
+        // The oldest dead one goes: 2 (ours), then 3 (stopped); 1 is live.
+        assert!(targets.add(addr(4), Origin::Learned, now).is_some());
+        assert!(targets.find(addr(2)).is_none());
+        assert!(targets.add(addr(5), Origin::Learned, now).is_some());
+        assert!(targets.find(addr(3)).is_none());
+        assert!(targets.add(addr(6), Origin::Learned, now).is_none());
+        assert!(targets.find(addr(1)).is_some());
+        assert_eq!(targets.len(), 3);
     }
 }

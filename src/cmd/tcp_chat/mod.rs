@@ -22,8 +22,10 @@
 //! text), `sockloop chat client`, or anything that speaks the same frames. The
 //! member it connected to is its hub: it prints the guest's messages and
 //! passes them to every member and guest, and passes everything it receives
-//! to its guests. A guest that stays silent becomes a guest after
-//! [`IDENT_WAIT`] (what it was sent meanwhile was held for it).
+//! to its guests. A connection that stays silent becomes a guest that only
+//! listens after [`IDENT_WAIT`] (what it was sent meanwhile was held for it).
+//! Listening guests count toward `--max-guests` like named ones: one past
+//! the bound is sent a notice and closed.
 //!
 //! # Start in any order, leave in any way
 //!
@@ -96,7 +98,7 @@ pub const LEAVE_GRACE: Duration = Duration::from_secs(2);
 /// The first wait before dialing an address again.
 pub const RETRY_BASE: Duration = Duration::from_millis(200);
 
-/// Learned addresses are given up after this many failed dials in a row
+/// Learned addresses are given up (and forgotten) after this many failed dials in a row
 /// (with the default 10 s cap, a few minutes).
 pub const GIVE_UP_AFTER: u32 = 30;
 
@@ -163,7 +165,8 @@ pub struct Args {
     /// Most members linked at once; a hello beyond it is refused (the dialer retries later).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_peers: u32,
-    /// Most guests (framed clients that are not members) at once.
+    /// Most guests (framed clients that are not members, silent listeners
+    /// included) at once; one more is sent a notice and closed.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=65_536))]
     pub max_guests: u32,
     /// Bytes that may wait for one member or guest (suffixes K, M, G); one that
@@ -267,6 +270,8 @@ struct TcpChat {
     leaving: bool,
     /// Printing to stdout failed once; do not try again.
     stdout_gone: bool,
+    /// Every link's reads are held until stdout drains.
+    stdout_held: bool,
     outcome: Result<()>,
     /// Scratch list of connection ids.
     ids: Vec<ConnId>,
@@ -286,6 +291,8 @@ impl Handler for TcpChat {
             Event::Drained(_) => self.regulate_stdin(cx),
             Event::Closed(conn, reason) => self.on_closed(cx, conn, reason),
             Event::Timer(id) => self.on_timer(cx, id),
+            Event::StdoutReady => self.on_stdout_ready(cx),
+            Event::StdoutClosed => self.on_stdout_closed(),
             Event::Signal(signal) => {
                 if self.leaving {
                     log::info!("{}: stopping now", signals::name(signal));
@@ -377,6 +384,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         n_book_full: 0,
         leaving: false,
         stdout_gone: false,
+        stdout_held: false,
         outcome: Ok(()),
         ids: Vec::new(),
     };
@@ -387,6 +395,9 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     reactor
         .run(&mut chat)
         .map_err(|e| Error::io("polling", e))?;
+    reactor
+        .drain_stdout()
+        .map_err(|e| Error::io("writing to stdout", e))?;
     chat.outcome
 }
 
@@ -490,7 +501,7 @@ impl TcpChat {
                 TargetState::Dialing(conn) => format!("dialing on {conn}"),
                 TargetState::Connected => "connected".to_string(),
                 TargetState::Myself => "our own address".to_string(),
-                TargetState::Stopped => "given up".to_string(),
+                TargetState::Stopped => "not dialed any more".to_string(),
             };
             let _ = writeln!(
                 out,

@@ -2,7 +2,16 @@
 //! on stdout, starting the mesh once the name is known, and leaving it.
 //!
 //! *Invariant:* stdin is read only while no member has more than half its
-//! backlog waiting, so piped input goes at the pace of the slowest member.
+//! backlog waiting, so piped input goes at the pace of the slowest member;
+//! the check runs again whenever a queue drains or a link closes, so paused
+//! input never waits for a member that is gone.
+//!
+//! *Invariant:* stdout is the user's data, and nothing meant for it is
+//! dropped. When its buffer is full, every link's reads are held until it
+//! drains: the backpressure reaches the senders through TCP, and their own
+//! backlog policy decides about a member whose reader stays stuck. (Guests
+//! relayed through this member wait too: a member is a person's chat first
+//! and its guests' hub second.)
 
 use std::rc::Rc;
 use std::time::Instant;
@@ -14,9 +23,8 @@ use crate::chat_msg::{self, LEAVE_TEXT};
 use crate::conn::CloseReason;
 use crate::framing;
 use crate::net;
-use crate::reactor::Ctx;
+use crate::reactor::{Ctx, StdoutRoom};
 use crate::safe_text::visible;
-use crate::sys;
 
 impl TcpChat {
     // ----- The local user -----------------------------------------------------
@@ -83,18 +91,57 @@ impl TcpChat {
     }
 
     /// Prints one message (already made visible) and a newline on stdout.
-    pub(super) fn print(&mut self, text: &str) {
+    /// When stdout's buffer is full, every link's reads are held until
+    /// [`Event::StdoutReady`](crate::reactor::Event::StdoutReady) (see the
+    /// module docs).
+    pub(super) fn print(&mut self, cx: &mut Ctx<Link>, text: &str) {
         if self.stdout_gone {
             return;
         }
         let mut line = String::with_capacity(text.len() + 1);
         line.push_str(text);
         line.push('\n');
-        if let Err(e) = sys::write_all_fd(1, line.as_bytes()) {
-            if e.kind() != std::io::ErrorKind::BrokenPipe {
-                log::warn!("cannot print messages any more: {e}");
+        match cx.stdout_data(line.as_bytes()) {
+            StdoutRoom::Room | StdoutRoom::Closed => {}
+            StdoutRoom::Full => {
+                if !self.stdout_held {
+                    self.stdout_held = true;
+                    log::debug!("stdout is full: reads held until it drains");
+                }
+                let mut ids = std::mem::take(&mut self.ids);
+                cx.conn_ids(&mut ids);
+                for &id in &ids {
+                    cx.hold_reads(id);
+                }
+                self.ids = ids;
             }
+        }
+    }
+
+    /// Stdout took what waited: read every link again.
+    pub(super) fn on_stdout_ready(&mut self, cx: &mut Ctx<Link>) {
+        if !self.stdout_held {
+            return;
+        }
+        self.stdout_held = false;
+        let mut ids = std::mem::take(&mut self.ids);
+        cx.conn_ids(&mut ids);
+        for &id in &ids {
+            cx.release_reads(id);
+        }
+        self.ids = ids;
+    }
+
+    /// Stdout failed (its reader closed the pipe, say): stop printing.
+    pub(super) fn on_stdout_closed(&mut self) {
+        if !self.stdout_gone {
             self.stdout_gone = true;
+            match crate::reactor::console::stdout_failure() {
+                Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    log::warn!("cannot print messages any more: {e}");
+                }
+                _ => {}
+            }
         }
     }
 
