@@ -8,11 +8,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 
-/// A small xorshift generator: plenty for test input, and no dependency.
-struct XorShift(u64);
+/// A small xorshift generator: plenty for test input (and the chat server's
+/// reconnect jitter and hub ids), and no dependency. Not for secrets.
+#[derive(Debug)]
+pub(crate) struct XorShift(u64);
 
 impl XorShift {
-    fn seeded() -> XorShift {
+    /// Seeded from the clock and the process id.
+    pub(crate) fn seeded() -> XorShift {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -20,7 +23,8 @@ impl XorShift {
         XorShift((nanos ^ (u64::from(std::process::id()) << 32)) | 1)
     }
 
-    fn next(&mut self) -> u64 {
+    /// The next number.
+    pub(crate) fn next(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;

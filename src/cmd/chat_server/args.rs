@@ -10,14 +10,19 @@
 //!
 //! What it must not do: hold any state of the running server.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use clap::{Args as ClapArgs, ValueEnum};
 
+use super::broker::{Link, LinkConfig};
 use super::web::WebArgs;
 use super::{deadlines, udp_room};
+use crate::addr;
 use crate::cmd::access_args::AccessArgs;
 use crate::cmd::chat::FramingArgs;
+use crate::error::{Error, Result};
+use crate::nats::{self, ServerUrl};
 use crate::tls::ServerTlsArgs;
 
 /// The long `--help` text of `chat server` (also used by `cli.rs`, whose doc
@@ -79,6 +84,17 @@ pub const LONG_ABOUT: &str =
     included (use 'ncat --ssl' or 'openssl s_client' there) and the web port (https, \
     wss); a TLS client joins once its handshake is over. Refusals and closes are logged \
     at most once a second per cause, with counts.\n\n\
+    One room across many hubs: with --broker nats://HOST:PORT (a NATS server; several, \
+    comma-separated, for a cluster), every message that enters this hub by any door is \
+    published once on the subject sockloop.room.ROOM (--room, default lobby), and every \
+    message other hubs publish there reaches every member here, on every door; joins and \
+    leaves cross too, and '/who' lists the members of every hub. The broker link is one \
+    more connection in the same loop: when the broker is absent, killed or restarted the \
+    local room goes on, messages for the other hubs wait in --broker-backlog (then are \
+    dropped and counted), and the hub reconnects (backoff from 100 ms to \
+    --broker-reconnect-max, with jitter) to the listed servers and those the broker \
+    announces. Delivery across hubs is at most once: what a broker outage loses is counted \
+    and logged, never duplicated. SIGUSR1 shows the link.\n\n\
     Prints 'chat server listening on IP:PORT' on stderr when ready (then one line for \
     each extra door). Ctrl+C or SIGTERM: stop accepting, flush what is queued (at most \
     2 s), exit 0; UDP peers are sent the leave text, so they forget the server.";
@@ -97,7 +113,9 @@ pub const LONG_ABOUT: &str =
         sockloop chat server --port 8080 --relay-only --web-port 8000\n  \
         (then open http://localhost:8000/ in a browser)\n  \
         sockloop chat server --port 8443 --tls-cert /tmp/tls/cert.pem --tls-key /tmp/tls/key.pem\n  \
-        sockloop chat server --port 8080 --deny 10.0.0.0/8 --max-conns-per-ip 4 --rate-limit 20/s\n\n\
+        sockloop chat server --port 8080 --deny 10.0.0.0/8 --max-conns-per-ip 4 --rate-limit 20/s\n  \
+        sockloop chat server --port 8080 --relay-only --broker nats://127.0.0.1:4222 --room ops\n  \
+        sockloop chat server --port 8081 --relay-only --broker nats://10.0.0.1:4222,nats://10.0.0.2:4222\n\n\
         Send SIGUSR1 to print the connection table with each client's queued bytes."
 )]
 pub struct Args {
@@ -183,6 +201,138 @@ pub struct Args {
     /// The web door: a page and a WebSocket for browsers.
     #[command(flatten)]
     pub web: WebArgs,
+    /// One room across many hubs, through a NATS broker (boxed: most
+    /// servers run without one).
+    #[command(flatten)]
+    pub broker: Box<BrokerArgs>,
+}
+
+/// The options of the broker link (`--broker` and the flags that need it).
+#[derive(Debug, Clone, ClapArgs)]
+pub struct BrokerArgs {
+    /// Join this hub's room to other hubs' through a NATS broker:
+    /// nats://[USER:PASS@|TOKEN@]HOST[:PORT] (port 4222 if none), several
+    /// comma-separated for a cluster's servers (default: no broker).
+    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
+    pub broker: Vec<String>,
+    /// The room's name on the broker: hubs with the same room share it
+    /// (subject sockloop.room.NAME; letters, digits, '-', '_').
+    #[arg(long, value_name = "NAME", default_value = "lobby", value_parser = parse_token,
+          requires = "broker")]
+    pub room: String,
+    /// This hub's id on the broker, carried by every message it publishes so
+    /// no hub takes its own back (default: random; letters, digits, '-', '_').
+    #[arg(long, value_name = "ID", value_parser = parse_token, requires = "broker")]
+    pub hub_id: Option<String>,
+    /// Bytes of messages that may wait for the broker while its link is
+    /// down or slow (suffixes K, M, G); beyond it messages for other hubs are
+    /// dropped, counted and logged; the local room never waits.
+    #[arg(long, value_name = "BYTES", default_value = "4M",
+          value_parser = crate::units::parse_size_min1, requires = "broker")]
+    pub broker_backlog: usize,
+    /// Time between PINGs to the broker (500ms, 2s, ...; a bare number is
+    /// seconds); a link that has not answered one by the next is dropped and
+    /// reconnected (dead within two intervals).
+    #[arg(long, value_name = "TIME", default_value = "2s", value_parser = parse_interval,
+          requires = "broker")]
+    pub broker_ping: Duration,
+    /// Longest wait between reconnect attempts: the wait doubles from 100ms
+    /// after each failure up to this, each drawn between half and all of it.
+    #[arg(long, value_name = "TIME", default_value = "5s", value_parser = parse_interval,
+          requires = "broker")]
+    pub broker_reconnect_max: Duration,
+    /// User name for the broker (instead of USER:PASS@ in the URL).
+    #[arg(long, value_name = "USER", requires = "broker_password")]
+    pub broker_user: Option<String>,
+    /// Password for --broker-user.
+    #[arg(long, value_name = "PASS", requires = "broker_user")]
+    pub broker_password: Option<String>,
+    /// Token for the broker (instead of TOKEN@ in the URL).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        requires = "broker",
+        conflicts_with = "broker_user"
+    )]
+    pub broker_token: Option<String>,
+}
+
+impl BrokerArgs {
+    /// The link's settings, with its servers resolved; `None` without `--broker`.
+    /// A server name that does not resolve is skipped with a warning (a
+    /// cluster may have others); none at all is an error.
+    pub(super) fn link_config(&self) -> Result<Option<LinkConfig>> {
+        if self.broker.is_empty() {
+            if self.broker_user.is_some() || self.broker_token.is_some() {
+                return Err(Error::Usage("broker credentials need --broker".into()));
+            }
+            return Ok(None);
+        }
+        let mut servers: Vec<SocketAddr> = Vec::new();
+        let mut user = None;
+        let mut token = None;
+        let mut unresolved = None;
+        for text in &self.broker {
+            let url =
+                ServerUrl::parse(text).map_err(|why| Error::Usage(format!("--broker: {why}")))?;
+            user = user.or(url.user.clone());
+            token = token.or(url.token.clone());
+            let found = match url.ip() {
+                Some(addr) => vec![addr],
+                None => match addr::resolve_all(&url.to_string()["nats://".len()..]) {
+                    Ok(found) => found,
+                    Err(e) => {
+                        log::warn!("--broker {url}: {e}; skipped");
+                        unresolved = Some(e);
+                        continue;
+                    }
+                },
+            };
+            for addr in found {
+                if !servers.contains(&addr) {
+                    servers.push(addr);
+                }
+            }
+        }
+        if let (true, Some(error)) = (servers.is_empty(), unresolved) {
+            return Err(error);
+        }
+        if let (Some(name), Some(pass)) = (&self.broker_user, &self.broker_password) {
+            user = Some((name.clone(), pass.clone()));
+        }
+        token = self.broker_token.clone().or(token);
+        Ok(Some(LinkConfig {
+            servers,
+            user,
+            token,
+            hub_id: self.hub_id.clone().unwrap_or_else(Link::random_id),
+            room: self.room.clone(),
+            backlog: self.broker_backlog,
+            ping_every: self.broker_ping,
+            reconnect_max: self.broker_reconnect_max,
+        }))
+    }
+}
+
+/// Parses a subject token (a room name, a hub id).
+fn parse_token(text: &str) -> std::result::Result<String, String> {
+    if nats::is_token(text) {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "'{text}' must be 1 to 64 letters, digits, '-' or '_' (it becomes part of a subject)"
+        ))
+    }
+}
+
+/// Parses a broker interval: a duration from 50ms to 1h.
+fn parse_interval(text: &str) -> std::result::Result<Duration, String> {
+    let interval = crate::units::parse_duration(text)?;
+    if (Duration::from_millis(50)..=Duration::from_secs(3600)).contains(&interval) {
+        Ok(interval)
+    } else {
+        Err(format!("'{text}' is not between 50ms and 1h"))
+    }
 }
 
 /// The policy for a client that does not keep up.
@@ -192,4 +342,21 @@ pub enum OnBacklog {
     Disconnect,
     /// Drop its oldest queued messages and send it a notice of how many it missed.
     DropOldest,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rooms_and_seconds_are_checked() {
+        assert_eq!(parse_token("lobby"), Ok("lobby".to_string()));
+        assert!(parse_token("a.b").is_err());
+        assert!(parse_token("").is_err());
+        assert_eq!(parse_interval("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_interval("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_interval("0").is_err());
+        assert!(parse_interval("1us").is_err());
+        assert!(parse_interval("2h").is_err());
+    }
 }

@@ -3,15 +3,14 @@
 //!
 //! `/who` lists who can read the room — the server's user, every TCP client
 //! (by name, or by address until its name is known) and every UDP peer — with
-//! the door each came in by. The answer is one message, at most
-//! [`MAX_ANSWER`] bytes of text; a longer list ends with how many were left
-//! out. Any other text starting with `/` is an ordinary message.
+//! the door each came in by (`who.rs`, which also asks the other hubs of a
+//! room joined through a broker). The answer is one message, cut to
+//! [`MAX_ANSWER`] bytes of text for a UDP peer or the server's user. Any
+//! other text starting with `/` is an ordinary message.
 //!
 //! What it must not do: send an answer to anyone but the one who asked.
 
-use std::fmt::Write as _;
-
-use super::member::{door_name, Member, Origin};
+use super::member::{Member, Origin};
 use super::Hub;
 use crate::reactor::Ctx;
 
@@ -43,11 +42,13 @@ impl Command {
 }
 
 impl Hub {
-    /// Answers `command` to `to` alone.
+    /// Answers `command` to `to` alone. `/who` from a TCP member asks the
+    /// other hubs too, when there is a broker link (`who.rs`).
     pub(super) fn answer(&mut self, cx: &mut Ctx<Member>, to: Origin, command: Command) {
-        let text = match command {
-            Command::Who => self.who(cx),
-            Command::Help => HELP.to_string(),
+        let text = match (command, to) {
+            (Command::Who, Origin::Member(conn)) => return self.on_who(cx, conn),
+            (Command::Who, _) => self.who_here(cx),
+            (Command::Help, _) => HELP.to_string(),
         };
         match to {
             Origin::Member(conn) => self.tell(cx, conn, &text),
@@ -56,45 +57,20 @@ impl Hub {
         }
     }
 
-    /// Who is in the room, and by which door, as one line of text.
-    fn who(&mut self, cx: &mut Ctx<Member>) -> String {
+    /// Who is in the room on this hub, and by which door, as one line of
+    /// text of at most [`MAX_ANSWER`] bytes.
+    fn who_here(&mut self, cx: &mut Ctx<Member>) -> String {
         let limit = MAX_ANSWER.min(self.frames.max_frame.saturating_sub(64));
-        let mut entries: Vec<String> = Vec::new();
-        if let Some(host) = &self.host {
-            entries.push(format!("{host} (this server's user)"));
-        }
-        cx.conn_ids(&mut self.ids);
-        for &id in &self.ids {
-            let Some(c) = cx.conn(id) else {
-                continue;
-            };
-            let member = &c.state_of_app;
-            if !member.joined || member.leaving {
-                continue;
+        let mut here = String::new();
+        let (listed, more) = self.local_members(cx, &mut here, usize::MAX);
+        let mut text = format!("{} in the room: {here}", listed + more);
+        if text.len() > limit {
+            let mut cut = limit.saturating_sub(4);
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
             }
-            let door = door_name(member.wire(), c.is_tls());
-            entries.push(match &member.name {
-                Some(name) => format!("{name} ({door})"),
-                None => format!("{} ({door}, no name yet)", c.peer()),
-            });
-        }
-        if let Some(udp) = &self.udp {
-            udp.list(&mut entries);
-        }
-        let mut text = format!("in the room ({}): ", entries.len());
-        for (shown, entry) in entries.iter().enumerate() {
-            let more = entries.len() - shown;
-            if text.len() + entry.len() + format!(", and {more} more").len() + 2 > limit {
-                if shown > 0 {
-                    text.push_str(", ");
-                }
-                let _ = write!(text, "and {more} more");
-                return text;
-            }
-            if shown > 0 {
-                text.push_str(", ");
-            }
-            text.push_str(entry);
+            text.truncate(cut);
+            text.push_str(" ...");
         }
         text
     }

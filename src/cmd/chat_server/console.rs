@@ -138,7 +138,8 @@ impl Hub {
                     self.answer(cx, Origin::Server, command);
                     return;
                 }
-                if self.n_members == 0 && self.udp.as_ref().map_or(true, UdpRoom::is_empty) {
+                let alone = self.n_members == 0 && self.broker.is_none();
+                if alone && self.udp.as_ref().map_or(true, UdpRoom::is_empty) {
                     log::warn!("nobody is connected: the message went to no one");
                 }
                 self.say_as_host(cx, text);
@@ -173,6 +174,7 @@ impl Hub {
             let message = chat_msg::format_now(SERVER_NAME, LEAVE_TEXT);
             udp.send_all(cx, None, message.as_bytes(), &mut None);
         }
+        self.leave_other_hubs(cx);
         if let Some(udp) = self.udp.as_mut() {
             udp.clear();
         }
@@ -191,11 +193,12 @@ impl Hub {
         let web_close = self.web_goodbye();
         cx.conn_ids(&mut self.ids);
         for &id in &self.ids {
-            match cx.state(id).map(|m| (m.wire(), m.listening())) {
-                Some((Wire::Framed, _)) => {
+            match cx.state(id).map(|m| (m.wire(), m.listening(), m.link)) {
+                Some((_, _, true)) => continue, // The broker link closes itself.
+                Some((Wire::Framed, _, _)) => {
                     let _ = cx.queue(id, &close);
                 }
-                Some((Wire::Web, true)) => {
+                Some((Wire::Web, true, _)) => {
                     let _ = cx.queue(id, &web_close);
                 }
                 _ => {}

@@ -35,7 +35,7 @@ use crate::chat_msg::LEAVE_TEXT;
 use crate::reactor::{ConnId, Ctx, Queued};
 
 /// Whole frames, as they came, turned into text lines (one per frame).
-fn frames_as_lines(frames: &[u8], prefix: usize) -> Rc<[u8]> {
+pub(super) fn frames_as_lines(frames: &[u8], prefix: usize) -> Rc<[u8]> {
     let mut lines = Vec::with_capacity(frames.len());
     let mut rest = frames;
     while rest.len() >= prefix {
@@ -188,6 +188,9 @@ impl Hub {
                 let frame = Rc::clone(frame);
                 self.over_limit(cx, id, &frame, queued);
             }
+        }
+        if let Some(link) = self.broker.as_mut() {
+            link.publish_frames(cx, &self.batch, self.frames.prefix);
         }
         self.batch.clear();
     }

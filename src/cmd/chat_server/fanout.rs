@@ -89,6 +89,10 @@ impl Hub {
     /// is dealt with by the `--on-backlog` policy.
     pub(super) fn fan_out(&mut self, cx: &mut Ctx<Member>, origin: Origin, out: &mut Outgoing<'_>) {
         self.flush_batch(cx);
+        if let Some(link) = self.broker.as_mut() {
+            // To the other hubs of the room, once (see remote.rs).
+            link.publish_text(cx, out.text, self.frames.prefix);
+        }
         cx.conn_ids(&mut self.ids);
         for i in 0..self.ids.len() {
             let id = self.ids[i];

@@ -124,6 +124,9 @@ pub struct Member {
     /// It ended its stream (or sent the zero-length frame) with messages
     /// still held: it leaves once they are relayed.
     pub(super) leave_after_held: bool,
+    /// This connection is the hub's link to the NATS broker (`broker.rs`),
+    /// not a client: it is never in the room.
+    pub(super) link: bool,
 }
 
 impl Default for Member {
@@ -144,6 +147,7 @@ impl Default for Member {
             notice_queued: false,
             held: Vec::new(),
             leave_after_held: false,
+            link: false,
         }
     }
 }
@@ -153,7 +157,7 @@ impl Member {
     pub(super) fn listening(&self) -> bool {
         let waiting_for_name = self.line && self.name.is_none();
         let not_a_websocket = self.web == Some(WebStage::Http);
-        self.joined && !self.leaving && !waiting_for_name && !not_a_websocket
+        self.joined && !self.leaving && !waiting_for_name && !not_a_websocket && !self.link
     }
 
     /// The wire format it is sent the room in.
@@ -467,7 +471,7 @@ impl Hub {
         cx.conn_ids(&mut self.ids);
         for &id in &self.ids {
             let idle = cx.state(id).is_some_and(|m| {
-                m.joined && !m.leaving && now.duration_since(m.last_heard) >= timeout
+                m.joined && !m.leaving && !m.link && now.duration_since(m.last_heard) >= timeout
             });
             if idle {
                 cx.close(id, CloseReason::Idle);

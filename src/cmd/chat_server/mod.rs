@@ -82,9 +82,14 @@
 //! * `held.rs`: messages held back by `--rate-limit`.
 //! * `console.rs`: the server's own user, its copy of the room on stdout
 //!   (dropped and counted, never waited for), and shutdown.
+//! * `broker.rs`: the link to a NATS broker (`--broker`) that joins this
+//!   hub's room to other hubs'; `outbox.rs`: what waits for it;
+//!   `remote.rs`: what other hubs send, delivered here;
+//!   `who.rs`: `/who`, on this hub and across hubs.
 
 mod args;
 mod backlog;
+mod broker;
 mod commands;
 mod console;
 mod deadlines;
@@ -95,9 +100,12 @@ mod fanout;
 mod held;
 mod identity;
 mod member;
+mod outbox;
 mod read;
+mod remote;
 pub mod udp_room;
 mod web;
+mod who;
 
 pub use args::{Args, OnBacklog, LONG_ABOUT};
 pub use member::Member;
@@ -116,6 +124,7 @@ use crate::reactor::{signals, Config, ConnId, Ctx, Event, Handler, Reactor};
 use crate::udp;
 use crate::websocket;
 use backlog::notice_reserve;
+use broker::{Link, TIMER_BROKER};
 use console::{ConsoleCopy, HINT};
 use identity::Names;
 pub use identity::SERVER_NAME;
@@ -199,12 +208,18 @@ struct Hub {
     console: ConsoleCopy,
     /// Shutting down: not accepting, clients flushing, no more announcements.
     stopping: bool,
+    /// The link to the NATS broker that joins this hub's room to other
+    /// hubs' (`--broker`), if there is one.
+    broker: Option<Link>,
 }
 
 impl Handler for Hub {
     type Conn = Member;
 
     fn handle(&mut self, cx: &mut Ctx<Member>, event: Event<'_>) {
+        let Some(event) = self.link_event(cx, event) else {
+            return;
+        };
         match event {
             Event::Accepted { conn, listener } => self.on_accepted(cx, conn, listener),
             Event::Data(conn, bytes) => self.on_data(cx, conn, bytes),
@@ -225,6 +240,7 @@ impl Handler for Hub {
             }
             Event::Timer(TIMER_IDLE_SWEEP) => self.sweep_idle(cx),
             Event::Timer(TIMER_UDP_SWEEP) => self.sweep_udp(cx),
+            Event::Timer(id) if id & TIMER_BROKER != 0 => self.on_link_timer(cx, id),
             Event::Timer(TIMER_WEB_SWEEP) => self.sweep_web(cx),
             Event::Timer(TIMER_LOG_SUMMARY) => {
                 self.log_close_summaries();
@@ -262,6 +278,9 @@ impl Handler for Hub {
         if let Some(udp) = &self.udp {
             udp.describe(out);
         }
+        if let Some(link) = &self.broker {
+            link.describe(out);
+        }
     }
 
     fn buffered_in(&self, member: &Member) -> usize {
@@ -293,6 +312,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         crate::safe_text::check_name(name.trim())
             .map_err(|why| Error::Usage(format!("--name: {why}")))?;
     }
+    let link = args.broker.link_config()?.map(Link::new);
     let notice_reserve = notice_reserve(SERVER_NAME, frames);
     let largest_message =
         framing::encoded_len(frames.max_frame, frames).max(websocket::frame_len(frames.max_frame));
@@ -440,7 +460,11 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         batch_from: None,
         console: ConsoleCopy::new(!args.no_stdout),
         stopping: false,
+        broker: link,
     };
+    if let Some(link) = hub.broker.as_mut() {
+        link.start(reactor.cx());
+    }
     reactor.run(&mut hub).map_err(|e| Error::io("polling", e))?;
     hub.note_unprinted();
     Ok(())

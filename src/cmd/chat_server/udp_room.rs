@@ -300,6 +300,11 @@ impl UdpRoom {
         }
     }
 
+    /// The names of the peers that have given one.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.peers.values().filter_map(|peer| peer.name.as_deref())
+    }
+
     /// Peers in the room.
     pub fn len(&self) -> usize {
         self.peers.len()

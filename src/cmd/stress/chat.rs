@@ -22,6 +22,12 @@
 //! Each framed sender's stamp is the text of a chat message from
 //! `stress-SSSSS` (see `stamp.rs`), so a chat server relays it as it came.
 //!
+//! Given several addresses (the hubs of one room joined through a broker,
+//! `chat server --broker`), the clients are spread over them round-robin,
+//! delivered/expected and per-sender order are checked across all of them,
+//! and the fan-out latency of frames that crossed to another hub is also
+//! reported on its own.
+//!
 //! Frames are decoded with the crate's one codec (`framing.rs`); senders
 //! patch digits into a preallocated frame per sender, so the hot path
 //! allocates nothing per frame.
@@ -98,12 +104,17 @@ pub const LONG_ABOUT: &str =
         sockloop stress chat 127.0.0.1:9001 --conns 100 --senders 10 --rate 1000 --size 64\n  \
         sockloop stress chat 127.0.0.1:9001 --conns 50 --senders 5 --rate 100 --json\n  \
         sockloop chat server --relay-only --port 9001 --line-port 9002 &\n  \
-        sockloop stress chat 127.0.0.1:9002 --lines -c 20 --senders 2 -R 200"
+        sockloop stress chat 127.0.0.1:9002 --lines -c 20 --senders 2 -R 200\n  \
+        sockloop stress chat 127.0.0.1:9001 127.0.0.1:9002 --conns 100 --senders 10   (two hubs of one room)"
 )]
 pub struct Args {
     /// Where to connect and how (shared by every TCP mode); --conns is the number of clients.
     #[command(flatten)]
     pub tcp: TcpArgs,
+    /// More hubs of the same room (joined through `chat server --broker`):
+    /// client i connects to address i mod the number of addresses.
+    #[arg(value_name = "MORE_ADDRS")]
+    pub more: Vec<String>,
     /// How many of the clients send (all of them read).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=99_999))]
     pub senders: u32,
@@ -207,6 +218,11 @@ struct Chat {
     other_frames: u64,
     /// Fan-out latency, corrected and uncorrected, second by second.
     timeline: Timeline,
+    /// Addresses the clients are spread over (client i: address i mod hubs).
+    hubs: u32,
+    /// Fan-out latency, from the actual send, of frames received on another
+    /// hub than their sender's (the path through the broker).
+    cross_hub: Latency,
     /// How late frames left against their schedule (timer granularity + generator load).
     send_lag: Latency,
     errors: Tally,
@@ -377,6 +393,9 @@ impl Chat {
             now.saturating_sub(intended),
             now.saturating_sub(actual),
         );
+        if self.hubs > 1 && sender % u64::from(self.hubs) != u64::from(receiver % self.hubs) {
+            self.cross_hub.record(now.saturating_sub(actual));
+        }
     }
 
     fn fail(&mut self, kind: usize, text: String) {
@@ -432,8 +451,12 @@ impl Chat {
         let plan = self.run.connector.plan();
         let per_sender = 1e9 / self.period_ns as f64;
         format!(
-            "stress chat {}: {} clients, {} sender(s), {} frames/s ({} per sender), {} B, {}",
+            "stress chat {}{}: {} clients, {} sender(s), {} frames/s ({} per sender), {} B, {}",
             plan.target,
+            match plan.also.len() {
+                0 => String::new(),
+                more => format!(" and {more} more hub(s)"),
+            },
             report::count(u64::from(plan.n)),
             self.n_senders,
             report::rate(per_sender * f64::from(self.n_senders)),
@@ -588,6 +611,17 @@ impl Chat {
             self.timeline.total(),
             self.timeline.total_uncorrected(),
         );
+        json.u64("hubs", u64::from(self.hubs));
+        if self.hubs > 1 {
+            let cross = self.cross_hub.percentiles();
+            lines.push(format!(
+                "  fan-out to another hub than the sender's (from the actual send):         {}",
+                cross.human()
+            ));
+            cross.json(&mut json, "latency_cross_hub");
+        } else {
+            json.null("latency_cross_hub");
+        }
         let lag = self.send_lag.percentiles();
         lines.push(format!(
             "  send lag (how late frames left against their schedule):                  {}",
@@ -722,7 +756,10 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         )));
     }
     let log = args.measure.create_log()?;
-    let setup = prepare(&args.tcp, 0)?;
+    let mut setup = prepare(&args.tcp, 0)?;
+    for more in &args.more {
+        setup.plan.also.push(crate::addr::resolve(more)?);
+    }
     let senders = (0..args.senders)
         .map(|s| {
             let stamp = stamp_template(s, size);
@@ -785,6 +822,8 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         out_of_order: 0,
         other_frames: 0,
         timeline,
+        hubs: 1 + args.more.len() as u32,
+        cross_hub: Latency::new(),
         send_lag: Latency::new(),
         errors: Tally::new(ERROR_NAMES),
         first_error: None,

@@ -96,6 +96,10 @@ impl Cause {
 pub struct Plan {
     /// The server.
     pub target: SocketAddr,
+    /// More servers of the same service (the hubs of one chat room):
+    /// connection `i` goes to `target` when `i % (1 + also.len())` is 0,
+    /// else to `also[i % (1 + also.len()) - 1]`.
+    pub also: Vec<SocketAddr>,
     /// Connections to open.
     pub n: u32,
     /// Most connections opened per second; `None`: as fast as `concurrency` allows.
@@ -109,6 +113,14 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The server connection `index` goes to (round-robin over `target` and `also`).
+    pub fn target_of(&self, index: u32) -> SocketAddr {
+        match index as usize % (1 + self.also.len()) {
+            0 => self.target,
+            k => self.also[k - 1],
+        }
+    }
+
     /// The source address connection `index` binds to, if spreading.
     pub fn source_for(&self, index: u32) -> Option<SocketAddr> {
         let per_source = self.per_source?;
@@ -391,8 +403,9 @@ impl Connector {
 
     fn open<S: Default>(&mut self, cx: &mut Ctx<S>, index: u32) {
         let started = Instant::now();
-        let opened = net::connect_nonblocking(self.plan.target, self.plan.source_for(index))
-            .and_then(|stream| cx.adopt(stream, self.plan.target, S::default(), true));
+        let target = self.plan.target_of(index);
+        let opened = net::connect_nonblocking(target, self.plan.source_for(index))
+            .and_then(|stream| cx.adopt(stream, target, S::default(), true));
         match opened {
             Ok(id) => {
                 if self.by_key.len() <= id.0 {
@@ -568,6 +581,7 @@ mod tests {
     fn plan(n: u32, per_source: Option<u32>) -> Plan {
         Plan {
             target: "127.0.0.1:9".parse().unwrap(),
+            also: Vec::new(),
             n,
             rate: None,
             concurrency: 10,
@@ -584,6 +598,16 @@ mod tests {
         assert_eq!(p.source_for(4000).unwrap().to_string(), "127.0.0.3:0");
         assert_eq!(p.n_sources(), 3);
         assert_eq!(plan(10, None).source_for(0), None);
+    }
+
+    #[test]
+    fn connections_go_round_robin_over_the_targets() {
+        let mut p = plan(10, None);
+        assert_eq!(p.target_of(7), p.target);
+        p.also = vec!["127.0.0.1:10".parse().unwrap()];
+        assert_eq!(p.target_of(0).port(), 9);
+        assert_eq!(p.target_of(1).port(), 10);
+        assert_eq!(p.target_of(2).port(), 9);
     }
 
     #[test]

@@ -197,6 +197,7 @@ pub fn prepare(args: &TcpArgs, extra: u32) -> Result<Setup> {
     };
     let plan = Plan {
         target,
+        also: Vec::new(),
         n: args.conns,
         rate: (args.connect_rate > 0.0).then_some(args.connect_rate),
         concurrency: args.connect_concurrency,
