@@ -2,6 +2,12 @@
 //!
 //! A deny match always refuses; when any allow entry exists, an address must
 //! match one of them. No I/O here.
+//!
+//! IPv4 and IPv6 blocks live in one space: an IPv4 address is compared as
+//! the IPv4-mapped IPv6 address it is to a dual-stack listener
+//! (`::ffff:a.b.c.d`). So `127.0.0.0/8` and `::ffff:127.0.0.0/104` are the
+//! same block, whichever kind of socket saw the client, and a block wider
+//! than the mapped range (`::/0`) takes in IPv4 clients too.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -16,33 +22,24 @@ pub struct Cidr {
 }
 
 impl Cidr {
-    /// True when `ip` lies in the block. An IPv4-mapped IPv6 address
-    /// (`::ffff:a.b.c.d`, what an IPv6 listener sees for IPv4 clients) is
-    /// compared as the IPv4 address it carries.
+    /// True when `ip` lies in the block. An IPv4 address and its IPv4-mapped
+    /// IPv6 form (`::ffff:a.b.c.d`, what a dual-stack listener sees for an
+    /// IPv4 client) are the same address here, whichever form the block or
+    /// the client is written in.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        match (self.network, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = mask_u32(self.prefix);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = mask_u128(self.prefix);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
+        let (network, prefix) = as_v6(self.network, self.prefix);
+        let (ip, _) = as_v6(ip, 0);
+        let mask = mask_u128(prefix);
+        network & mask == ip & mask
     }
 }
 
-fn mask_u32(prefix: u8) -> u32 {
-    if prefix == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(prefix))
+/// An address (and a prefix length over it) in the one IPv6 space: an IPv4
+/// address is its IPv4-mapped form, 96 bits further in.
+fn as_v6(ip: IpAddr, prefix: u8) -> (u128, u8) {
+    match ip {
+        IpAddr::V4(v4) => (u128::from(v4.to_ipv6_mapped()), prefix + 96),
+        IpAddr::V6(v6) => (u128::from(v6), prefix),
     }
 }
 
@@ -127,6 +124,21 @@ mod tests {
         assert!(cidr("::1/128").contains("::1".parse().unwrap()));
         assert!(cidr("10.0.0.0/8").contains("::ffff:10.1.1.1".parse().unwrap()));
         assert!(!cidr("::1/128").contains("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn an_ipv4_mapped_block_is_the_ipv4_block_it_carries() {
+        let mapped = cidr("::ffff:127.0.0.0/104");
+        assert!(mapped.contains("127.0.0.1".parse().unwrap()));
+        assert!(mapped.contains("::ffff:127.9.9.9".parse().unwrap()));
+        assert!(!mapped.contains("10.0.0.1".parse().unwrap()));
+        assert!(!mapped.contains("::1".parse().unwrap()));
+        assert!(cidr("127.0.0.0/8").contains("::ffff:127.0.0.1".parse().unwrap()));
+        // Blocks wider than the mapped range hold IPv4 clients as well; a
+        // block beside it holds none.
+        assert!(cidr("::/0").contains("192.0.2.1".parse().unwrap()));
+        assert!(cidr("::ffff:0:0/96").contains("192.0.2.1".parse().unwrap()));
+        assert!(!cidr("2001:db8::/32").contains("192.0.2.1".parse().unwrap()));
     }
 
     #[test]

@@ -90,7 +90,7 @@ pub enum EchoCommand {
 pub enum ChatCommand {
     /// Run a TCP group chat server (one client: the lecture's 1-to-1 chat).
     #[command(long_about = cmd::chat_server::LONG_ABOUT)]
-    Server(cmd::chat_server::Args),
+    Server(Box<cmd::chat_server::Args>),
     /// Join a chat server: stdin lines out, messages to stdout.
     #[command(long_about = cmd::chat_client::LONG_ABOUT)]
     Client(cmd::chat_client::Args),

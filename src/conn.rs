@@ -356,6 +356,9 @@ pub struct Conn<S> {
     pub(crate) tls_eof: bool,
     /// Our TLS close_notify has been queued.
     pub(crate) tls_close_sent: bool,
+    /// Accepted by listener N, and the command not told yet: a TLS
+    /// connection is handed over only once its handshake is over.
+    pub(crate) accept_pending: Option<u8>,
     /// The command's per-connection state.
     pub state_of_app: S,
 }
@@ -381,6 +384,7 @@ impl<S> Conn<S> {
             tls: None,
             tls_eof: false,
             tls_close_sent: false,
+            accept_pending: None,
             state_of_app: app,
         }
     }
@@ -433,6 +437,11 @@ impl<S> Conn<S> {
     /// True while bytes wait to be written: queued plaintext, or TLS records.
     pub(crate) fn has_pending_output(&self) -> bool {
         !self.out.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+
+    /// True when the connection speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// True while a TLS handshake is under way.

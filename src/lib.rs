@@ -21,8 +21,12 @@
 //!   built on them.
 //! * [`addr`], [`chat_msg`], [`framing`], [`lines`] — address parsing, the chat
 //!   message text, the TCP chat's length-prefixed frames and stdin lines; no I/O.
+//! * [`loglimit`] — log lines for what can happen thousands of times a
+//!   second: one a second per cause, with counts; no I/O.
 //! * [`nats`] — the NATS client protocol (the chat server's broker link) as a
 //!   codec: bytes in, operations out; no I/O.
+//! * [`routability`] — UDP return routability: tokens an address echoes to
+//!   prove it receives our datagrams, and the 3x budget until it has; no I/O.
 //! * [`safe_text`] — the trust rules for text a peer chose: what may reach a
 //!   terminal, a line client or a log, and what a name may be; no I/O.
 //! * [`cmd`] — the commands; each is a [`reactor::Handler`].
@@ -44,10 +48,12 @@ pub mod error;
 pub mod framing;
 pub mod hold;
 pub mod lines;
+pub mod loglimit;
 pub mod nats;
 pub mod net;
 pub mod ratelimit;
 pub mod reactor;
+pub mod routability;
 pub mod safe_text;
 pub mod sink_counts;
 pub mod stream;

@@ -29,7 +29,7 @@
 
 use std::io::{self, IoSliceMut};
 use std::mem;
-use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd};
 
 use mio::net::UdpSocket;
@@ -320,6 +320,52 @@ pub fn peer_for_socket(peer: SocketAddr, local: SocketAddr) -> Option<SocketAddr
         ))),
         (SocketAddr::V6(_), SocketAddr::V4(_)) => None,
         _ => Some(peer),
+    }
+}
+
+/// The addresses a UDP socket bound to `local` answers at: a datagram "from"
+/// one of them is from ourselves, which a sender can only have forged. A
+/// program that took such a sender for a peer would send to itself, and two
+/// hubs told of each other that way would pass every message round for ever.
+#[derive(Debug, Clone)]
+pub struct OwnAddress {
+    port: u16,
+    ips: Vec<IpAddr>,
+}
+
+impl OwnAddress {
+    /// The socket's own addresses: its bound IP, or, bound to every interface,
+    /// each interface's address and the loopback ones.
+    pub fn new(local: SocketAddr) -> OwnAddress {
+        let ip = unmapped(local.ip());
+        let mut ips = vec![ip];
+        if ip.is_unspecified() {
+            ips.extend(
+                if_addrs::get_if_addrs()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|i| unmapped(i.ip())),
+            );
+            ips.push(IpAddr::from([127, 0, 0, 1]));
+            ips.push(IpAddr::from(std::net::Ipv6Addr::LOCALHOST));
+        }
+        OwnAddress {
+            port: local.port(),
+            ips,
+        }
+    }
+
+    /// True when `from` is this socket itself.
+    pub fn is(&self, from: SocketAddr) -> bool {
+        from.port() == self.port && self.ips.contains(&unmapped(from.ip()))
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it carries; any other as it is.
+pub fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
     }
 }
 

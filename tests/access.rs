@@ -177,3 +177,67 @@ fn a_byte_rate_limit_never_lifts_backpressure() {
     assert!(queued <= 64 * 1024, "over the output limit: {row}");
     assert!(row.contains("paused"), "not paused by backpressure: {row}");
 }
+
+/// `sockloop echo server --bind BIND --port 0 EXTRA...`, started.
+fn echo_server_on(bind: &str, extra: &[&str]) -> (Proc, std::net::SocketAddr) {
+    let mut args = vec!["echo", "server", "--bind", bind, "--port", "0"];
+    args.extend_from_slice(extra);
+    let mut server = Proc::start(sockloop(&args));
+    let addr = server.listening_addr();
+    (server, addr)
+}
+
+#[test]
+fn an_ipv4_mapped_deny_block_refuses_the_ipv4_clients_it_names() {
+    // `::ffff:127.0.0.0/104` is 127.0.0.0/8 as an IPv6 listener sees it.
+    let (mut server, addr) = echo_server_on("127.0.0.1", &["--deny", "::ffff:127.0.0.0/104"]);
+    assert!(was_refused(connect_from("127.0.0.1", addr)));
+    server.wait_line("refused 127.0.0.1:", Duration::from_secs(5));
+
+    // A dual-stack listener sees the same client as ::ffff:127.0.0.1.
+    if std::net::TcpListener::bind("[::]:0").is_err() {
+        eprintln!("no IPv6 here: the dual-stack half is skipped");
+        return;
+    }
+    let (mut server, addr) = echo_server_on("::", &["--deny", "::ffff:127.0.0.0/104"]);
+    let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()));
+    assert!(was_refused(connect_from("127.0.0.1", v4)));
+    server.wait_line("refused ", Duration::from_secs(5));
+    // A block that only an IPv6 address can be in still lets IPv4 through.
+    let (_server, addr) = echo_server_on("::", &["--deny", "2001:db8::/32"]);
+    let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()));
+    assert!(echoes(&mut connect_from("127.0.0.1", v4)));
+}
+
+#[test]
+fn a_flood_of_refusals_is_logged_at_most_once_a_second_with_its_count() {
+    const FLOOD: usize = 200;
+    let (mut server, addr) = echo_server(&["--deny", "127.0.0.2/32"]);
+    for _ in 0..FLOOD {
+        assert!(was_refused(connect_from("127.0.0.2", addr)));
+    }
+    // The first refusal is logged as it happens; the rest are counted and
+    // reported together once their second is over.
+    server.wait_line("refused 127.0.0.2:", Duration::from_secs(5));
+    let summary = server.wait_line("more connection(s)", Duration::from_secs(5));
+    assert!(summary.contains("--deny"), "{summary}");
+    let lines = server.drain_lines().to_vec();
+    let refusals: Vec<&String> = lines.iter().filter(|l| l.contains("refused")).collect();
+    assert!(
+        refusals.len() < 20,
+        "{} log lines for {FLOOD} refusals:\n{}",
+        refusals.len(),
+        lines.join("\n")
+    );
+    let counted: u64 = refusals
+        .iter()
+        .map(|l| {
+            l.split("refused ")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(1)
+        })
+        .sum();
+    assert_eq!(counted, FLOOD as u64, "{refusals:?}");
+}

@@ -93,7 +93,7 @@ fn a_real_browser_chats_shows_markup_as_text_and_reconnects_by_itself() {
     let web = last_word_addr(&server.wait_line("web door listening on", LONG));
     let mut framed = Framed::connect(tcp);
     framed.say("Fred", "hello, I am the framed client");
-    server.wait_line("Fred joined", LONG);
+    server.wait_line("is Fred", LONG);
 
     let hostile = "<script>window.__pwned = 1</script><b>not bold</b>";
     let greeting = "hi browser, from the framed door";
@@ -135,7 +135,7 @@ fn a_real_browser_chats_shows_markup_as_text_and_reconnects_by_itself() {
         chat_msg::parse_timestamp(parsed.timestamp).is_some(),
         "{got:?}"
     );
-    server.wait_line("Wendy joined", LONG);
+    server.wait_line("is Wendy", LONG);
 
     // The framed client's messages appear in the page, markup as text.
     framed.say("Fred", greeting);

@@ -129,6 +129,21 @@ impl Framed {
         Some(String::from_utf8(payload).expect("utf-8 from the server"))
     }
 
+    /// Reads messages until the server says who `name` is (an address first
+    /// announced when it came in).
+    fn wait_named(&mut self, name: &str) {
+        let deadline = Instant::now() + LONG;
+        while Instant::now() < deadline {
+            let Some(message) = self.next() else { break };
+            if chat_msg::parse(&message)
+                .is_some_and(|m| m.sender == "server" && m.text.ends_with(&format!(" is {name}")))
+            {
+                return;
+            }
+        }
+        panic!("framed client: {name} was never named");
+    }
+
     /// Reads messages until one from `sender` says `text`; returns the whole message.
     fn wait_for(&mut self, sender: &str, text: &str) -> String {
         let deadline = Instant::now() + LONG;
@@ -315,7 +330,8 @@ fn two_chat_clients_exchange_identical_text_over_tls() {
     assert!(chat_msg::parse_timestamp(parsed.timestamp).is_some());
 
     drop(ann_in);
-    bob_out.wait_for("Ann", chat_msg::LEAVE_TEXT);
+    // Ann's leaving is announced once, by the server.
+    bob_out.wait_for("server", "Ann left the chat");
     assert!(ann.wait_exit(LONG).success());
     drop(bob_in);
     assert!(bob.wait_exit(LONG).success());
@@ -329,14 +345,14 @@ fn a_line_client_and_a_framed_client_chat_both_ways_and_a_long_line_closes_only_
     let line_door = doors.line.expect("line door");
     let mut fred = Framed::connect(doors.tcp);
     fred.say("Fred", "first, before anyone");
-    server.wait_line("Fred joined the chat", LONG);
+    server.wait_line("is Fred", LONG);
 
     let mut lina = LineClient::connect(line_door);
     // An empty line is not a name: the prompt comes again.
     lina.send("\n");
     assert_eq!(lina.line().as_deref(), Some(chat_msg::NAME_PROMPT));
     lina.send("  Lina  \r\n");
-    fred.wait_for("server", "Lina joined the chat");
+    fred.wait_named("Lina");
 
     lina.send("hello from a line ✓\r\n");
     let message = fred.wait_for("Lina", "hello from a line ✓");
@@ -346,7 +362,7 @@ fn a_line_client_and_a_framed_client_chat_both_ways_and_a_long_line_closes_only_
 
     // A second line client sends a line over --max-frame: it alone is closed.
     let mut long = LineClient::join(line_door, "Long");
-    fred.wait_for("server", "Long joined the chat");
+    fred.wait_named("Long");
     long.send(&format!("{}\n", "x".repeat(500)));
     long.expect_closed();
     server.wait_line("protocol error", LONG);
@@ -371,9 +387,9 @@ fn a_udp_chat_peer_a_framed_client_and_a_line_client_share_one_room() {
     let (mut server, doors) = room_server(&["--line-port", "0", "--udp-port", "0"]);
     let mut fred = Framed::connect(doors.tcp);
     fred.say("Fred", "anyone?");
-    server.wait_line("Fred joined the chat", LONG);
+    server.wait_line("is Fred", LONG);
     let mut lina = LineClient::join(doors.line.expect("line door"), "Lina");
-    fred.wait_for("server", "Lina joined the chat");
+    fred.wait_named("Lina");
 
     let udp_door = doors.udp.expect("udp door").to_string();
     let (mut uma, mut uma_out) = spawn_piped(&[
@@ -389,11 +405,13 @@ fn a_udp_chat_peer_a_framed_client_and_a_line_client_share_one_room() {
     uma.wait_line("udp-chat listening on", LONG);
     let mut uma_in = uma.stdin();
 
-    // The UDP peer joins by speaking; the TCP clients hear it.
+    // The UDP peer joins by speaking; the TCP clients hear it. Its udp-chat
+    // answers the server's challenge by itself, so it hears the room too.
     uma_in.write_all(b"hello from UDP\n").unwrap();
     fred.wait_for("Uma", "hello from UDP");
     lina.wait_for("Uma", "hello from UDP");
     server.wait_line("udp peer 127.0.0.1:", LONG);
+    server.wait_line("proved its address", LONG);
 
     // The framed client and the line client reach the UDP peer and each other.
     fred.say("Fred", "hello from a frame");
@@ -403,9 +421,9 @@ fn a_udp_chat_peer_a_framed_client_and_a_line_client_share_one_room() {
     uma_out.wait_for("Lina", "hello from a line");
     fred.wait_for("Lina", "hello from a line");
 
-    // The UDP peer leaves with the leave text: everyone hears it, and it hears no more.
+    // The UDP peer leaves with the leave text: everyone hears it once, from
+    // the server, and it hears no more.
     drop(uma_in);
-    fred.wait_for("Uma", chat_msg::LEAVE_TEXT);
     fred.wait_for("server", "Uma left the chat");
     lina.wait_for("server", "Uma left the chat");
     assert!(uma.wait_exit(LONG).success());
@@ -418,7 +436,7 @@ fn udp_peers_leave_by_silence_and_by_vanishing() {
     let udp_door = doors.udp.expect("udp door");
     let mut fred = Framed::connect(doors.tcp);
     fred.say("Fred", "here");
-    server.wait_line("Fred joined the chat", LONG);
+    server.wait_line("is Fred", LONG);
 
     // Quiet speaks once and then says nothing: after the timeout it is out.
     let quiet = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -429,13 +447,27 @@ fn udp_peers_leave_by_silence_and_by_vanishing() {
     fred.wait_for("server", "Quiet left the chat (silent for 1 s)");
     assert!(started.elapsed() < Duration::from_secs(5));
 
-    // Ghost speaks, then its socket closes without a word: the next room
-    // message to it comes back as ICMP "port unreachable", and it is out.
+    // Ghost speaks and proves its address (as udp-chat does by itself: the
+    // room is sent only three times what an unproven address sent), then its
+    // socket closes without a word: the next room message to it comes back
+    // as ICMP "port unreachable", and it is out.
     let ghost = UdpSocket::bind("127.0.0.1:0").unwrap();
+    ghost
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     ghost
         .send_to(chat_msg::format_now("Ghost", "boo").as_bytes(), udp_door)
         .unwrap();
     fred.wait_for("Ghost", "boo");
+    let mut buf = vec![0u8; 65_536];
+    let (n, _) = ghost.recv_from(&mut buf).expect("a challenge");
+    let challenge = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let token = chat_msg::parse(&challenge)
+        .and_then(|m| sockloop::routability::parse_challenge(m.text))
+        .expect("a token");
+    let answer = chat_msg::format_now("Ghost", &sockloop::routability::answer_text(token));
+    ghost.send_to(answer.as_bytes(), udp_door).unwrap();
+    server.wait_line("proved its address", LONG);
     drop(ghost);
     fred.say("Fred", "is anyone there?");
     fred.wait_for(
@@ -559,6 +591,11 @@ fn a_client_over_its_rate_is_slowed_to_it_while_another_client_flows() {
     );
     // Fast is slowed, not disconnected: its next messages are still coming.
     assert!(fast.writer.peer_addr().is_ok());
+    reader
+        .reader
+        .get_ref()
+        .set_read_timeout(Some(LONG))
+        .unwrap();
     reader.wait_for("Fast", &format!("m{}", from_fast.len()));
 }
 
@@ -567,7 +604,7 @@ fn a_line_client_turned_away_when_full_reads_plain_text() {
     let (mut server, doors) = room_server(&["--line-port", "0", "--max-conns", "1"]);
     let mut first = Framed::connect(doors.tcp);
     first.say("Ann", "here first");
-    server.wait_line("Ann joined the chat", LONG);
+    server.wait_line("is Ann", LONG);
     let line = doors.line.expect("line door");
     // The second client, at the line door, is over --max-conns: it reads one
     // plain line, with no length prefix in front, and the connection ends.

@@ -505,7 +505,8 @@ fn chat_run(addr: SocketAddr) -> Outcome {
 
 #[test]
 fn chat_delivers_every_frame_to_every_other_client_in_order() {
-    let mut server = Proc::start(sockloop(&[
+    // The server prints every message it relays; nobody reads that here.
+    let mut cmd = sockloop(&[
         "chat",
         "server",
         "--relay-only",
@@ -513,7 +514,9 @@ fn chat_delivers_every_frame_to_every_other_client_in_order() {
         "127.0.0.1",
         "--port",
         "0",
-    ]));
+    ]);
+    cmd.stdout(std::process::Stdio::null());
+    let mut server = Proc::start(cmd);
     let outcome = chat_run(server.listening_addr());
     assert_eq!(outcome.code, Some(0), "stderr:\n{}", outcome.stderr);
     assert_fields(

@@ -199,6 +199,24 @@ fn recv(socket: &UdpSocket) -> (Vec<u8>, SocketAddr) {
     (buf, from)
 }
 
+/// Reads until the chat asks this socket to prove its address, and answers
+/// as `udp-chat` would: the token, echoed in a chat message.
+fn answer_challenge(socket: &UdpSocket) {
+    loop {
+        let (got, from) = recv(socket);
+        let text = String::from_utf8_lossy(&got);
+        if let Some(token) = sockloop::chat_msg::parse(&text)
+            .and_then(|m| sockloop::routability::parse_challenge(m.text))
+        {
+            let answer = sockloop::routability::answer_text(token);
+            socket
+                .send_to(&chat_datagram("peer", &answer), from)
+                .unwrap();
+            return;
+        }
+    }
+}
+
 fn chat_datagram(name: &str, text: &str) -> Vec<u8> {
     format!("[2024-02-03T12:15:00.000001] {name}:\n\t{text}").into_bytes()
 }
@@ -332,6 +350,8 @@ fn two_chats_exchange_messages_both_ways() {
     bob.say("hello from bob");
     alice.out.wait_message("bob", "hello from bob");
     alice.log(&format!("new peer {}", bob.addr));
+    // Bob's udp-chat echoed alice's token by itself: his address is his own.
+    alice.log(&format!("peer {} proved its address", bob.addr));
     // Alice learned bob from his datagram, so her reply reaches him.
     alice.say("hi bob, üñí");
     bob.out.wait_message("alice", "hi bob, üñí");
@@ -349,6 +369,10 @@ fn three_chats_learn_each_other_and_a_leaver_is_removed() {
     c.say("c here");
     a.out.wait_message("c", "c here");
     b.out.wait_message("c", "c here");
+    // Peers learned from a datagram hear everything once they echo their token.
+    a.log(&format!("peer {} proved its address", b.addr));
+    a.log(&format!("peer {} proved its address", c.addr));
+    b.log(&format!("peer {} proved its address", c.addr));
     a.say("from a");
     b.out.wait_message("a", "from a");
     c.out.wait_message("a", "from a");
@@ -385,6 +409,8 @@ fn only_the_exact_leave_text_removes_a_peer() {
     eve.send_to(&chat_datagram("eve", &almost), alice.addr)
         .unwrap();
     alice.out.wait_message("eve", &almost);
+    answer_challenge(&eve);
+    alice.log("proved its address");
     // Still a peer: alice's next message reaches eve.
     alice.say("still there?");
     let (got, _) = recv(&eve);
@@ -414,6 +440,8 @@ fn a_maximal_datagram_arrives_whole_both_ways() {
         .wait_until("the 65,507-byte datagram", |out| out == expected.as_slice());
 
     // And a long typed line leaves as one datagram, whole.
+    answer_challenge(&peer);
+    alice.log("proved its address");
     let line: String = (0..60_000)
         .map(|i| (b'A' + (i % 26) as u8) as char)
         .collect();
@@ -469,6 +497,8 @@ fn a_vanished_peer_is_removed_and_the_sender_goes_on() {
     a.out.wait_message("b", "b here");
     c.say("c here");
     a.out.wait_message("c", "c here");
+    a.log(&format!("peer {} proved its address", b.addr));
+    a.log(&format!("peer {} proved its address", c.addr));
 
     // b dies without a word: no leave message, just a closed port.
     let gone = b.addr;
@@ -532,12 +562,19 @@ fn without_a_name_the_first_line_is_the_name() {
 fn the_peer_set_is_bounded_and_forgets_the_longest_silent() {
     let mut chat = Chat::start(&["--name", "hub", "--max-peers", "2"], &[]);
     let peers: Vec<(UdpSocket, SocketAddr)> = (0..3).map(|_| std_peer()).collect();
-    for (i, (socket, _)) in peers.iter().enumerate() {
+    for (i, (socket, addr)) in peers.iter().enumerate() {
         let text = format!("peer {i}");
         socket
             .send_to(&chat_datagram("p", &text), chat.addr)
             .unwrap();
         chat.out.wait_message("p", &text);
+        // The first peer never proves its address; the others do.
+        if i == 0 {
+            recv(socket);
+        } else {
+            answer_challenge(socket);
+            chat.log(&format!("peer {addr} proved its address"));
+        }
     }
     chat.log(&format!("{}, silent the longest, is forgotten", peers[0].1));
     chat.say("to the two I know");

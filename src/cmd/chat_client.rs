@@ -18,6 +18,14 @@
 //!
 //! It connects inside the loop (`dial.rs`): each address of the server in
 //! turn, each for at most `--connect-timeout`; Ctrl+C ends the attempt at once.
+//!
+//! As soon as it is connected and its name is known (`--name`, or the first
+//! line typed) it introduces itself with a message whose text is empty: a
+//! sockloop server takes it as the client's name, relays nothing, and so the
+//! room knows who has joined before they say anything. Every message printed
+//! is shown, not obeyed ([`chat_msg::display`]): another participant's
+//! control characters cannot clear the screen, retitle the terminal or forge
+//! a line.
 
 use std::time::Duration;
 
@@ -68,7 +76,11 @@ pub const LONG_ABOUT: &str =
     chat message '[TIMESTAMP] NAME:\\n\\tTEXT', and prints every message that arrives on \
     stdout, as soon as it arrives.\n\n\
     Without --name it asks for one ('Enter your username to start the chat:') and takes \
-    the first line. Empty lines are not sent. At the end of input (Ctrl+D) it sends \
+    the first line (1-32 characters, no control character, no ':'); once it has a name \
+    it introduces itself with a message whose text is empty, which a sockloop server \
+    relays to no one, so the room knows who joined. Empty lines are not sent. Messages \
+    are printed with control characters shown ('^['), never obeyed, and every further \
+    line of a message indented. At the end of input (Ctrl+D) it sends \
     '<LEAVES THE CHAT>' and the zero-length frame, prints what still arrives and exits 0 \
     once the server closes. When the server goes away first it says so and exits 0.\n\n\
     The server's name may resolve to several addresses (say, ::1 and 127.0.0.1): each is \
@@ -144,7 +156,7 @@ impl Handler for ChatClient {
         match self.dialer.on_event(cx, &event) {
             Dialed::NotMine => {}
             Dialed::Waiting => return,
-            Dialed::Connected(conn) => return self.on_connected(conn),
+            Dialed::Connected(conn) => return self.on_connected(cx, conn),
             Dialed::Failed(error) => {
                 self.outcome = Err(error);
                 return cx.stop();
@@ -222,9 +234,18 @@ impl Handler for ChatClient {
 /// One thing typed: a name is remembered by the input; a line is sent.
 fn on_typed(cx: &mut Ctx<()>, conn: ConnId, frames: FrameConfig, wire: &mut Vec<u8>, typed: Typed) {
     match typed {
-        Typed::Name(_) => hint(HINT),
+        Typed::Name(name) => {
+            hint(HINT);
+            introduce(cx, conn, frames, wire, name);
+        }
         Typed::Text { name, text } => send_message(cx, conn, frames, wire, name, text),
     }
+}
+
+/// Tells the server our name before we say anything: a message with an
+/// empty text, which a sockloop server relays to no one.
+fn introduce(cx: &mut Ctx<()>, conn: ConnId, frames: FrameConfig, wire: &mut Vec<u8>, name: &str) {
+    send_message(cx, conn, frames, wire, name, "");
 }
 
 /// Frames `[now] NAME:\n\tTEXT` and sends it; a message over `--max-frame` is not sent.
@@ -250,11 +271,12 @@ fn send_message(
 
 impl ChatClient {
     /// Connected: now the input, and the name prompt when there is no `--name`.
-    fn on_connected(&mut self, conn: ConnId) {
+    fn on_connected(&mut self, cx: &mut Ctx<()>, conn: ConnId) {
         self.conn = conn;
-        let input = ChatInput::new(self.name.as_deref(), self.frames.max_frame);
-        if input.name().is_some() {
+        let input = ChatInput::new(self.name.as_deref(), self.frames.max_frame).checking_names();
+        if let Some(name) = input.name() {
             hint(HINT);
+            introduce(cx, conn, self.frames, &mut self.wire, name);
         }
         self.input = Some(input);
     }
@@ -309,7 +331,7 @@ impl ChatClient {
                     stdout.extend_from_slice(held.as_bytes());
                     stdout.push(b'\n');
                 }
-                stdout.extend_from_slice(text.as_bytes());
+                stdout.extend_from_slice(chat_msg::display(text).as_bytes());
                 stdout.push(b'\n');
             }
             Frame::Close => closing = true,
@@ -392,6 +414,10 @@ impl ChatClient {
 /// Runs the chat client until the chat ends (see the module docs).
 pub fn run(args: &Args, trace: bool) -> Result<()> {
     let frames = args.framing.config()?;
+    if let Some(name) = &args.name {
+        crate::safe_text::check_name(name.trim())
+            .map_err(|why| Error::Usage(format!("--name: {why}")))?;
+    }
     let (mut reactor, dialer) = super::open_client(
         &args.server,
         &args.dial,

@@ -9,6 +9,10 @@
 //! deadline (10 ms doubling to 1 s) after errors that may last, such as the
 //! kernel running out of memory; and when a connection closes, after the
 //! descriptors ran out. Never in a loop that spins.
+//!
+//! A refusal is logged at most once a second per cause ([`Refusals`]): the
+//! first in full, with the client's address, the rest as one line with their
+//! count when the second is over, so a flood of connections cannot flood the log.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -18,6 +22,7 @@ use std::time::Instant;
 use mio::net::{TcpListener, TcpStream};
 use mio::Interest;
 
+use crate::loglimit::{Note, RateLog};
 use crate::ratelimit::Throttle;
 use crate::trace;
 
@@ -28,6 +33,44 @@ use super::{Ctx, Event, Handler};
 /// Accept errors that were one client's (it is gone) handled in a row before
 /// the listener goes on the ready list, so other sources get their turn.
 const CLIENT_ERRORS_AT_ONCE: usize = 64;
+
+/// Why a connection was refused at accept: one log cause each.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Refusal {
+    /// `--allow`/`--deny`.
+    Rule,
+    /// `--max-conns-per-ip`.
+    PerIp,
+    /// `--max-conns`.
+    Full,
+    /// The open-file limit.
+    NoDescriptors,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 4] = [
+        Refusal::Rule,
+        Refusal::PerIp,
+        Refusal::Full,
+        Refusal::NoDescriptors,
+    ];
+
+    /// The cause, as the summary line gives it.
+    fn cause(self) -> &'static str {
+        match self {
+            Refusal::Rule => "by --allow/--deny",
+            Refusal::PerIp => "over --max-conns-per-ip",
+            Refusal::Full => "the server is full (--max-conns)",
+            Refusal::NoDescriptors => "out of file descriptors",
+        }
+    }
+}
+
+/// The log of refusals, one [`RateLog`] per cause.
+#[derive(Debug, Default)]
+pub(super) struct Refusals {
+    logs: [RateLog; 4],
+}
 
 pub(super) struct Listener {
     pub(super) socket: TcpListener,
@@ -126,10 +169,12 @@ impl<S> Ctx<S> {
                     }
                     if self.conns.len() >= self.config.max_conns {
                         self.stats.refused += 1;
-                        log::warn!(
-                            "refused {peer}: {} connections is the limit (--max-conns)",
-                            self.config.max_conns
-                        );
+                        if self.log_refusal(Refusal::Full) {
+                            log::warn!(
+                                "refused {peer}: {} connections is the limit (--max-conns)",
+                                self.config.max_conns
+                            );
+                        }
                         refuse(stream, self.full_notice(index));
                         continue;
                     }
@@ -141,9 +186,6 @@ impl<S> Ctx<S> {
                                 *self.per_ip.entry(peer.ip()).or_insert(0) += 1;
                                 self.conns[id.0].counted_per_ip = true;
                             }
-                            if let Some(config) = self.config.tls_server.clone() {
-                                self.start_tls_server(id, config);
-                            }
                             if let Some(limit) = self.config.rate_limit {
                                 self.conns[id.0].throttle =
                                     Some(Box::new(Throttle::new(limit, Instant::now())));
@@ -153,6 +195,13 @@ impl<S> Ctx<S> {
                                 "listener#{index}: accepted {id} from {peer} ({} open)",
                                 self.conns.len()
                             );
+                            if let Some(config) = self.config.tls_server.clone() {
+                                // The command hears of it once the handshake is
+                                // over (`tls.rs`): until then it is nobody's client.
+                                self.conns[id.0].accept_pending = Some(index as u8);
+                                self.start_tls_server(id, config);
+                                continue;
+                            }
                             handler.handle(
                                 self,
                                 Event::Accepted {
@@ -230,19 +279,51 @@ impl<S> Ctx<S> {
     pub(super) fn admit(&mut self, peer: SocketAddr) -> bool {
         if let Err(why) = self.config.access.check(peer.ip()) {
             self.stats.refused_by_rule += 1;
-            log::warn!("refused {peer}: {why}");
+            if self.log_refusal(Refusal::Rule) {
+                log::warn!("refused {peer}: {why}");
+            }
             return false;
         }
         let limit = self.config.max_conns_per_ip;
         if limit > 0 && self.per_ip.get(&peer.ip()).copied().unwrap_or(0) as usize >= limit {
             self.stats.refused_per_ip += 1;
-            log::warn!(
-                "refused {peer}: {limit} connections from {} already (--max-conns-per-ip)",
-                peer.ip()
-            );
+            if self.log_refusal(Refusal::PerIp) {
+                log::warn!(
+                    "refused {peer}: {limit} connections from {} already (--max-conns-per-ip)",
+                    peer.ip()
+                );
+            }
             return false;
         }
         true
+    }
+
+    /// Counts one refusal; true when it should be logged now, in full. The
+    /// first one a second is; the others are counted, and a deadline at the
+    /// end of that second logs their number (`log_refusal_summaries`).
+    fn log_refusal(&mut self, refusal: Refusal) -> bool {
+        match self.refusals.logs[refusal as usize].note(Instant::now()) {
+            Note::Log => true,
+            Note::CountedFirst(at) => {
+                self.timers.add(at, Deadline::RefusalSummary);
+                false
+            }
+            Note::Counted => false,
+        }
+    }
+
+    /// A second of refusals is over: one line per cause with how many were
+    /// not logged on their own.
+    pub(super) fn log_refusal_summaries(&mut self) {
+        let now = Instant::now();
+        for refusal in Refusal::ALL {
+            if let Some(n) = self.refusals.logs[refusal as usize].summary(now) {
+                log::warn!(
+                    "refused {n} more connection(s) in the last second: {}",
+                    refusal.cause()
+                );
+            }
+        }
     }
 
     /// Out of descriptors: free the spare, accept one waiting client, tell it
@@ -258,7 +339,9 @@ impl<S> Ctx<S> {
         let go_on = match self.listeners[index].socket.accept() {
             Ok((stream, peer)) => {
                 self.stats.refused += 1;
-                log::warn!("refused {peer}: out of file descriptors ({error})");
+                if self.log_refusal(Refusal::NoDescriptors) {
+                    log::warn!("refused {peer}: out of file descriptors ({error})");
+                }
                 refuse(stream, self.full_notice(index));
                 true
             }

@@ -94,7 +94,9 @@ pub const FULL_NOTICE: &[u8] = b"sockloop: server full, try again later\n";
 /// What happened, as a command sees it. Readiness never reaches a command.
 #[derive(Debug)]
 pub enum Event<'a> {
-    /// A listener accepted a connection; its state is `S::default()`.
+    /// A listener accepted a connection; its state is `S::default()`. With
+    /// TLS, only once its handshake is over: a connection that fails its
+    /// handshake gets [`Event::Closed`] without ever being `Accepted`.
     Accepted {
         /// The new connection.
         conn: ConnId,

@@ -163,6 +163,8 @@ pub struct Ctx<S> {
     tracer: Tracer,
     /// Open connections per peer IP, kept only under `max_conns_per_ip`.
     per_ip: HashMap<IpAddr, u32>,
+    /// Refusals at accept, for log lines limited to one a second per cause.
+    refusals: accept::Refusals,
     stats: LoopStats,
     started: Instant,
     stopping: bool,
@@ -222,6 +224,7 @@ impl<S: Default> Reactor<S> {
                 timers,
                 tracer,
                 per_ip: HashMap::new(),
+                refusals: accept::Refusals::default(),
                 stats: LoopStats::default(),
                 started: Instant::now(),
                 stopping: false,
@@ -309,6 +312,7 @@ impl<S: Default> Reactor<S> {
                 Deadline::CloseGrace(key, since) => cx.end_close_grace(key, since),
                 Deadline::RetryAccept(index) => cx.retry_accept(handler, index),
                 Deadline::RetryUdp => cx.retry_udp(handler, scratch),
+                Deadline::RefusalSummary => cx.log_refusal_summaries(),
             }
         }
 

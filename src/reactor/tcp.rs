@@ -142,6 +142,9 @@ impl<S> Ctx<S> {
                     // TLS yields plaintext record by record: a short read says nothing there.
                     let short = n < room && !conn.peer_hup && conn.tls.is_none();
                     trace!(self.tracer, "{id}: read {n} B");
+                    if conn.accept_pending.is_some() && !self.hand_over_if_ready(handler, key) {
+                        return;
+                    }
                     handler.handle(self, Event::Data(id, &scratch[..n]));
                     if short {
                         // The socket is empty; the next byte raises a new edge.
@@ -155,6 +158,12 @@ impl<S> Ctx<S> {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if conn.accept_pending.is_some() && !self.hand_over_if_ready(handler, key) {
+                        return;
+                    }
+                    let Some(conn) = self.conns.get_mut(key) else {
+                        return;
+                    };
                     // TLS may have answered a handshake message: watch for
                     // writability; a half-close that waited for the handshake may go now.
                     if conn.tls.is_some() {

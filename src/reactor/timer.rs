@@ -48,6 +48,8 @@ pub enum Deadline {
     RetryAccept(usize),
     /// The UDP socket failed to receive for a reason that may pass: try again.
     RetryUdp,
+    /// A second of refusals at accept is over: log how many were not logged.
+    RefusalSummary,
 }
 
 /// How long to wait before trying again a source whose last attempt failed

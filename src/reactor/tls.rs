@@ -1,6 +1,12 @@
 //! TLS on a connection: a client session started by the command, a server
 //! session started at accept with a deadline for its handshake. The session
 //! sits between the socket and the connection's buffers (see `crate::tls`).
+//!
+//! An accepted TLS connection is not the command's until its handshake is
+//! over: only then does the command get `Event::Accepted`
+//! (`Ctx::hand_over_if_ready`), so a server never counts, announces or
+//! queues for a client that has not proven it speaks TLS. One that fails
+//! its handshake is closed with `Event::Closed` and no `Accepted` before it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,7 +14,7 @@ use std::time::Instant;
 use crate::conn::CloseReason;
 
 use super::timer::Deadline;
-use super::{ConnId, Ctx};
+use super::{ConnId, Ctx, Event, Handler};
 
 /// Plaintext a TLS session may hold before it refuses more (our `out` holds the rest).
 const TLS_BUFFER_LIMIT: usize = 64 * 1024;
@@ -72,5 +78,31 @@ impl<S> Ctx<S> {
                 )),
             );
         }
+    }
+
+    /// Hands an accepted TLS connection to the command (`Event::Accepted`)
+    /// once its handshake is over. Called after each read, where the
+    /// handshake ends. Returns false if the connection is gone or closing.
+    pub(super) fn hand_over_if_ready<H: Handler<Conn = S>>(
+        &mut self,
+        handler: &mut H,
+        key: usize,
+    ) -> bool {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
+        if conn.accept_pending.is_none() || conn.tls_handshaking() {
+            return !conn.doomed;
+        }
+        let listener = usize::from(conn.accept_pending.take().unwrap_or(0));
+        crate::trace!(self.tracer, "conn#{key}: tls handshake done, handed over");
+        handler.handle(
+            self,
+            Event::Accepted {
+                conn: ConnId(key),
+                listener,
+            },
+        );
+        self.conns.get(key).is_some_and(|c| !c.doomed)
     }
 }

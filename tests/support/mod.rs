@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod room;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};

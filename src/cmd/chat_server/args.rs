@@ -36,36 +36,54 @@ pub const LONG_ABOUT: &str =
     then. --no-stdout turns the copy off (for benchmarks).\n\n\
     The server's own user types messages on stdin (the first line is the name unless \
     --name is given); end of input ends the chat. With --relay-only the server only \
-    relays. Joins and leaves are printed on stderr and announced to the others.\n\n\
+    relays.\n\n\
     Frames are a big-endian length (2 bytes, or 4 with --length-bytes 4) and that many \
     bytes of UTF-8 text '[TIMESTAMP] NAME:\\n\\tTEXT'; length 0 means 'I am leaving'. A \
     bad frame closes only that client's connection. Each client may have at most \
     --max-backlog bytes waiting; a client that does not read is disconnected (or, with \
     --on-backlog drop-oldest, loses its oldest messages and is told so), so it never \
     slows the others.\n\n\
+    Who is who: a client's name is fixed by its first message and checked (1-32 \
+    characters, no control character, no ':'); 'server' and the server user's name are \
+    reserved; a name already in the room is made unique ('Ann-2') and its client told. \
+    A message signed with another name, or none, or holding control characters, reaches \
+    the room re-stamped under its sender's own name and cleaned (escape codes shown as \
+    '^['); one that needs nothing goes out as it came. Everyone is announced by 'server' \
+    as they come in (by address, then by name) and once as they go. A message that is \
+    exactly '/who' or '/help' is answered to its sender alone.\n\n\
     More doors into the same room, all served by the same one-thread loop:\n\
     --line-port P: newline-terminated clients such as 'nc' or 'telnet'. They are asked \
-    'Enter your username to start the chat:'; their first line is their name, each later \
-    line a message (the server stamps it '[TIMESTAMP] NAME:\\n\\tTEXT' and frames it for \
-    framed clients); they receive every message as text ending in a newline. A line \
-    longer than --max-frame closes that client; --max-backlog and --on-backlog apply.\n\
+    'Enter your username to start the chat:'; their first line is their name (within \
+    --name-timeout), each later line a message (the server stamps it \
+    '[TIMESTAMP] NAME:\\n\\tTEXT' and frames it for framed clients); they receive every \
+    message as text ending in a newline. A line longer than --max-frame closes that \
+    client; --max-backlog and --on-backlog apply.\n\
     --udp-port P: 'sockloop udp-chat' peers (one datagram = one message text). A peer \
     joins by sending, and leaves with '<LEAVES THE CHAT>', by being silent for \
-    --udp-peer-timeout seconds (an empty datagram keeps it in), or when its port is \
-    reported unreachable. At most --udp-max-peers at once; datagrams from newcomers are \
-    ignored while the room is full.\n\
+    --udp-peer-timeout seconds (an empty datagram keeps it in, but never lets one in), \
+    or when its port is reported unreachable. A new address is asked to echo a token \
+    (udp-chat does by itself) and, until it has, is sent at most three times the bytes \
+    it sent, so a forged datagram cannot make the server flood its victim; \
+    --udp-trust-senders lifts that on a LAN whose Python peers cannot answer. At most \
+    --udp-max-peers at once and --udp-max-peers-per-ip from one address; when full, a \
+    newcomer takes the place of a peer that has not proven its address.\n\
     --web-port P: browsers. GET / serves the chat page (compiled into the binary; it asks \
     for a name and reconnects by itself), GET /ws is a WebSocket (RFC 6455) whose text \
     messages are chat messages, both ways, exactly as a framed client's frames. Only pages \
     this server served may open it (--web-origin adds origins); frames must be masked, a \
     message is at most --max-frame bytes, a silent browser is pinged after --web-ping \
     seconds. A bad frame closes only that browser, with a WebSocket close code.\n\n\
+    Slow clients: --frame-timeout bounds how long a frame or line may take once begun, \
+    --name-timeout how long a line client may take to give its name, --idle-timeout how \
+    long a client may send no whole message.\n\n\
     Access control (--allow, --deny, --max-conns-per-ip) is checked when a client \
     connects; --allow/--deny also filter UDP datagrams. --rate-limit slows a TCP client \
     over its rate (each frame or line is one message; its reads pause, it is not \
     disconnected); for a UDP peer, which cannot be slowed, datagrams over the rate are \
     dropped. --tls-cert/--tls-key make every TCP port speak TLS, the line port \
-    included (use 'ncat --ssl' or 'openssl s_client' there) and the web port (https, wss).\n\n\
+    included (use 'ncat --ssl' or 'openssl s_client' there) and the web port (https, \
+    wss); a TLS client joins once its handshake is over. Refusals and closes are logged \
+    at most once a second per cause, with counts.\n\n\
     One room across many hubs: with --broker nats://HOST:PORT (a NATS server; several, \
     comma-separated, for a cluster), every message that enters this hub by any door is \
     published once on the subject sockloop.room.ROOM (--room, default lobby), and every \
@@ -108,11 +126,11 @@ pub struct Args {
     /// [::1] works too) or a host name such as localhost.
     #[arg(long, default_value = "0.0.0.0", value_parser = crate::units::parse_bind)]
     pub bind: IpAddr,
-    /// Your name in the chat (asked for on stdin when missing).
+    /// Your name in the chat (asked for on stdin when missing); no client may
+    /// take it. The room's notices still come from "server".
     #[arg(long, short, conflicts_with = "relay_only")]
     pub name: Option<String>,
-    /// Only relay between clients: no local user, stdin is not read; announcements
-    /// come from "server".
+    /// Only relay between clients: no local user, stdin is not read.
     #[arg(long)]
     pub relay_only: bool,
     /// Do not print relayed messages on stdout (for benchmarks). Without it,
@@ -129,10 +147,22 @@ pub struct Args {
     /// What to do with a client whose backlog is full.
     #[arg(long, value_enum, default_value_t = OnBacklog::Disconnect)]
     pub on_backlog: OnBacklog,
-    /// Close a client that has sent nothing for this long (600, 10m, 30s;
-    /// a bare number is seconds; default: never).
+    /// Close a client that has sent no complete message for this long (600,
+    /// 10m, 30s; a bare number is seconds; default: never). Bytes of a message
+    /// still arriving do not count.
     #[arg(long, value_name = "DURATION", value_parser = crate::units::parse_duration_nonzero)]
     pub idle_timeout: Option<Duration>,
+    /// How long a line client may take to give its name after connecting
+    /// (60s, 2m; a bare number is seconds); it is then told why and closed.
+    #[arg(long, value_name = "DURATION", default_value = "60s",
+          value_parser = crate::units::parse_duration_nonzero)]
+    pub name_timeout: Duration,
+    /// How long a frame or line may take to arrive whole once its first byte
+    /// has, at every door (30s; a bare number is seconds); a client that
+    /// dribbles is told why and closed.
+    #[arg(long, value_name = "DURATION", default_value = "30s",
+          value_parser = crate::units::parse_duration_nonzero)]
+    pub frame_timeout: Duration,
     /// Also open a plain-text door on this TCP port (same --bind) for
     /// newline-terminated clients such as nc and telnet (0: the system picks one).
     #[arg(long, value_name = "PORT")]
@@ -146,10 +176,22 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "60s",
           value_parser = crate::units::parse_duration_nonzero, requires = "udp_port")]
     pub udp_peer_timeout: Duration,
-    /// Most UDP peers in the room at once; datagrams from new ones are ignored while full.
+    /// Most UDP peers in the room at once. When full, a newcomer takes the
+    /// place of the peer that has waited longest without proving its address;
+    /// while every peer has proven it, newcomers are ignored.
     #[arg(long, value_name = "N", default_value_t = udp_room::DEFAULT_MAX_PEERS,
           value_parser = clap::value_parser!(u32).range(1..), requires = "udp_port")]
     pub udp_max_peers: u32,
+    /// Most UDP peers from one IP address; newcomers from it are ignored beyond that.
+    #[arg(long, value_name = "N", default_value_t = udp_room::DEFAULT_MAX_PEERS_PER_IP,
+          value_parser = clap::value_parser!(u32).range(1..), requires = "udp_port")]
+    pub udp_max_peers_per_ip: u32,
+    /// Take every UDP sender's address as its own: send a peer the room at
+    /// once, without the 3x limit that holds until it answers a challenge.
+    /// Only where addresses cannot be forged, such as a lab LAN whose Python
+    /// peers cannot answer one.
+    #[arg(long, requires = "udp_port")]
+    pub udp_trust_senders: bool,
     /// The framing both ends agreed on.
     #[command(flatten)]
     pub framing: FramingArgs,

@@ -22,6 +22,9 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use super::commands::Command;
+use super::fanout::Outgoing;
+use super::identity::{Claim, SERVER_NAME};
 use super::member::{Member, Origin, Wire};
 use super::udp_room::UdpRoom;
 use super::{Clients, Hub, SHUTDOWN_GRACE, TIMER_GRACE};
@@ -114,17 +117,45 @@ impl Hub {
     fn on_typed(&mut self, cx: &mut Ctx<Member>, typed: Typed<'_>) {
         match typed {
             Typed::Name(name) => {
-                self.name = Box::from(name);
+                let name = match self.names.claim(name, Origin::Server) {
+                    Claim::Granted(name) => name,
+                    Claim::Renamed(given) => {
+                        eprintln!("the name {name} is taken in the room: you are {given}");
+                        given
+                    }
+                    Claim::Refused(why) => {
+                        // ChatInput checks names as they are typed; the server's
+                        // own is the server's user's to take.
+                        eprintln!("{why}");
+                        Box::from(SERVER_NAME)
+                    }
+                };
+                self.host = Some(name);
                 hint(HINT);
             }
             Typed::Text { text, .. } => {
+                if let Some(command) = Command::parse(text) {
+                    self.answer(cx, Origin::Server, command);
+                    return;
+                }
                 let alone = self.n_members == 0 && self.broker.is_none();
                 if alone && self.udp.as_ref().map_or(true, UdpRoom::is_empty) {
                     log::warn!("nobody is connected: the message went to no one");
                 }
-                self.announce(cx, Origin::Server, text);
+                self.say_as_host(cx, text);
             }
         }
+    }
+
+    /// The server's user says `text` to everyone.
+    fn say_as_host(&mut self, cx: &mut Ctx<Member>, text: &str) {
+        let name = self.host.as_deref().unwrap_or(SERVER_NAME);
+        let message = chat_msg::format_now(name, &chat_msg::clean_text(text));
+        if message.len() > self.frames.max_frame {
+            log::warn!("not sent: {} bytes is over --max-frame", message.len());
+            return;
+        }
+        self.fan_out(cx, Origin::Server, &mut Outgoing::new(&message));
     }
 
     /// Stops accepting, says goodbye, flushes every client and closes it;
@@ -135,11 +166,12 @@ impl Hub {
         }
         cx.stop_accepting();
         if self.input.is_some() {
-            self.announce(cx, Origin::Server, LEAVE_TEXT);
+            // As in the lecture: the server's user leaving ends the chat.
+            self.say_as_host(cx, LEAVE_TEXT);
         } else if let Some(udp) = self.udp.as_mut() {
             // UDP peers have no connection to see close: the leave text
             // makes their udp-chat forget the server.
-            let message = chat_msg::format_now(&self.name, LEAVE_TEXT);
+            let message = chat_msg::format_now(SERVER_NAME, LEAVE_TEXT);
             udp.send_all(cx, None, message.as_bytes(), &mut None);
         }
         self.leave_other_hubs(cx);

@@ -1,7 +1,9 @@
 //! The framed door (`--port`): a message from a length-prefixed client goes
-//! to the room as the bytes it came in.
+//! to the room as the bytes it came in, when `identity::admit` lets it.
 //!
-//! A framed client's frames are never re-encoded for framed recipients: the
+//! A client's first frame fixes its name (its header's, or a guest name if
+//! it has none); every frame after it is admitted under that name. One that
+//! passes as it is is never re-encoded for framed recipients: the
 //! frames one sender's read holds are gathered in the hub's `batch` and
 //! queued for each recipient as one shared buffer, and line recipients get
 //! one shared run of lines made from it. The batch lives no longer than one
@@ -10,16 +12,26 @@
 //! recipient hears the room in the order it was said. With drop-oldest it
 //! holds one frame at a time, so a dropped segment is one missed message.
 //!
-//! What it must not do: copy or parse a frame per recipient.
+//! One that does not (another name, no header, a control character) is
+//! re-stamped and goes to the room as a message of its own, after the batch.
+//! The leave text is not relayed (the member's leave notice says it once);
+//! `/who` and `/help` are answered to the sender alone.
+//!
+//! What it must not do: copy or parse a frame per recipient, or relay a
+//! frame under any name but its sender's.
 
 use std::rc::Rc;
 
+use std::time::Instant;
+
 use super::args::OnBacklog;
+use super::commands::Command;
+use super::fanout::Outgoing;
+use super::identity::{self, guest_name};
 use super::member::{Member, Origin, Wire};
 use super::web;
-use super::who::WHO_COMMAND;
 use super::Hub;
-use crate::chat_msg;
+use crate::chat_msg::LEAVE_TEXT;
 use crate::reactor::{ConnId, Ctx, Queued};
 
 /// Whole frames, as they came, turned into text lines (one per frame).
@@ -39,29 +51,68 @@ pub(super) fn frames_as_lines(frames: &[u8], prefix: usize) -> Rc<[u8]> {
 }
 
 impl Hub {
-    /// One whole message from framed client `from`: learn its sender's
-    /// name, pass the frame to everyone else as it came, and print it.
+    /// One whole message from framed client `from`: its first fixes its
+    /// name; each is admitted under that name, then passed to everyone else
+    /// (as it came, when it may) and printed.
     pub(super) fn relay(&mut self, cx: &mut Ctx<Member>, from: ConnId, text: &str, wire: &[u8]) {
-        if let Some(parsed) = chat_msg::parse(text) {
-            if let Some(member) = cx.state_mut(from) {
-                if member.name.as_deref() != Some(parsed.sender) {
-                    let first = member.name.is_none();
-                    member.name = Some(Box::from(parsed.sender));
-                    if first {
-                        // The announcement goes before this message, after the earlier ones.
-                        self.flush_batch(cx);
-                        self.on_joined(cx, Origin::Member(from), parsed.sender);
-                    }
-                }
-            }
-            if parsed.text.trim() == WHO_COMMAND {
-                self.flush_batch(cx);
-                self.on_who(cx, from);
+        let Some(member) = cx.state_mut(from) else {
+            return;
+        };
+        if member.leaving {
+            return;
+        }
+        if self.idle.is_some() {
+            member.last_heard = Instant::now();
+        }
+        if member.name.is_none() {
+            let wanted = match identity::claimed_name(text) {
+                Some(name) => name.to_string(),
+                None => guest_name(cx.conn(from).map_or(([0, 0, 0, 0], 0).into(), |c| c.peer())),
+            };
+            if !self.name_member(cx, from, &wanted) {
                 return;
             }
         }
+        let Some(name) = cx.state(from).and_then(|m| m.name.as_deref()) else {
+            return;
+        };
+        let claimed_other = identity::claimed_name(text) != Some(name);
+        let admitted = identity::admit(text, name);
+        let said = admitted.text();
+        if said == LEAVE_TEXT {
+            // The room hears it once, from the server, when the connection closes.
+            self.on_leaving(cx, from);
+            return;
+        }
+        if said.trim().is_empty() {
+            return; // Its name, and nothing to say: an introduction.
+        }
+        if let Some(command) = Command::parse(said) {
+            self.flush_batch(cx);
+            self.answer(cx, Origin::Member(from), command);
+            return;
+        }
         if log::log_enabled!(log::Level::Trace) {
             log::trace!("{from}: frame of {} B to relay", wire.len());
+        }
+        if !admitted.as_is() {
+            if claimed_other {
+                self.tell_restamp_once(cx, from);
+            }
+            let message = admitted.message();
+            if message.len() > self.frames.max_frame {
+                let notice = format!(
+                    "not sent: your message is {} bytes once stamped with your name, over the \
+                     {}-byte maximum",
+                    message.len(),
+                    self.frames.max_frame
+                );
+                self.tell(cx, from, &notice);
+                return;
+            }
+            self.fan_out(cx, Origin::Member(from), &mut Outgoing::new(message));
+            self.print(message);
+            return;
         }
         if self.batch_from != Some(from) {
             self.flush_batch(cx);
@@ -76,6 +127,27 @@ impl Hub {
             // Dropping counts whole queued segments as missed messages: keep one per segment.
             self.flush_batch(cx);
         }
+    }
+
+    /// Tells a member, once, that what it signs with another name (or none)
+    /// reaches the room under its own.
+    fn tell_restamp_once(&mut self, cx: &mut Ctx<Member>, conn: ConnId) {
+        let Some(member) = cx.state_mut(conn) else {
+            return;
+        };
+        if member.told_restamp {
+            return;
+        }
+        member.told_restamp = true;
+        let name = member.name.clone().unwrap_or_default();
+        self.tell(
+            cx,
+            conn,
+            &format!(
+                "this connection speaks as {name}: messages signed with another name, or \
+                 with none, reach the room as {name}'s"
+            ),
+        );
     }
 
     /// Sends the batched frames of one client to the rest of the room as one

@@ -1,5 +1,7 @@
 //! Fan-out: one message to everyone in the room but its origin, each in the
-//! wire format of its door, and the messages the server speaks itself.
+//! wire format of its door, and the messages the server speaks itself,
+//! always under its own reserved name (`identity::SERVER_NAME`), whatever
+//! its user is called.
 //!
 //! An `Outgoing` makes each wire format (frame, line, datagram, WebSocket
 //! text frame) at most once per message, when the first recipient of that
@@ -8,10 +10,14 @@
 //! for it. A message the server makes that is over `--max-frame` is logged
 //! and sent to no one.
 //!
+//! A message goes out after every frame batched before it (`flush_batch`),
+//! so everyone hears the room in the order it was said.
+//!
 //! What it must not do: copy, format or allocate per recipient.
 
 use std::rc::Rc;
 
+use super::identity::SERVER_NAME;
 use super::member::{Member, Origin, Wire};
 use super::web;
 use super::Hub;
@@ -82,6 +88,7 @@ impl Hub {
     /// copied or formatted per recipient; a recipient whose backlog is full
     /// is dealt with by the `--on-backlog` policy.
     pub(super) fn fan_out(&mut self, cx: &mut Ctx<Member>, origin: Origin, out: &mut Outgoing<'_>) {
+        self.flush_batch(cx);
         if let Some(link) = self.broker.as_mut() {
             // To the other hubs of the room, once (see remote.rs).
             link.publish_text(cx, out.text, self.frames.prefix);
@@ -119,7 +126,10 @@ impl Hub {
 
     /// Says `text` to everyone but `except`, as the server.
     pub(super) fn announce(&mut self, cx: &mut Ctx<Member>, except: Origin, text: &str) {
-        let message = chat_msg::format_now(&self.name, text);
+        if self.stopping {
+            return;
+        }
+        let message = chat_msg::format_now(SERVER_NAME, &chat_msg::clean_text(text));
         if message.len() > self.frames.max_frame {
             log::warn!("not sent: {} bytes is over --max-frame", message.len());
             return;
@@ -127,16 +137,10 @@ impl Hub {
         self.fan_out(cx, except, &mut Outgoing::new(&message));
     }
 
-    /// A chat message from the server's name for one recipient: a line, or a
-    /// frame; `None` (logged) when it is longer than `--max-frame`.
-    pub(super) fn encode_for(&self, line: bool, text: &str) -> Option<Rc<[u8]>> {
-        self.encode_as(if line { Wire::Line } else { Wire::Framed }, text)
-    }
-
     /// A chat message from the server's name in the wire format `wire`;
     /// `None` (logged) when it is longer than `--max-frame`.
     pub(super) fn encode_as(&self, wire: Wire, text: &str) -> Option<Rc<[u8]>> {
-        let message = chat_msg::format_now(&self.name, text);
+        let message = chat_msg::format_now(SERVER_NAME, &chat_msg::clean_text(text));
         match wire {
             Wire::Line => return Some(line_bytes(&message)),
             Wire::Web if message.len() <= self.frames.max_frame => {

@@ -73,6 +73,10 @@ impl Hub {
         };
         if held.is_empty() {
             let leave = std::mem::take(&mut member.leave_after_held);
+            if member.partial_since.is_some() {
+                // Its half-sent frame waited on us: its deadline starts again.
+                member.partial_since = Some(std::time::Instant::now());
+            }
             cx.release_reads(conn);
             if leave {
                 self.on_leaving(cx, conn);

@@ -3,8 +3,9 @@
 //!
 //! Every frame a client sends is relayed to every *other* client and its
 //! text printed on stdout; the server's own user, unless `--relay-only`,
-//! types on stdin and speaks to everyone. Joins and leaves are printed on
-//! stderr and announced to the others as chat messages from the server's name.
+//! types on stdin and speaks to everyone. Comings and goings are logged on
+//! stderr and announced to the others by the server, under its reserved
+//! name.
 //!
 //! What keeps one client from hurting the others:
 //!
@@ -18,19 +19,28 @@
 //!   how many it missed. Either way the others are not slowed.
 //! * **A malformed frame closes only its connection**, with the reason logged:
 //!   an over-long length is refused before anything is allocated for it.
+//! * **Nobody can lie, hide or flood** (ARCHITECTURE.md, "The room's trust
+//!   model"): names are fixed by a member's first message and unique; a
+//!   message reaches the room only under its sender's name, cleaned of
+//!   control characters (`identity.rs`); everyone is announced as they come
+//!   and once as they go (`member.rs`); slow joiners have deadlines
+//!   (`deadlines.rs`); an unproven UDP address is sent at most three times
+//!   what it sent (`udp_room.rs`).
 //!
 //! # Four doors, one room
 //!
 //! * **Framed clients** (`--port`): the length-prefixed frames of the TCP chat.
+//!   A client's first frame fixes its name; one that says nothing is a reader,
+//!   in the room under its address.
 //! * **Line clients** (`--line-port`): `nc`, `telnet` — newline-terminated
 //!   text. On connecting, a line client is asked for its name with the chat's
 //!   own prompt (`Enter your username to start the chat:`); its first
 //!   non-empty line is its name, and it hears the room only from then on.
 //!   Every later non-empty line becomes a chat message `[TIMESTAMP] NAME:\n\tTEXT`
-//!   stamped by the server; a line that is exactly `<LEAVES THE CHAT>` is
-//!   relayed and then closes that client. It receives every message as text
-//!   followed by a newline. A line longer than `--max-frame` is a protocol
-//!   error that closes only that client; bytes that are not UTF-8 are taken lossily.
+//!   stamped by the server; a line that is exactly `<LEAVES THE CHAT>` ends
+//!   its stay. It receives every message as text followed by a newline. A line
+//!   longer than `--max-frame` is a protocol error that closes only that
+//!   client; bytes that are not UTF-8 are taken lossily.
 //! * **UDP peers** (`--udp-port`, [`udp_room`]): `udp-chat` programs.
 //!   One datagram is one chat message text. A peer joins by sending and leaves
 //!   with the leave text, by being silent for `--udp-peer-timeout`, or when
@@ -45,7 +55,7 @@
 //! `Outgoing` (`fanout.rs`): its text, plus at most one `Rc` per wire format
 //! (frame, line, datagram, WebSocket text frame), each made the first time a recipient of that
 //! kind needs it and then shared by all of them. A frame relayed from a framed client is
-//! the bytes it arrived as. Nothing is formatted per recipient.
+//! the bytes it arrived as, when `identity::admit` lets it. Nothing is formatted per recipient.
 //!
 //! What it must not do: block on any one client, copy a frame per recipient,
 //! or log per frame unless trace logging is on.
@@ -57,7 +67,12 @@
 //! `impl Hub` block:
 //!
 //! * `args.rs`: the command line ([`Args`], [`OnBacklog`], [`LONG_ABOUT`]).
-//! * `member.rs`: the clients ([`Member`]), their names, joining and leaving.
+//! * `identity.rs`: the names held in the room, and the one rule for what a
+//!   message may claim; every door calls it.
+//! * `member.rs`: the clients ([`Member`]), coming in, named and going, and
+//!   what the room is told; the close log.
+//! * `commands.rs`: `/who` and `/help`.
+//! * `deadlines.rs`: `--name-timeout` and `--frame-timeout`.
 //! * `read.rs`: a TCP client's bytes, either door, into whole messages.
 //! * `door_framed.rs`, `door_line.rs`, `door_udp.rs`, `web.rs`: what each
 //!   door adds; [`udp_room`] keeps the UDP door's peer set; `page/` is the
@@ -75,12 +90,15 @@
 mod args;
 mod backlog;
 mod broker;
+mod commands;
 mod console;
+mod deadlines;
 mod door_framed;
 mod door_line;
 mod door_udp;
 mod fanout;
 mod held;
+mod identity;
 mod member;
 mod outbox;
 mod read;
@@ -94,6 +112,7 @@ pub use member::Member;
 pub use web::WebArgs;
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Duration;
 
 use super::chat::{hint, ChatInput};
@@ -107,12 +126,14 @@ use crate::websocket;
 use backlog::notice_reserve;
 use broker::{Link, TIMER_BROKER};
 use console::{ConsoleCopy, HINT};
-use member::Input;
-use udp_room::UdpRoom;
+use identity::Names;
+pub use identity::SERVER_NAME;
+use member::{prompt_line, CloseLogs, Input};
+use udp_room::{UdpRoom, UdpSettings};
 
-/// The name the server speaks with when it has none of its own (`--relay-only`,
-/// or before its user has typed one).
-pub const DEFAULT_NAME: &str = "server";
+/// The name the server's notices come from, and the one its user speaks
+/// with when it has none of its own; reserved: no client may take it.
+pub const DEFAULT_NAME: &str = SERVER_NAME;
 
 /// How long a shutdown waits for clients to take what is queued for them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -125,6 +146,10 @@ const TIMER_GRACE: u64 = 2;
 const TIMER_UDP_SWEEP: u64 = 3;
 /// Timer: web door deadlines and keepalive pings.
 const TIMER_WEB_SWEEP: u64 = 4;
+/// Timer: a second of rate-limited log lines is over; log their counts.
+const TIMER_LOG_SUMMARY: u64 = 5;
+/// Timer: look for clients that missed `--name-timeout` or `--frame-timeout`.
+const TIMER_DEADLINES: u64 = 6;
 /// Timer bit: connection KEY (the low bits) may relay messages it had held
 /// back for being over its `--rate-limit`.
 const TIMER_RELEASE: u64 = 1 << 40;
@@ -144,14 +169,25 @@ struct Hub {
     /// The local user's typing; `None` with `--relay-only`, and while a
     /// `feed` is under way (so relaying may borrow the hub).
     input: Option<ChatInput>,
-    /// The name the server speaks with.
-    name: Box<str>,
+    /// The name the server's user speaks with, once known; its notices
+    /// always come from [`SERVER_NAME`].
+    host: Option<Box<str>>,
+    /// Every name held in the room, and who holds it (`identity.rs`).
+    names: Names,
     /// Room kept for a missed-frames notice (its largest encoded size).
     notice_reserve: usize,
     /// The listener of the plain-text door, if there is one.
     line_listener: Option<usize>,
     /// What a line client is asked first: the name prompt and a newline.
-    prompt: Box<[u8]>,
+    prompt: Rc<[u8]>,
+    /// `--name-timeout`: how long a line client may take to give its name.
+    name_timeout: Duration,
+    /// `--frame-timeout`: how long a frame or line may take once begun.
+    frame_timeout: Duration,
+    /// The deadline sweep is set (`deadlines.rs`).
+    deadlines_armed: bool,
+    /// Closes and name refusals, logged at most once a second per cause.
+    close_logs: CloseLogs,
     /// The UDP door's peers, if there is one.
     udp: Option<UdpRoom>,
     /// The web door, if there is one.
@@ -206,6 +242,13 @@ impl Handler for Hub {
             Event::Timer(TIMER_UDP_SWEEP) => self.sweep_udp(cx),
             Event::Timer(id) if id & TIMER_BROKER != 0 => self.on_link_timer(cx, id),
             Event::Timer(TIMER_WEB_SWEEP) => self.sweep_web(cx),
+            Event::Timer(TIMER_LOG_SUMMARY) => {
+                self.log_close_summaries();
+                if let Some(udp) = self.udp.as_mut() {
+                    udp.log_summaries();
+                }
+            }
+            Event::Timer(TIMER_DEADLINES) => self.sweep_deadlines(cx),
             Event::Timer(id) if id & TIMER_RELEASE != 0 => {
                 self.release_held(cx, ConnId((id & !TIMER_RELEASE) as usize))
             }
@@ -265,9 +308,12 @@ impl std::fmt::Display for Clients {
 /// Runs the chat server until SIGINT, SIGTERM or (unless `--relay-only`) the end of stdin.
 pub fn run(args: &Args, trace: bool) -> Result<()> {
     let frames = args.framing.config()?;
+    if let Some(name) = &args.name {
+        crate::safe_text::check_name(name.trim())
+            .map_err(|why| Error::Usage(format!("--name: {why}")))?;
+    }
     let link = args.broker.link_config()?.map(Link::new);
-    let name: Box<str> = Box::from(args.name.as_deref().unwrap_or(DEFAULT_NAME));
-    let notice_reserve = notice_reserve(&name, frames);
+    let notice_reserve = notice_reserve(SERVER_NAME, frames);
     let largest_message =
         framing::encoded_len(frames.max_frame, frames).max(websocket::frame_len(frames.max_frame));
     let smallest_backlog = largest_message + notice_reserve;
@@ -280,7 +326,7 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     }
     let limit = super::echo_server::raise_fd_limit();
     let full_notice = match framing::encode(
-        chat_msg::format_now(&name, chat_msg::FULL_TEXT).as_bytes(),
+        chat_msg::format_now(SERVER_NAME, chat_msg::FULL_TEXT).as_bytes(),
         frames,
     ) {
         Ok(frame) => frame.to_vec(),
@@ -329,10 +375,17 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
                 .set_udp(socket)
                 .map_err(|e| Error::io("registering the UDP socket", e))?;
             let room = UdpRoom::new(
-                args.udp_max_peers as usize,
-                args.udp_peer_timeout,
-                args.access.rate_limit,
-            );
+                UdpSettings {
+                    max_peers: args.udp_max_peers as usize,
+                    max_per_ip: args.udp_max_peers_per_ip as usize,
+                    timeout: args.udp_peer_timeout,
+                    rate_limit: args.access.rate_limit,
+                    trust_senders: args.udp_trust_senders,
+                    local: addr,
+                },
+                std::time::Instant::now(),
+            )
+            .map_err(|e| Error::io("setting up the UDP door", e))?;
             reactor
                 .cx()
                 .set_timer_in(room.sweep_every(), TIMER_UDP_SWEEP);
@@ -373,22 +426,30 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     let input = if args.relay_only {
         None
     } else {
-        let input = ChatInput::new(args.name.as_deref(), frames.max_frame);
+        let input = ChatInput::new(args.name.as_deref(), frames.max_frame).checking_names();
         if input.name().is_some() {
             hint(HINT);
         }
         Some(input)
     };
+    let mut reserved = vec![SERVER_NAME];
+    let host = args.name.as_deref().map(str::trim);
+    reserved.extend(host);
     let mut hub = Hub {
         frames,
         on_backlog: args.on_backlog,
         max_backlog: args.max_backlog,
         idle,
         input,
-        name,
+        host: host.map(Box::from),
+        names: Names::new(&reserved),
         notice_reserve,
         line_listener: line_door.map(|(index, _)| index),
-        prompt: format!("{NAME_PROMPT}\n").into_bytes().into_boxed_slice(),
+        prompt: prompt_line(NAME_PROMPT),
+        name_timeout: args.name_timeout,
+        frame_timeout: args.frame_timeout,
+        deadlines_armed: false,
+        close_logs: CloseLogs::default(),
         udp: udp_room,
         web: web_door,
         silent: Vec::new(),

@@ -8,7 +8,8 @@
 //! so nothing is reordered. A malformed frame or an over-long line closes
 //! that client only, with the reason logged. The end of a client's stream
 //! still counts a last line without a newline, and the client leaves after
-//! what it said.
+//! what it said. After each read the client's half-sent frame or line, if
+//! any, is noted with when it began, for `--frame-timeout` (`deadlines.rs`).
 //!
 //! What it must not do: relay a message out of order or past its sender's
 //! rate, or let one client's bad input close another.
@@ -28,9 +29,6 @@ impl Hub {
         let Some(member) = cx.state_mut(conn) else {
             return;
         };
-        if self.idle.is_some() {
-            member.last_heard = Instant::now();
-        }
         let Some(mut input) = member.input.take() else {
             return;
         };
@@ -38,10 +36,12 @@ impl Hub {
         let was_holding = !held.is_empty();
         let mut wait = None;
         let mut leaving = false;
+        let mut n_whole = 0usize;
         let result = match &mut input {
             Input::Framed(decoder) => decoder
                 .feed(bytes, |frame| match frame {
                     Frame::Message { text, wire } => {
+                        n_whole += 1;
                         if held.is_empty() {
                             match cx.take_message(conn) {
                                 Ok(()) => return self.relay(cx, conn, text, wire),
@@ -55,6 +55,7 @@ impl Hub {
                 .map_err(|error| error.to_string()),
             Input::Lines(lines) => lines
                 .feed(bytes, |line| {
+                    n_whole += 1;
                     if held.is_empty() {
                         match cx.take_message(conn) {
                             Ok(()) => return self.on_line(cx, conn, line),
@@ -67,17 +68,35 @@ impl Hub {
                 .map_err(|error| format!("{error} (--max-frame)")),
             Input::Web(web) => {
                 // Protocol errors are answered there, with a close frame.
+                let before = web.messages;
                 self.on_web_data(cx, conn, web, bytes, &mut held, &mut wait, &mut leaving);
+                n_whole += (web.messages - before) as usize;
                 Ok(())
             }
         };
         self.flush_batch(cx);
         self.flush_stdout(cx);
         let holding = !held.is_empty();
+        let partial = match &input {
+            Input::Framed(decoder) => decoder.buffered() > 0,
+            Input::Lines(lines) => lines.buffered() > 0,
+            Input::Web(web) => web.buffered() > 0,
+        };
+        let mut deadline_started = false;
         if let Some(member) = cx.state_mut(conn) {
             member.input = Some(input);
             member.held = held;
             member.leave_after_held |= leaving && holding;
+            // A whole message in this read means what is half-sent now began in it.
+            if !partial {
+                member.partial_since = None;
+            } else if n_whole > 0 || member.partial_since.is_none() {
+                member.partial_since = Some(Instant::now());
+                deadline_started = true;
+            }
+        }
+        if deadline_started {
+            self.arm_deadlines(cx);
         }
         if holding && !was_holding {
             self.start_holding(cx, conn, wait.unwrap_or(Duration::ZERO));

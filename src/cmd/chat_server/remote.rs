@@ -27,6 +27,7 @@ use std::time::Instant;
 use super::args::OnBacklog;
 use super::broker::{timer_parts, LinkState, KIND_WHO, SID_ROOM, SID_WHO, SID_WHO_REPLY};
 use super::door_framed::frames_as_lines;
+use super::identity::SERVER_NAME;
 use super::member::{Member, Wire};
 use super::outbox::{HUB_HEADER, PREFIX_HEADER, RUN_HEADER, SEQ_HEADER};
 use super::{web, Hub};
@@ -384,7 +385,7 @@ impl Hub {
         }
         for name in names {
             let text = format!("{name} left the chat (its server stopped)");
-            let message = chat_msg::format_now(&self.name, &text);
+            let message = chat_msg::format_now(SERVER_NAME, &text);
             link.publish_text(cx, &message, self.frames.prefix);
         }
         link.stop(cx);

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args as ClapArgs;
 
-use super::member::{Input, Member};
+use super::member::{door_name, Input, Member, Wire};
 use super::{Clients, Hub, TIMER_WEB_SWEEP};
 use crate::conn::CloseReason;
 use crate::error::{Error, Result};
@@ -171,6 +171,9 @@ pub(super) struct WebConn {
     pinged: bool,
     /// Why the server closed it (a protocol error), once it did.
     failure: Option<Box<str>>,
+    /// Whole WebSocket messages it has sent (for `--frame-timeout`: a read
+    /// that completed one began whatever is half-sent after it).
+    pub(super) messages: u64,
 }
 
 impl WebConn {
@@ -181,6 +184,7 @@ impl WebConn {
             heard: Instant::now(),
             pinged: false,
             failure: None,
+            messages: 0,
         }
     }
 
@@ -568,12 +572,17 @@ impl Hub {
                 web.heard = Instant::now();
                 if let Some(member) = cx.state_mut(conn) {
                     member.web = Some(WebStage::Socket);
+                    member.joined = true;
                 }
                 self.n_members += 1;
                 log::info!(
                     "{peer} connected by the web door ({conn}, {})",
                     Clients(self.n_members)
                 );
+                if let Some(c) = cx.conn(conn) {
+                    let (addr, door) = (c.peer(), door_name(Wire::Web, c.is_tls()));
+                    self.announce_joined(cx, conn, addr, door);
+                }
                 if !rest.is_empty() {
                     self.on_web_frames(cx, conn, web, &rest, held, wait, leaving);
                 }
@@ -604,8 +613,10 @@ impl Hub {
         let mut scratch = std::mem::take(&mut door.scratch);
         let mut wire = std::mem::take(&mut door.wire);
         let frames = self.frames;
+        let messages = &mut web.messages;
         let result = decoder.feed(bytes, &mut scratch, |message| match message {
             Message::Text(text) => {
+                *messages += 1;
                 wire.clear();
                 if framing::encode_into(&mut wire, text.as_bytes(), frames).is_err() {
                     return; // Cannot happen: the decoder holds messages to --max-frame.

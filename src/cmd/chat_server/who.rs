@@ -23,14 +23,12 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::broker::{timer_id, WhoRequest, KIND_WHO};
-use super::member::{Member, Wire};
+use super::identity::SERVER_NAME;
+use super::member::{door_name, Member};
 use super::outbox::{Dest, HUB_HEADER};
 use super::Hub;
 use crate::nats::{self, Msg};
 use crate::reactor::{ConnId, Ctx};
-
-/// The text that asks who is in the room.
-pub(super) const WHO_COMMAND: &str = "/who";
 
 /// How long a `/who` waits for the other hubs' answers.
 pub(super) const WHO_DEADLINE: Duration = Duration::from_millis(500);
@@ -46,11 +44,19 @@ const STAMP_ROOM: usize = 96;
 
 impl Hub {
     /// Appends `name (door)` for every member of this hub, `, `-separated,
-    /// to `out`; at most `max` of them. Returns (listed, left out).
-    fn local_members(&self, cx: &mut Ctx<Member>, out: &mut String, max: usize) -> (usize, usize) {
+    /// to `out`; at most `max` of them. Returns (listed, left out). A member
+    /// whose name is not known yet is listed by its address, and a UDP peer
+    /// that has not proven its address says so: everyone who can read the
+    /// room is in the list.
+    pub(super) fn local_members(
+        &self,
+        cx: &mut Ctx<Member>,
+        out: &mut String,
+        max: usize,
+    ) -> (usize, usize) {
         let mut listed = 0;
         let mut more = 0;
-        let mut add = |name: &str, door: &str, out: &mut String| {
+        let mut add = |entry: &str, out: &mut String| {
             if listed >= max {
                 more += 1;
                 return;
@@ -58,31 +64,34 @@ impl Hub {
             if !out.is_empty() {
                 out.push_str(", ");
             }
-            let _ = write!(out, "{name} ({door})");
+            out.push_str(entry);
             listed += 1;
         };
         if self.input.is_some() {
-            add(&self.name, "console", out);
+            let host = self.host.as_deref().unwrap_or(SERVER_NAME);
+            add(&format!("{host} (console)"), out);
         }
         let mut ids = Vec::new();
         cx.conn_ids(&mut ids);
         for id in ids {
-            if let Some(member) = cx.state(id) {
-                if let Some(name) = member.name.as_deref().filter(|_| !member.link) {
-                    if !member.leaving {
-                        let door = match member.wire() {
-                            Wire::Line => "line",
-                            Wire::Web => "web",
-                            Wire::Framed => "framed",
-                        };
-                        add(name, door, out);
-                    }
-                }
+            let Some(c) = cx.conn(id) else {
+                continue;
+            };
+            let member = &c.state_of_app;
+            if !member.joined || member.leaving || member.link {
+                continue;
+            }
+            let door = door_name(member.wire(), c.is_tls());
+            match member.name.as_deref() {
+                Some(name) => add(&format!("{name} ({door})"), out),
+                None => add(&format!("{} ({door}, no name yet)", c.peer()), out),
             }
         }
         if let Some(udp) = &self.udp {
-            for name in udp.names() {
-                add(name, "udp", out);
+            let mut entries = Vec::new();
+            udp.list(&mut entries);
+            for entry in &entries {
+                add(entry, out);
             }
         }
         (listed, more)
@@ -240,7 +249,7 @@ impl Hub {
         let room = self
             .frames
             .max_frame
-            .saturating_sub(self.name.len() + STAMP_ROOM);
+            .saturating_sub(SERVER_NAME.len() + STAMP_ROOM);
         if answer.len() > room {
             let mut cut = room.saturating_sub(4);
             while !answer.is_char_boundary(cut) {

@@ -19,6 +19,9 @@
 //! sent (one per other client up at that moment); after the window the run
 //! waits `--drain` seconds for the rest, then whatever has not arrived is lost.
 //!
+//! Each framed sender's stamp is the text of a chat message from
+//! `stress-SSSSS` (see `stamp.rs`), so a chat server relays it as it came.
+//!
 //! Given several addresses (the hubs of one room joined through a broker,
 //! `chat server --broker`), the clients are spread over them round-robin,
 //! delivered/expected and per-sender order are checked across all of them,
@@ -54,7 +57,9 @@ use crate::reactor::{ConnId, Ctx, Event, Handler};
 use crate::units;
 
 pub use super::stamp::STAMP_LEN;
-use super::stamp::{parse_stamp, put_digits, stamp_template, ACTUAL, INTENDED, SEQ};
+use super::stamp::{
+    chat_header, parse_stamp, put_digits, stamp_template, ACTUAL, HEADER_LEN, INTENDED, SEQ,
+};
 
 /// A sender whose connection holds more than this unsent stops stamping new
 /// frames until it drains (they fall behind schedule, which the corrected
@@ -121,7 +126,9 @@ pub struct Args {
     /// Frames per second from every sender (R x senders in all; 0: unpaced).
     #[arg(long, value_name = "R", value_parser = crate::units::parse_rate)]
     pub rate_per_sender: Option<f64>,
-    /// Payload bytes per frame (at least 62: the stamp; the rest is padding; 1K works).
+    /// Message text bytes per frame (at least 62: the stamp; the rest is
+    /// padding; 1K works). A framed client's frame also carries its 37-byte
+    /// chat header.
     #[arg(short = 's', long, value_name = "BYTES", default_value = "64", value_parser = crate::units::parse_size)]
     pub size: usize,
     /// How long the senders send (10s, 500ms, 2m; a bare number is
@@ -789,12 +796,14 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         max_frame: 65_535,
     };
     let size = args.size;
-    if !(STAMP_LEN..=config.max_frame).contains(&size) {
+    if !(STAMP_LEN..=config.max_frame - HEADER_LEN).contains(&size) {
         return Err(Error::Usage(format!(
-            "--size must be between {STAMP_LEN} (the stamp) and {} bytes, not {size}",
-            config.max_frame
+            "--size must be between {STAMP_LEN} (the stamp) and {} bytes (a frame also \
+             carries its {HEADER_LEN}-byte chat header), not {size}",
+            config.max_frame - HEADER_LEN
         )));
     }
+    let started = chrono::Local::now().naive_local();
     if args.senders > args.tcp.conns {
         return Err(Error::Usage(format!(
             "--senders {} is more than --conns {}: senders are clients too",
@@ -808,13 +817,16 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
     }
     let senders = (0..args.senders)
         .map(|s| {
-            let payload = stamp_template(s, size);
+            let stamp = stamp_template(s, size);
             let frame = if args.lines {
-                let mut line = payload;
+                let mut line = stamp;
                 line.push(b'\n');
                 line
             } else {
-                let mut frame = Vec::with_capacity(framing::encoded_len(size, config));
+                // A chat message of its own: the server relays it as it came.
+                let mut payload = chat_header(s, &started).into_bytes();
+                payload.extend_from_slice(&stamp);
+                let mut frame = Vec::with_capacity(framing::encoded_len(payload.len(), config));
                 framing::encode_into(&mut frame, &payload, config)
                     .map_err(|e| Error::Usage(format!("--size: {e}")))?;
                 frame
@@ -843,7 +855,11 @@ pub fn run(args: &Args, trace: bool) -> Result<()> {
         measure: args.measure.clone(),
         config,
         lines: args.lines,
-        stamp_at: if args.lines { 0 } else { prefix.bytes() },
+        stamp_at: if args.lines {
+            0
+        } else {
+            prefix.bytes() + HEADER_LEN
+        },
         size,
         n_senders: args.senders,
         period_ns: if per_sender > 0.0 {

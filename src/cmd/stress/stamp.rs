@@ -7,6 +7,12 @@
 //!      sender sequence         intended (ns)    actual (ns)      padding to --size
 //! ```
 //!
+//! On the framed door the stamp is the text of a chat message from
+//! `stress-SSSSS` (`chat_header`, [`HEADER_LEN`] bytes in front of it),
+//! whose header a chat server checks before it relays the frame as it came;
+//! a receiver reads the stamp after whatever header arrives (a server that
+//! re-stamps a frame keeps its text).
+//!
 //! Bytes only: no I/O, no clock. A sender patches digits into its one
 //! preallocated frame; a receiver reads them back without any shared table.
 
@@ -21,6 +27,17 @@ pub(super) const INTENDED: std::ops::Range<usize> = 28..44;
 pub(super) const ACTUAL: std::ops::Range<usize> = 45..61;
 /// Bytes the stamp takes; the smallest `--size`.
 pub const STAMP_LEN: usize = 62;
+/// Bytes of the chat header in front of a framed stamp:
+/// `[YYYY-MM-DDTHH:MM:SS] stress-SSSSS:\n\t`.
+pub const HEADER_LEN: usize = 37;
+
+/// The chat header of sender `sender`'s frames, stamped `at`: [`HEADER_LEN`] bytes.
+pub(super) fn chat_header(sender: u32, at: &chrono::NaiveDateTime) -> String {
+    format!(
+        "[{}] stress-{sender:05}:\n\t",
+        at.format("%Y-%m-%dT%H:%M:%S")
+    )
+}
 
 /// Writes `value` as fixed-width decimal into `out` (leading zeros; the
 /// high digits are dropped if it does not fit, which the widths rule out).
@@ -66,8 +83,16 @@ pub(super) fn parse16(bytes: &[u8]) -> Option<u64> {
     Some(high * 100_000_000 + low)
 }
 
-/// A stamp taken apart: (sender, sequence, intended ns, actual ns).
+/// A stamp taken apart: (sender, sequence, intended ns, actual ns). The
+/// stamp is the message text: after a chat header, if there is one.
 pub(super) fn parse_stamp(payload: &[u8]) -> Option<(u64, u64, u64, u64)> {
+    let payload = match payload.first() {
+        Some(b'[') => {
+            let end = payload.windows(3).position(|w| w == b":\n\t")?;
+            &payload[end + 3..]
+        }
+        _ => payload,
+    };
     if payload.len() < STAMP_LEN || !payload.starts_with(MAGIC) {
         return None;
     }
@@ -112,6 +137,19 @@ mod tests {
             Some((3, 1042, 1_234_567_890, 1_234_599_123))
         );
         assert_eq!(parse_stamp(b"[2026-01-01T00:00:00] server:\n\thello"), None);
+        // With the chat header in front, as frames go out, or re-stamped by a server.
+        let at = chrono::NaiveDate::from_ymd_opt(2026, 1, 2)
+            .and_then(|d| d.and_hms_micro_opt(3, 4, 5, 6))
+            .unwrap();
+        let header = chat_header(3, &at);
+        assert_eq!(header.len(), HEADER_LEN);
+        let mut framed = header.into_bytes();
+        framed.extend_from_slice(&payload);
+        let stamp = Some((3, 1042, 1_234_567_890, 1_234_599_123));
+        assert_eq!(parse_stamp(&framed), stamp);
+        let mut restamped = b"[2026-01-02T03:04:05.000006] guest-4:\n\t".to_vec();
+        restamped.extend_from_slice(&payload);
+        assert_eq!(parse_stamp(&restamped), stamp);
     }
 
     #[test]
