@@ -190,6 +190,10 @@ fn listen_and_dial_retries_then_both_peers_keep_the_link_the_smaller_id_dialed()
     story.stdout.wait_for("2. peer 2 comes up", deadline);
     let status = story.wait(deadline);
     assert_eq!(status.code(), Some(0), "exit status");
+    // The story's last line; the reader may still be behind the exit.
+    story
+        .stdout
+        .wait_for("5. done: one link between the two peers", deadline);
     story.stdout.collect_available();
     let said = |needle: &str| {
         story
