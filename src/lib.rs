@@ -40,6 +40,7 @@
 
 pub mod access;
 pub mod addr;
+pub mod backoff;
 pub mod chat_msg;
 pub mod cli;
 pub mod cmd;

@@ -544,12 +544,11 @@ impl Link {
     /// failure in a row, at most `--broker-reconnect-max`, then drawn
     /// between half of it and all of it.
     fn backoff(&mut self) -> Duration {
-        let doublings = self.failures.saturating_sub(1).min(20);
-        let full = RECONNECT_MIN
-            .saturating_mul(1 << doublings)
-            .min(self.reconnect_max);
-        let fraction = 0.5 + (self.rng.next() >> 11) as f64 / (1u64 << 53) as f64 / 2.0;
-        full.mul_f64(fraction)
+        let rule = crate::backoff::Jittered {
+            base: RECONNECT_MIN,
+            cap: self.reconnect_max,
+        };
+        rule.delay(self.failures, self.rng.next())
     }
 
     /// One of the link's deadlines.

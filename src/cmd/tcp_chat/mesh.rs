@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Read;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use slab::Slab;
 
@@ -91,33 +91,8 @@ impl Rng {
     }
 }
 
-/// Capped exponential backoff with jitter.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    /// The delay after the first failure (before jitter).
-    pub base: Duration,
-    /// The longest delay (before jitter).
-    pub cap: Duration,
-}
-
-impl Backoff {
-    /// The wait before the next dial after `failures` failures in a row
-    /// (at least 1): `base × 2^(failures−1)`, at most `cap`, then a uniformly
-    /// random point in its upper half. The jitter spreads the dials of members
-    /// that started, or lost a member, at the same moment.
-    pub fn delay(&self, failures: u32, rng: &mut Rng) -> Duration {
-        let doublings = failures.saturating_sub(1).min(20);
-        let full = self.base.saturating_mul(1 << doublings).min(self.cap);
-        let half = full / 2;
-        let nanos = half.as_nanos() as u64;
-        let extra = if nanos == 0 {
-            0
-        } else {
-            rng.next() % (nanos + 1)
-        };
-        half + Duration::from_nanos(extra)
-    }
-}
+/// Capped exponential backoff with jitter (the rule every redial shares).
+pub use crate::backoff::Jittered as Backoff;
 
 /// A member of the chat we have a link to.
 #[derive(Debug)]
@@ -370,7 +345,7 @@ impl Targets {
             self.book.remove(key);
             return None;
         }
-        let at = now + backoff.delay(target.failures, rng);
+        let at = now + backoff.delay(target.failures, rng.next());
         target.state = TargetState::Waiting { at };
         Some(at)
     }
@@ -379,6 +354,7 @@ impl Targets {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn key(dialer: u64, dial: u64) -> DialKey {
         DialKey {
@@ -409,7 +385,7 @@ mod tests {
             let full = Duration::from_millis(full);
             let mut seen = Vec::new();
             for _ in 0..50 {
-                let d = backoff.delay(failures, &mut rng);
+                let d = backoff.delay(failures, rng.next());
                 assert!(d >= full / 2 && d <= full, "{failures}: {d:?}");
                 seen.push(d);
             }
